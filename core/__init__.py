@@ -1,0 +1,1 @@
+"""EZ Runner core: model discovery, hardware, planning, rendering and packing. Never imports streamlit."""

@@ -1,0 +1,989 @@
+"""Everything that talks to the Docker engine: connect, build, save, load, run, health checks.
+
+Every public function is keyword-only, takes an optional ``client`` (``connect()`` is called when it is
+missing) and turns docker-py and socket errors into ``core.errors`` classes whose messages say what to
+do next. Long steps report ``Event``s and stop at the next chunk when ``cancel()`` returns True,
+leaving no partial file or half-built image behind.
+
+Archives: ``write_stream`` writes any byte stream to disk (optionally zstd-compressed with the
+``zstandard`` package, optionally split into ``NAME.part000``, ``NAME.part001`` …) with its sha256;
+``read_stream`` reads such a file back as plain bytes; ``save_image`` and ``load_image`` use them, so
+``load_image`` accepts plain, zstd and split archives even on engines whose ``docker load`` predates
+zstd (Docker 20.10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import queue
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import docker
+import docker.errors
+import requests
+from docker import DockerClient
+from docker.types import DeviceRequest
+
+from core.errors import (
+    ArtifactInvalidError,
+    BaseImageMissingError,
+    BuildFailedError,
+    CancelledError,
+    ContainerConflictError,
+    DiskSpaceError,
+    DockerTooOldError,
+    DockerUnavailableError,
+    ExportFailedError,
+    EzRunnerError,
+    GpuUnavailableError,
+    HealthTimeoutError,
+    PortInUseError,
+)
+from core.events import Event, EventSink, Stage, ignore_events
+
+#: The oldest engine API we test against (Docker Engine 20.10, Debian 12's docker.io).
+MINIMUM_API_VERSION = "1.41"
+#: Seconds docker-py waits for one socket read. Large: a build step copying tens of GB of weights, or
+#: the daemon preparing a save, can be silent for minutes.
+CLIENT_TIMEOUT_S = 3600
+CHUNK_BYTES = 8 << 20
+#: zstd level 3 (zstd's default) on all cores: fast enough that the disk stays the bottleneck;
+#: bf16 weights barely compress at any level.
+ZSTD_LEVEL = 3
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LOG_TAIL_LINES = 30
+#: Label put on what EZ Runner builds and runs, so that tests and clean-ups can find it.
+LABEL = "ezrunner"
+
+T = TypeVar("T")
+Cancel = Callable[[], bool]
+Compression = Literal["none", "zstd"] | None  # None and "none" mean the same (core.image_archive says "none")
+Network = Literal["host", "none", "bridge"]
+
+_START_HINT = (
+    "Start it with `sudo systemctl start docker` (or start Docker Desktop), check that "
+    "`docker info` works for your user, then try again."
+)
+
+
+def _never() -> bool:
+    return False
+
+
+# CONNECTING
+
+
+def connect(*, timeout: int = CLIENT_TIMEOUT_S) -> DockerClient:
+    """A client for the engine named by DOCKER_HOST (or the default socket), checked to be new enough."""
+    try:
+        client = docker.from_env(timeout=timeout)
+    except docker.errors.DockerException as error:
+        raise DockerUnavailableError(
+            f"Docker is not running or cannot be reached ({_short(error)}).", hint=_START_HINT
+        ) from error
+    api_version = client.api.api_version
+    if _version_tuple(api_version) < _version_tuple(MINIMUM_API_VERSION):
+        client.close()
+        raise DockerTooOldError(
+            f"This Docker engine speaks API {api_version}; EZ Runner needs {MINIMUM_API_VERSION} "
+            "(Docker Engine 20.10) or newer.",
+            hint="Upgrade Docker (https://docs.docker.com/engine/install/) and try again.",
+        )
+    return client
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _engine_errors(action: str) -> Iterator[None]:
+    """Turn a lost connection to the engine into DockerUnavailableError; let our own errors through."""
+    try:
+        yield
+    except EzRunnerError:
+        raise
+    except (requests.exceptions.ConnectionError, ConnectionError) as error:
+        raise DockerUnavailableError(
+            f"Lost the connection to Docker while trying to {action} ({_short(error)}).", hint=_START_HINT
+        ) from error
+
+
+# IMAGES
+
+
+def image_exists(*, ref: str, client: DockerClient | None = None) -> bool:
+    client = client or connect()
+    with _engine_errors(f"look for image {ref}"):
+        try:
+            client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        return True
+
+
+def require_image(*, ref: str, client: DockerClient | None = None) -> None:
+    """Raise BaseImageMissingError, with the ways to get ``ref`` onto this machine, when it is absent."""
+    if not image_exists(ref=ref, client=client):
+        raise BaseImageMissingError(
+            f"The base image {ref} is not on this machine, and EZ Runner never pulls images while it builds.",
+            hint=(
+                f"On a machine with internet run `docker pull {ref}`; or copy it here with "
+                f"`docker save {ref} -o base.tar` there and `docker load -i base.tar` here; or, for the "
+                "CPU transformers image, build it offline with `scripts/offline-base-images`."
+            ),
+        )
+
+
+def image_size(*, ref: str, client: DockerClient | None = None) -> int:
+    """The image's size as the engine reports it (a docker save tar is slightly larger)."""
+    client = client or connect()
+    with _engine_errors(f"inspect image {ref}"):
+        return int(_get_image(client, ref).attrs.get("Size") or 0)
+
+
+def remove_image(*, ref: str, force: bool = False, client: DockerClient | None = None) -> None:
+    """Remove an image (and its untagged parents); an image that is already gone is fine."""
+    client = client or connect()
+    with _engine_errors(f"remove image {ref}"), contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(ref, force=force)
+
+
+def _get_image(client: DockerClient, ref: str) -> Any:
+    try:
+        return client.images.get(ref)
+    except docker.errors.ImageNotFound as error:
+        raise ArtifactInvalidError(
+            f"There is no image {ref} in Docker on this machine.",
+            hint="Check the name with `docker images`, or build the image again.",
+        ) from error
+
+
+# BUILD
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})\s*$")
+_LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
+_BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})\s*$")
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One "Step n/N : INSTRUCTION" line of the classic builder."""
+
+    number: int
+    total: int
+    instruction: str
+
+
+def parse_build_step(line: str) -> BuildStep | None:
+    """The step a classic-builder output line announces, or None for any other line."""
+    match = _STEP.match(line.strip("\r\n"))
+    if match is None:
+        return None
+    return BuildStep(number=int(match[1]), total=int(match[2]), instruction=match[3].strip())
+
+
+def dockerfile_base_images(text: str) -> list[str]:
+    """The images a Dockerfile's FROM lines name, without earlier stages, ``scratch`` or ARG values."""
+    stages: set[str] = set()
+    images: list[str] = []
+    for match in _FROM.finditer(text):
+        image, stage = match[1], match[2]
+        if image.lower() != "scratch" and image.lower() not in stages and "$" not in image:
+            images.append(image)
+        if stage:
+            stages.add(stage.lower())
+    return images
+
+
+def build_image(
+    *,
+    context_dir: Path,
+    tag: str,
+    labels: Mapping[str, str] | None = None,
+    build_args: Mapping[str, str] | None = None,
+    dockerfile: str = "Dockerfile",
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+    client: DockerClient | None = None,
+) -> str:
+    """Build ``context_dir`` with the classic builder, never pulling, and return the image id.
+
+    Reports Event(stage="build", done=n, total=N, unit="step") for each "Step n/N" and every output line
+    as Event.log. A failed build raises BuildFailedError with the last output lines; a cancelled one
+    raises CancelledError. Either way the intermediate images it made are removed.
+    """
+    client = client or connect()
+    dockerfile_path = context_dir / dockerfile
+    if not dockerfile_path.is_file():
+        raise BuildFailedError(
+            f"There is no {dockerfile} in {context_dir}.", hint="Render the build context again, then retry."
+        )
+    for base in dockerfile_base_images(dockerfile_path.read_text(encoding="utf-8")):
+        require_image(ref=base, client=client)
+
+    def start() -> Iterator[dict[str, Any]]:
+        # docker-py tars the context (weights included) and uploads it inside this call, so it runs
+        # in _cancellable's thread too: a cancel does not wait for the upload.
+        stream: Iterator[dict[str, Any]] = client.api.build(
+            path=str(context_dir),
+            tag=tag,
+            dockerfile=dockerfile,
+            labels={LABEL: "1", **(labels or {})},
+            buildargs=dict(build_args or {}),
+            decode=True,
+            rm=True,
+            forcerm=True,
+            pull=False,
+        )
+        return stream
+
+    sending = "Sending the build context to Docker"
+    on_event(Event(stage="build", unit="step", message=sending, log=sending))
+    with _engine_errors(f"build {tag}"), _responses(client, "/build") as responses:
+        return _follow_build(
+            client, start, tag=tag, on_event=on_event, cancel=cancel, hang_up=lambda: _hang_up(responses)
+        )
+
+
+@contextlib.contextmanager
+def _responses(client: DockerClient, path: str) -> Iterator[list[requests.Response]]:
+    """The HTTP responses of requests to ``path`` made inside the block, so that they can be hung up."""
+    caught: list[requests.Response] = []
+
+    def catch(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if path in (response.request.path_url or ""):
+            caught.append(response)
+
+    client.api.hooks["response"].append(catch)
+    try:
+        yield caught
+    finally:
+        client.api.hooks["response"].remove(catch)
+
+
+def _hang_up(responses: Sequence[requests.Response]) -> None:
+    """Close streaming responses so the engine sees the client leave and stops (a build is cancelled).
+
+    shutdown() rather than close(): it also wakes a thread blocked reading the socket.
+    """
+    for response in responses:
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+        with contextlib.suppress(OSError, AttributeError):
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            response.close()
+
+
+def _follow_build(
+    client: DockerClient,
+    start: Callable[[], Iterable[dict[str, Any]]],
+    *,
+    tag: str,
+    on_event: EventSink,
+    cancel: Cancel,
+    hang_up: Callable[[], None],
+) -> str:
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    step: BuildStep | None = None
+    running_container: str | None = None
+    layers: list[str] = []  # intermediate images, removed if the build does not finish
+    image_id: str | None = None
+
+    def clean_up() -> None:
+        if running_container:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                client.api.remove_container(running_container, force=True)
+        for layer in reversed(layers):
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                # an image someone tagged (a cache hit shared with another build) stays
+                if not client.api.inspect_image(layer).get("RepoTags"):
+                    client.api.remove_image(layer, noprune=False)
+
+    chunks = _cancellable(start, cancel, on_stop=hang_up)
+    try:
+        for chunk in chunks:
+            if "error" in chunk or "errorDetail" in chunk:
+                detail = chunk.get("errorDetail") or {}
+                message = str(chunk.get("error") or detail.get("message") or "unknown error").strip()
+                where = f" at step {step.number}/{step.total} ({step.instruction})" if step else ""
+                clean_up()
+                raise BuildFailedError(
+                    f"Docker could not build {tag}{where}: {message}\nLast build output:\n" + "\n".join(tail),
+                    hint="Fix the cause shown above (often disk space or a missing base image), then retry.",
+                )
+            if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
+                image_id = str(chunk["aux"]["ID"])
+            text = chunk.get("stream") or chunk.get("status")
+            if not text:
+                continue
+            for line in str(text).splitlines():
+                if not line.strip():
+                    continue
+                tail.append(line)
+                parsed = parse_build_step(line)
+                if parsed:
+                    step = parsed
+                    running_container = None
+                if match := _RUNNING_IN.match(line):
+                    running_container = match[1]
+                elif match := _LAYER.match(line):
+                    # the layer a FROM step prints is the base image itself: never ours to remove
+                    if step is None or not step.instruction.upper().startswith("FROM"):
+                        layers.append(match[1])
+                    running_container = None
+                elif match := _BUILT.match(line):
+                    image_id = image_id or match[1]
+                on_event(
+                    Event(
+                        stage="build",
+                        done=step.number if step else 0,
+                        total=step.total if step else None,
+                        unit="step",
+                        message=step.instruction if step else "",
+                        log=line,
+                    )
+                )
+    except CancelledError:
+        clean_up()
+        raise
+    except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+        if isinstance(error, requests.exceptions.ConnectionError):
+            raise
+        clean_up()
+        raise BuildFailedError(
+            f"Docker could not build {tag}: {_short(error)}\nLast build output:\n" + "\n".join(tail),
+            hint="Fix the cause shown above, then retry.",
+        ) from error
+    finally:
+        chunks.close()
+    if image_id is None:
+        clean_up()
+        raise BuildFailedError(
+            f"Docker ended the build of {tag} without an image id.\nLast build output:\n" + "\n".join(tail),
+            hint="Retry; if it happens again, run `docker build` by hand in the build folder to see why.",
+        )
+    return str(client.images.get(tag).id)
+
+
+def _cancellable(
+    start: Callable[[], Iterable[T]],
+    cancel: Cancel,
+    *,
+    on_stop: Callable[[], None],
+    poll_s: float = 0.25,
+    buffer: int = 4,
+) -> Generator[T, None, None]:
+    """The items of ``start()``, produced in a thread so that ``cancel`` is seen while the engine is silent
+    (a build step copying weights, a save the engine is still preparing).
+
+    When the consumer stops early (cancel, error, or simply not reading on), ``on_stop`` hangs up the
+    engine's stream; it runs again in the producing thread if that thread was still waiting for the
+    engine, so a response that arrives late is hung up too. At most ``buffer`` items wait in memory.
+    """
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=buffer)
+    stop = threading.Event()
+    finished = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(entry, timeout=poll_s)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in start():
+                if not put(("item", item)):
+                    break
+            else:
+                put(("end", None))
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            put(("error", error))
+        finally:
+            if stop.is_set():
+                with contextlib.suppress(Exception):
+                    on_stop()
+            finished.set()
+
+    threading.Thread(target=produce, name="docker-stream", daemon=True).start()
+    completed = False
+    try:
+        while True:
+            if cancel():
+                raise CancelledError("Cancelled.", hint="Nothing was kept; start again when you are ready.")
+            try:
+                kind, value = items.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            if kind == "end":
+                completed = True
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        if not completed:
+            stop.set()
+            on_stop()
+            # Give the producer a moment to see the hang-up. It may be blocked until the engine answers
+            # (a save being staged): it hangs up on its own then, so there is no point in waiting long.
+            finished.wait(timeout=2)
+
+
+# ARCHIVES: WRITE AND READ
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write_stream`` left on disk."""
+
+    paths: tuple[Path, ...]  # one file, or the parts in order
+    size: int  # bytes on disk, all parts together
+    sha256: str  # of the bytes on disk, all parts concatenated in order
+    part_sha256: tuple[str, ...]  # one per path
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out.with_name(f"{out.name}.part{index:03d}")
+
+
+def archive_parts(path: Path) -> list[Path]:
+    """The files that make up the archive ``path``: itself, or ``path.part000``, ``path.part001`` …
+
+    ``path`` may also name the first part.
+    """
+    if path.name.endswith(".part000"):
+        path = path.with_name(path.name[: -len(".part000")])
+    if path.is_file():
+        return [path]
+    parts: list[Path] = []
+    while part_path(path, len(parts)).is_file():
+        parts.append(part_path(path, len(parts)))
+    if not parts:
+        raise ArtifactInvalidError(
+            f"There is no archive at {path} (nor parts {path.name}.part000 …).",
+            hint="Check the path; for a split archive keep all the parts in one folder.",
+        )
+    return parts
+
+
+class _PartsWriter:
+    """Writes bytes to ``out`` or to its numbered parts, through ``.partial`` names renamed at the end."""
+
+    def __init__(self, out: Path, split_bytes: int | None) -> None:
+        self.out = out
+        self.split_bytes = split_bytes
+        self.partials: list[Path] = []
+        self.part_sums: list[Any] = []
+        self.total_sum = hashlib.sha256()
+        self.size = 0
+        self._file: io.BufferedWriter | None = None
+        self._in_part = 0
+
+    def _final(self, index: int) -> Path:
+        return part_path(self.out, index) if self.split_bytes else self.out
+
+    def _open_next(self) -> None:
+        self._close_current()
+        partial = self._final(len(self.partials)).with_name(self._final(len(self.partials)).name + ".partial")
+        self._file = open(partial, "wb")  # noqa: SIM115 - closed in _close_current
+        self.partials.append(partial)
+        self.part_sums.append(hashlib.sha256())
+        self._in_part = 0
+
+    def _close_current(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._file is None or (self.split_bytes and self._in_part >= self.split_bytes):
+                self._open_next()
+            assert self._file is not None
+            room = len(view) if not self.split_bytes else min(len(view), self.split_bytes - self._in_part)
+            piece = view[:room]
+            self._file.write(piece)
+            self.part_sums[-1].update(piece)
+            self.total_sum.update(piece)
+            self._in_part += room
+            self.size += room
+            view = view[room:]
+
+    def finish(self) -> Written:
+        if self._file is None and not self.partials:
+            self._open_next()  # an empty stream still gives one (empty) file
+        self._close_current()
+        finals = [self._final(index) for index in range(len(self.partials))]
+        for partial, final in zip(self.partials, finals, strict=True):
+            partial.replace(final)
+        self.partials = []
+        _fsync_dir(self.out.parent)
+        return Written(
+            paths=tuple(finals),
+            size=self.size,
+            sha256=self.total_sum.hexdigest(),
+            part_sha256=tuple(part.hexdigest() for part in self.part_sums),
+        )
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._file is not None:
+                self._file.close()
+        self._file = None
+        for partial in self.partials:
+            partial.unlink(missing_ok=True)
+        self.partials = []
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _zstandard() -> Any:
+    try:
+        import zstandard
+    except ImportError as error:
+        raise ExportFailedError(
+            "zstd compression needs the `zstandard` Python package, which is not installed.",
+            hint="Run `pip install zstandard`, or export without compression.",
+        ) from error
+    return zstandard
+
+
+def write_stream(
+    chunks: Iterable[bytes],
+    out: Path,
+    *,
+    compress: Compression = None,
+    split_bytes: int | None = None,
+    total: int | None = None,
+    stage: Stage = "export",
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+) -> Written:
+    """Write ``chunks`` to ``out`` (or ``out.part000`` … when ``split_bytes`` is set), atomically.
+
+    Files are written as ``NAME.partial``, fsynced and renamed only when the whole stream is in, so a
+    failure, a full disk or a cancel leaves nothing behind. Events count input bytes against ``total``.
+    """
+    if split_bytes is not None and split_bytes <= 0:
+        raise ValueError("split_bytes must be positive")
+    if compress not in (None, "none", "zstd"):
+        raise ValueError(f"unknown compression {compress!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = _PartsWriter(out, split_bytes)
+    compressor = _zstandard().ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj() if compress == "zstd" else None
+    done = 0
+    try:
+        for chunk in chunks:
+            if cancel():
+                raise CancelledError("Cancelled.", hint="The partial file was removed; start again when ready.")
+            writer.write(compressor.compress(chunk) if compressor else chunk)
+            done += len(chunk)
+            on_event(Event(stage=stage, done=done, total=max(total, done) if total else None, unit="B", file=out.name))
+        if compressor:
+            writer.write(compressor.flush())
+        written = writer.finish()
+    except BaseException as error:
+        writer.abort()
+        if isinstance(error, OSError) and error.errno == 28:  # ENOSPC
+            raise DiskSpaceError(
+                f"The disk holding {out.parent} is full ({done} bytes were written, then removed).",
+                hint="Free some space or choose another output folder, then try again.",
+            ) from error
+        if isinstance(error, OSError):
+            raise ExportFailedError(
+                f"Could not write {out}: {error.strerror or error}.",
+                hint="Check that the folder exists and is writable, then try again.",
+            ) from error
+        raise
+    on_event(Event(stage=stage, done=done, total=done, unit="B", file=out.name))
+    return written
+
+
+class _ConcatenatedReader(io.RawIOBase):
+    """The parts of an archive read one after the other, as one file."""
+
+    def __init__(self, paths: Sequence[Path], on_read: Callable[[int], None]) -> None:
+        self._paths = list(paths)
+        self._file: io.BufferedReader | None = None
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._file is None:
+                if not self._paths:
+                    return 0
+                self._file = open(self._paths.pop(0), "rb")  # noqa: SIM115 - closed below or in close()
+            count = self._file.readinto(buffer)
+            if count:
+                self._on_read(count)
+                return count
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
+
+
+def read_stream(
+    path: Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    stage: Stage = "load",
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+) -> Iterator[bytes]:
+    """The plain bytes of an archive written by ``write_stream``: one file or its parts, zstd or not.
+
+    Events count bytes read from disk against the files' total size.
+    """
+    parts = archive_parts(path)
+    total = sum(part.stat().st_size for part in parts)
+    with parts[0].open("rb") as first:
+        compressed = first.read(4) == ZSTD_MAGIC
+    done = 0
+
+    def counted(count: int) -> None:
+        nonlocal done
+        done += count
+        on_event(Event(stage=stage, done=done, total=total, unit="B", file=parts[0].name))
+
+    raw = _ConcatenatedReader(parts, counted)
+    source: Any = _zstandard().ZstdDecompressor().stream_reader(raw, read_across_frames=True) if compressed else raw
+    try:
+        while True:
+            if cancel():
+                raise CancelledError("Cancelled.", hint="Start again when you are ready.")
+            try:
+                chunk = source.read(chunk_bytes)
+            except Exception as error:
+                if type(error).__name__ == "ZstdError":
+                    raise ArtifactInvalidError(
+                        f"{path} is not a valid zstd archive ({_short(error)}).",
+                        hint="Copy the archive again and compare its sha256 with the recorded one.",
+                    ) from error
+                raise
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        source.close()
+
+
+# SAVE AND LOAD
+
+
+def save_image(
+    *,
+    ref: str,
+    out: Path,
+    compress: Compression = None,
+    split_bytes: int | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+    client: DockerClient | None = None,
+) -> Written:
+    """``docker save`` ``ref`` (with its tag) to ``out``, streamed, with sha256 and progress.
+
+    Nothing is left at ``out`` unless the whole image was written.
+    """
+    client = client or connect()
+    with _engine_errors(f"save image {ref}"):
+        image = _get_image(client, ref)
+        size = int(image.attrs.get("Size") or 0)
+        try:
+            from core.hardware import free_disk_bytes
+
+            free = free_disk_bytes(path=out.parent)
+        except Exception:  # the check is a courtesy; writing reports a full disk anyway
+            free = None
+        if free is not None and size and compress in (None, "none") and free < size:
+            raise DiskSpaceError(
+                f"Saving {ref} needs about {size / 2**30:.1f} GiB but {out.parent} has {free / 2**30:.1f} GiB free.",
+                hint="Free some space or choose another output folder.",
+            )
+        with _responses(client, "/get") as responses:
+            # Docker 20.10 stages the whole archive before the first byte (about 10 s per GB): say
+            # so, and read in a thread so that a cancel is seen meanwhile.
+            on_event(Event(stage="export", done=0, total=size or None, unit="B", message="Docker is preparing"))
+            named = ref if ref in image.tags else True
+            chunks = _cancellable(
+                lambda: image.save(chunk_size=CHUNK_BYTES, named=named),
+                cancel,
+                on_stop=lambda: _hang_up(responses),
+            )
+            try:
+                return write_stream(
+                    chunks,
+                    out,
+                    compress=compress,
+                    split_bytes=split_bytes,
+                    total=size,
+                    stage="export",
+                    on_event=on_event,
+                    cancel=cancel,
+                )
+            except (
+                docker.errors.APIError,
+                requests.exceptions.ReadTimeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as error:
+                _hang_up(responses)
+                raise ExportFailedError(
+                    f"Docker stopped while saving {ref}: {_short(error)}.",
+                    hint="Check `docker info` and the free space of Docker's data folder, then try again.",
+                ) from error
+            except BaseException:
+                _hang_up(responses)  # stop the engine from tarring the rest of the image
+                raise
+            finally:
+                chunks.close()
+
+
+_LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)\s*$")
+
+
+def load_image(
+    *,
+    tar: Path,
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+    client: DockerClient | None = None,
+) -> list[str]:
+    """``docker load`` an archive (plain, zstd or split) streamed from disk; returns the refs loaded."""
+    client = client or connect()
+    body = read_stream(tar, stage="load", on_event=on_event, cancel=cancel)
+    loaded: list[str] = []
+    with _engine_errors(f"load {tar}"):
+        try:
+            for chunk in client.api.load_image(body):
+                if "error" in chunk or "errorDetail" in chunk:
+                    message = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message")
+                    raise ArtifactInvalidError(
+                        f"Docker could not load {tar}: {message}.",
+                        hint="Check that it is an archive EZ Runner (or `docker save`) made and that it "
+                        "was copied whole (compare its sha256).",
+                    )
+                for line in str(chunk.get("stream") or "").splitlines():
+                    if match := _LOADED.match(line):
+                        loaded.append(match[1])
+                        on_event(Event(stage="load", message=line, log=line))
+        except docker.errors.APIError as error:
+            raise ArtifactInvalidError(
+                f"Docker could not load {tar}: {_short(error)}.",
+                hint="Check that it is a whole image archive (compare its sha256 with the one recorded).",
+            ) from error
+        except requests.exceptions.ConnectionError as error:
+            # read_stream raising (cancel, bad zstd) aborts the upload, which requests reports as a
+            # connection error: raise the real cause instead.
+            if isinstance(error.__context__, EzRunnerError):
+                raise error.__context__ from None
+            raise
+    if not loaded:
+        raise ArtifactInvalidError(
+            f"Docker read {tar} but reported no image in it.",
+            hint="Check that the file is a `docker save` archive.",
+        )
+    return loaded
+
+
+# CONTAINERS
+
+
+def port_is_free(*, port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something could listen on ``host:port`` now (a listener on 0.0.0.0 counts as taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: sockets lingering in TIME_WAIT do not stop a server from listening
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_container(
+    *,
+    image: str,
+    name: str,
+    port: int | None,
+    network: Network = "host",
+    gpus: bool = False,
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    client: DockerClient | None = None,
+) -> str:
+    """Start ``image`` detached and return the container id.
+
+    ``network="host"`` shares the host's network (the server's ``port`` is the host's); ``"bridge"``
+    publishes ``port`` on 127.0.0.1 only; ``"none"`` has no network. Runs with ``--ipc=host`` (engines
+    share tensors through /dev/shm) and, when ``gpus``, ``--gpus all``.
+    """
+    client = client or connect()
+    if port is not None and network != "none" and not port_is_free(port=port):
+        raise PortInUseError(
+            f"Port {port} on 127.0.0.1 is already in use.",
+            hint=f"Stop what listens there (`ss -ltnp 'sport = :{port}'` shows it) or choose another port.",
+        )
+    options: dict[str, Any] = {
+        "name": name,
+        "detach": True,
+        "ipc_mode": "host",
+        "network_mode": network,
+        "environment": dict(env or {}),
+        "labels": {LABEL: "1", **(labels or {})},
+    }
+    if network == "bridge" and port is not None:
+        options["ports"] = {f"{port}/tcp": ("127.0.0.1", port)}
+    if gpus:
+        options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    with _engine_errors(f"start a container from {image}"):
+        try:
+            container = client.containers.run(image, list(command) if command else None, **options)
+        except docker.errors.ImageNotFound as error:
+            raise ArtifactInvalidError(
+                f"There is no image {image} on this machine.",
+                hint="Load it first with `docker load -i FILE.tar` (or the bundled load.sh).",
+            ) from error
+        except docker.errors.APIError as error:
+            explanation = str(error.explanation or error)
+            if error.status_code == 409:
+                raise ContainerConflictError(
+                    f"A container named {name} already exists.",
+                    hint=f"Remove it with `docker rm -f {name}` or choose another name.",
+                ) from error
+            if gpus and ("gpu" in explanation.lower() or "nvidia" in explanation.lower()):
+                raise GpuUnavailableError(
+                    f"Docker could not give the container GPUs: {explanation}.",
+                    hint="Install the NVIDIA Container Toolkit, run `nvidia-ctk runtime configure "
+                    "--runtime=docker`, restart Docker, and check that `nvidia-smi` works.",
+                ) from error
+            raise EzRunnerError(
+                f"Docker could not start {image}: {explanation}.", hint="Check `docker info` and try again."
+            ) from error
+    return str(container.id)
+
+
+def container_logs(*, container: str, tail: int = LOG_TAIL_LINES, client: DockerClient | None = None) -> str:
+    client = client or connect()
+    with _engine_errors(f"read the logs of {container}"):
+        try:
+            raw = client.containers.get(container).logs(tail=tail)
+        except docker.errors.NotFound:
+            return ""
+    return bytes(raw).decode("utf-8", "replace")
+
+
+def wait_healthy(
+    *,
+    container: str,
+    url: str,
+    timeout: float,
+    on_event: EventSink = ignore_events,
+    cancel: Cancel = _never,
+    interval: float = 1.0,
+    client: DockerClient | None = None,
+) -> None:
+    """Wait until ``url`` answers 200, failing early if the container stops.
+
+    Raises HealthTimeoutError with the container's last log lines when it does not become healthy.
+    """
+    client = client or connect()
+    started = time.monotonic()
+    last_problem = "no answer yet"
+    with requests.Session() as http:
+        http.trust_env = False  # the server is on this machine: never ask an HTTP(S)_PROXY for it
+        while True:
+            elapsed = time.monotonic() - started
+            if cancel():
+                raise CancelledError("Cancelled while waiting for the server to start.", hint="Start again when ready.")
+            with _engine_errors(f"check container {container}"):
+                try:
+                    state = client.api.inspect_container(container)["State"]
+                except docker.errors.NotFound as error:
+                    raise HealthTimeoutError(
+                        f"The container {container} disappeared while starting.", hint="Start it again."
+                    ) from error
+            if not state.get("Running"):
+                logs = container_logs(container=container, client=client)
+                raise HealthTimeoutError(
+                    f"The container stopped (exit code {state.get('ExitCode')}) before {url} answered.\n"
+                    f"Last log lines:\n{logs}",
+                    hint="The log lines above say why (often not enough memory): fix it and run again.",
+                )
+            try:
+                response = http.get(url, timeout=min(5.0, max(timeout - elapsed, 0.5)))
+                if response.status_code == 200:
+                    on_event(Event(stage="run", done=int(elapsed), total=int(timeout), unit="s", message="healthy"))
+                    return
+                last_problem = f"HTTP {response.status_code}"
+            except requests.exceptions.RequestException as error:
+                last_problem = type(error).__name__
+            on_event(Event(stage="run", done=int(elapsed), total=int(timeout), unit="s", message=last_problem))
+            if time.monotonic() - started >= timeout:
+                logs = container_logs(container=container, client=client)
+                raise HealthTimeoutError(
+                    f"The server did not answer at {url} within {timeout:.0f} s (last: {last_problem}).\n"
+                    f"Last log lines:\n{logs}",
+                    hint="Large models take longer to load: retry with a longer timeout, or look for an "
+                    "error in the log lines above.",
+                )
+            time.sleep(interval)
+
+
+def exec_in_container(*, container: str, argv: Sequence[str], client: DockerClient | None = None) -> tuple[int, str]:
+    """Run ``argv`` inside a running container; returns (exit code, stdout and stderr together)."""
+    client = client or connect()
+    with _engine_errors(f"run a command in {container}"):
+        try:
+            result = client.containers.get(container).exec_run(list(argv))
+        except docker.errors.NotFound as error:
+            raise EzRunnerError(f"There is no container {container}.", hint="Start it again, then retry.") from error
+    return int(result.exit_code), bytes(result.output or b"").decode("utf-8", "replace")
+
+
+def remove_container(*, container: str, client: DockerClient | None = None) -> None:
+    """Stop and remove a container; one that is already gone is fine."""
+    client = client or connect()
+    with _engine_errors(f"remove container {container}"), contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_container(container, force=True, v=True)

@@ -1,0 +1,39 @@
+"""Pinned engine versions and base images, in one place: the templates, the offline base-image script
+and the planner all read them from here."""
+
+from __future__ import annotations
+
+# transformers (`transformers serve`, OpenAI-compatible) and the torch it runs on
+TRANSFORMERS_VERSION = "5.23.0"
+TORCH_CPU_VERSION = "2.13.0"
+# Official base images used when the user does not pass --base-image (tags, never "latest")
+TRANSFORMERS_CPU_BASE_IMAGE = "python:3.11-slim-bookworm"
+TRANSFORMERS_GPU_BASE_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+# The image scripts/offline-base-images builds with no registry: Debian bookworm + python3 + the pins above
+TRANSFORMERS_OFFLINE_IMAGE = f"ezrunner/transformers-cpu:{TRANSFORMERS_VERSION}-torch{TORCH_CPU_VERSION}"
+
+# vLLM: the official OpenAI-server image, pinned by release tag (never "latest").
+# v0.33.0 is the newest release confirmed: PyPI lists vllm 0.33.0, and gpustack/runner v0.1.32.post4
+# (2026-11-05) publishes "vLLM 0.33.0 images ... for CUDA 13.0".
+# CUDA: since v0.20.0 the unsuffixed image tags are CUDA 13.0 and CUDA 12.9 moved to a "-cu129" suffix
+# (vllm-project/vllm PR #39878 "Switch default CUDA to 13.0"; vast-ai/base-image PR #158 lists
+# v0.20.0-cu129 / v0.20.0-cu130). docker/Dockerfile on vllm main: ARG CUDA_VERSION=13.0.3,
+# ENTRYPOINT ["vllm", "serve"].
+# Compute capability: docs/getting_started/installation/gpu.cuda.inc.md says "compute capability 7.5 or
+# higher"; the CUDA 13 arch list in docker/versions.json is "7.5 8.0 8.6 8.9 9.0 10.0 11.0 12.0" (Volta 7.0
+# was dropped with CUDA 13).
+# Driver: NVIDIA's CUDA compatibility guide — CUDA 13.x needs driver >= 580 (13.0 GA: 580.65.06, Linux).
+VLLM_VERSION = "0.33.0"
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
+VLLM_IMAGE_CUDA_VERSION = "13.0"
+VLLM_MIN_COMPUTE_CAPABILITY = (7, 5)
+VLLM_MIN_DRIVER_VERSION = "580.65.06"
+# The same release built on CUDA 12.9 (the "-cu129" tag convention above; not verified for this exact tag):
+# the way out for servers whose driver is older than R580.
+VLLM_IMAGE_CUDA_12 = f"{VLLM_IMAGE}-cu129"
+VLLM_IMAGE_CUDA_12_VERSION = "12.9"
+
+# The transformers GPU base image above is built on CUDA 12.8; PyTorch 2.8's cu128 wheels carry kernels for
+# sm_70 … sm_120, so Volta (7.0) still runs there.
+TRANSFORMERS_GPU_IMAGE_CUDA_VERSION = "12.8"
+TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY = (7, 0)

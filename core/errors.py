@@ -1,0 +1,120 @@
+"""One exception hierarchy for EZ Runner.
+
+Every message says what was wrong and what to do next, so the CLI and the wizard only have to show
+it. Subclasses group errors by area; callers catch ``EzRunnerError`` at the boundary.
+"""
+
+from __future__ import annotations
+
+
+class EzRunnerError(Exception):
+    """Base class: ``str(error)`` is a complete, user-facing sentence with a next step."""
+
+    #: short machine-readable code, used by the CLI's --json output and the wizard's translations
+    code: str = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message} {hint}")
+
+
+# MODEL REFERENCE AND HUB ERRORS
+
+
+class InvalidReferenceError(EzRunnerError):
+    code = "invalid_reference"
+
+
+class ModelNotFoundError(EzRunnerError):
+    code = "model_not_found"
+
+
+class RevisionNotFoundError(EzRunnerError):
+    code = "revision_not_found"
+
+
+class GatedModelError(EzRunnerError):
+    code = "gated_model"
+
+
+class NoSafetensorsError(EzRunnerError):
+    code = "no_safetensors"
+
+
+class HubUnreachableError(EzRunnerError):
+    code = "hub_unreachable"
+
+
+class DownloadError(EzRunnerError):
+    code = "download_failed"
+
+
+class ChecksumMismatchError(EzRunnerError):
+    code = "checksum_mismatch"
+
+
+# HARDWARE AND PLANNING ERRORS
+
+
+class InvalidTargetError(EzRunnerError):
+    code = "invalid_target"
+
+
+class InvalidOptionsError(EzRunnerError):
+    code = "invalid_options"
+
+
+class PlanError(EzRunnerError):
+    code = "plan_failed"
+
+
+# DOCKER, PACK AND RUN ERRORS
+
+
+class DockerUnavailableError(EzRunnerError):
+    code = "docker_unavailable"
+
+
+class DockerTooOldError(EzRunnerError):
+    code = "docker_too_old"
+
+
+class BaseImageMissingError(EzRunnerError):
+    code = "base_image_missing"
+
+
+class BuildFailedError(EzRunnerError):
+    code = "build_failed"
+
+
+class ExportFailedError(EzRunnerError):
+    code = "export_failed"
+
+
+class DiskSpaceError(EzRunnerError):
+    code = "disk_full"
+
+
+class PortInUseError(EzRunnerError):
+    code = "port_in_use"
+
+
+class ContainerConflictError(EzRunnerError):
+    code = "container_exists"
+
+
+class GpuUnavailableError(EzRunnerError):
+    code = "gpu_unavailable"
+
+
+class HealthTimeoutError(EzRunnerError):
+    code = "health_timeout"
+
+
+class ArtifactInvalidError(EzRunnerError):
+    code = "artifact_invalid"
+
+
+class CancelledError(EzRunnerError):
+    code = "cancelled"

@@ -1,0 +1,158 @@
+"""A local SQLite record of every pack: what was packed, for which target, how it went, where it lies."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.hardware import default_data_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS packs (
+    id TEXT PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    model_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    model_commit TEXT NOT NULL,
+    target TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    dockerfile TEXT NOT NULL,
+    image_tag TEXT,
+    image_id TEXT,
+    archive TEXT,
+    parts TEXT,
+    size INTEGER,
+    sha256 TEXT,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    log TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    id: str
+    started: float
+    finished: float | None
+    model_id: str
+    source: str
+    revision: str
+    model_commit: str
+    target: Mapping[str, Any]
+    plan: Mapping[str, Any]
+    dockerfile: str
+    image_tag: str | None
+    image_id: str | None
+    archive: str | None
+    parts: tuple[str, ...]
+    size: int | None
+    sha256: str | None
+    outcome: str  # running | succeeded | failed | cancelled
+    error: str | None
+    log: str | None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+
+def default_history_path() -> Path:
+    return default_data_dir() / "history.sqlite"
+
+
+class History:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_history_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.execute(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def start(
+        self, *, model_id: str, source: str, revision: str, model_commit: str, target: Mapping[str, Any],
+        plan: Mapping[str, Any], dockerfile: str, image_tag: str,
+    ) -> str:
+        record_id = uuid.uuid4().hex
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO packs (id, started, model_id, source, revision, model_commit, target, plan, dockerfile,"
+                " image_tag, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                (record_id, time.time(), model_id, source, revision, model_commit, json.dumps(target),
+                 json.dumps(plan), dockerfile, image_tag),
+            )
+        return record_id
+
+    def finish(
+        self, record_id: str, *, outcome: str, error: str | None = None, log: str | None = None,
+        image_id: str | None = None, archive: Path | None = None, parts: tuple[Path, ...] = (),
+        size: int | None = None, sha256: str | None = None,
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE packs SET finished=?, outcome=?, error=?, log=?, image_id=?, archive=?, parts=?, size=?,"
+                " sha256=? WHERE id=?",
+                (time.time(), outcome, error, log, image_id, str(archive) if archive else None,
+                 json.dumps([str(p) for p in parts]), size, sha256, record_id),
+            )
+
+    def list(self, *, limit: int = 200) -> list[PackRecord]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM packs ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
+        return [_record(row) for row in rows]
+
+    def get(self, record_id: str) -> PackRecord | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM packs WHERE id=?", (record_id,)).fetchone()
+        return _record(row) if row else None
+
+    def delete(self, record_id: str, *, files: bool) -> list[Path]:
+        """Forget a pack; with ``files`` also delete its archive, parts and sidecars. Returns deleted paths."""
+        record = self.get(record_id)
+        deleted: list[Path] = []
+        if record is None:
+            return deleted
+        if files and record.archive:
+            archive = Path(record.archive)
+            candidates = [archive, *(Path(p) for p in record.parts)]
+            candidates += [archive.with_name(archive.name + s) for s in (".sha256", ".parts.sha256")]
+            load_script = archive.with_name("load.sh")
+            if load_script.exists() and archive.name in load_script.read_text(encoding="utf-8", errors="replace"):
+                candidates.append(load_script)
+            candidates.append(archive.with_name(archive.name.split(".tar")[0] + ".load.sh"))
+            for path in dict.fromkeys(candidates):
+                if path.is_file():
+                    path.unlink()
+                    deleted.append(path)
+        with self._db() as db:
+            db.execute("DELETE FROM packs WHERE id=?", (record_id,))
+        return deleted
+
+
+def _record(row: sqlite3.Row) -> PackRecord:
+    return PackRecord(
+        id=row["id"], started=row["started"], finished=row["finished"], model_id=row["model_id"],
+        source=row["source"], revision=row["revision"], model_commit=row["model_commit"],
+        target=json.loads(row["target"]), plan=json.loads(row["plan"]), dockerfile=row["dockerfile"],
+        image_tag=row["image_tag"], image_id=row["image_id"], archive=row["archive"],
+        parts=tuple(json.loads(row["parts"] or "[]")), size=row["size"], sha256=row["sha256"],
+        outcome=row["outcome"], error=row["error"], log=row["log"],
+    )

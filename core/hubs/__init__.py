@@ -1,0 +1,149 @@
+"""Model discovery: one entry for search, inspect and download over Hugging Face, ModelScope and folders.
+
+A bare ``org/name`` is looked up on ModelScope first, then on Hugging Face, and only when ModelScope
+says "not found": an unreachable or refusing ModelScope is reported, not silently skipped, so the
+user learns which hub answered (``ModelInfo.answered_by``).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from threading import Event as CancelFlag
+from typing import Any, Literal
+
+from core.errors import HubUnreachableError, ModelNotFoundError
+from core.events import EventSink, ignore_events
+from core.hubs.base import Hub, HubName, ModelInfo, ModelSummary, SearchFilters
+from core.hubs.hf import HuggingFaceHub
+from core.hubs.local import LocalFolderHub
+from core.hubs.modelscope import ModelScopeHub
+from core.refs import ModelRef, parse_ref
+
+SearchSource = Literal["hf", "ms", "both"]
+
+__all__ = ["download", "hub_for", "inspect", "model_to_dict", "search"]
+
+
+def hub_for(source: HubName) -> Hub:
+    """The hub behind a resolved source ("hf", "ms" or "local")."""
+    if source == "hf":
+        return HuggingFaceHub()
+    if source == "ms":
+        return ModelScopeHub()
+    if source == "local":
+        return LocalFolderHub()
+    raise ValueError(f"no hub for source {source!r}; resolve 'auto' references with inspect()")
+
+
+def search(
+    *, query: str, source: SearchSource = "both", limit: int = 20, filters: SearchFilters | None = None
+) -> list[ModelSummary]:
+    """Search one hub or both; ``limit`` applies per hub.
+
+    With ``both``, a hub that cannot be reached is left out as long as the other one answers (its
+    results are still useful); when neither answers, the first error is raised.
+    """
+    if source != "both":
+        return hub_for(source).search(query=query, limit=limit, filters=filters)
+    # both at once: a blocked hub spends ~20 s in its client's retries, the other need not wait in line
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        asked = [pool.submit(hub_for(name).search, query=query, limit=limit, filters=filters) for name in ("ms", "hf")]
+    results: list[ModelSummary] = []
+    failures: list[HubUnreachableError] = []
+    for future in asked:
+        try:
+            results.extend(future.result())
+        except HubUnreachableError as error:
+            failures.append(error)
+    if len(failures) == len(asked):
+        raise failures[0]
+    return results
+
+
+def inspect(*, ref: ModelRef | str, revision: str | None = None, token: str | None = None) -> ModelInfo:
+    """Resolve a reference to a pinned ``ModelInfo`` (files, sizes, sha256, config, weight stats)."""
+    model_ref = parse_ref(ref) if isinstance(ref, str) else ref
+    if model_ref.source != "auto":
+        return hub_for(model_ref.source).inspect(
+            ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True)
+        )
+    try:
+        return ModelScopeHub().inspect(ref=model_ref, revision=revision, token=_token_for("ms", token))
+    except ModelNotFoundError as on_modelscope:
+        # ModelScope's default branch is master, Hugging Face's is main: translate the default only
+        hf_revision = None if revision == "master" else revision
+        try:
+            return HuggingFaceHub().inspect(ref=model_ref, revision=hf_revision, token=_token_for("hf", token))
+        except ModelNotFoundError as on_hf:
+            raise ModelNotFoundError(
+                f"{model_ref.repo_id} was found neither on ModelScope nor on Hugging Face.",
+                hint="Check the spelling (org/name, case matters); for a private or gated model pass a token "
+                "and name the hub with ms: or hf:.",
+            ) from on_hf if on_hf else on_modelscope
+
+
+def download(
+    *,
+    model: ModelInfo,
+    token: str | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: CancelFlag | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Fetch exactly ``model.files`` (resuming), verify them, and return the folder that holds them."""
+    source = model.ref.source
+    if source == "auto":
+        raise ValueError("ModelInfo.ref must be resolved; inspect() never returns 'auto'")
+    return hub_for(source).download(
+        model=model,
+        token=_token_for(source, token, explicit=True),
+        on_event=on_event,
+        cancel=cancel,
+        cache_dir=cache_dir,
+    )
+
+
+def model_to_dict(info: ModelInfo) -> dict[str, Any]:
+    """A JSON-ready view of ``ModelInfo`` (for ``--json`` output and logs)."""
+    return {
+        "ref": str(info.ref),
+        "source": info.ref.source,
+        "repo_id": info.repo_id,
+        "name": info.name,
+        "revision": info.revision,
+        "commit": info.commit,
+        "answered_by": info.answered_by,
+        "architecture": info.architecture,
+        "context_length": info.context_length,
+        "quantization": dict(info.quantization) if info.quantization is not None else None,
+        "license": info.license,
+        "gated": info.gated,
+        "total_bytes": info.total_bytes,
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in info.files],
+        "weights": {
+            "parameters_by_dtype": dict(info.weights.parameters_by_dtype),
+            "bytes_by_dtype": dict(info.weights.bytes_by_dtype),
+            "total_parameters": info.weights.total_parameters,
+            "total_bytes": info.weights.total_bytes,
+            "tensor_count": info.weights.tensor_count,
+            "lm_head_bytes": info.weights.lm_head_bytes,
+        },
+        "config": dict(info.config),
+    }
+
+
+def _token_for(source: HubName, token: str | None, *, explicit: bool = False) -> str | None:
+    """A token goes only to the hub it belongs to: never leak a Hugging Face token to ModelScope.
+
+    With a hub named (hf:/ms:) the token is for that hub. For a bare org/name it is routed by its
+    prefix: ``hf_`` tokens to Hugging Face, ``ms-`` tokens to ModelScope, anything else to Hugging
+    Face only (gated models are a Hugging Face feature; ModelScope reads MODELSCOPE_API_TOKEN).
+    """
+    if not token or source == "local":
+        return None
+    if explicit:
+        return token
+    if token.startswith("ms-"):
+        return token if source == "ms" else None
+    return token if source == "hf" else None

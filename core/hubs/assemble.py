@@ -1,0 +1,215 @@
+"""What every hub does the same way: read config facts, build ``ModelInfo``, verify a download."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from threading import Event as CancelFlag
+from typing import Any
+
+from core.errors import CancelledError, ChecksumMismatchError, DownloadError, NoSafetensorsError
+from core.events import Event, EventSink
+from core.hubs.base import ModelFile, ModelInfo, WeightStats
+from core.refs import ModelRef
+
+#: bytes per element, to turn the hubs' per-dtype parameter counts into a size estimate for search
+DTYPE_BYTES: Mapping[str, float] = {
+    "F64": 8, "I64": 8, "U64": 8,
+    "F32": 4, "I32": 4, "U32": 4,
+    "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1,
+    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+}  # fmt: skip
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+# multimodal and wrapper configs keep the language model's settings one level down
+_NESTED_CONFIGS = ("text_config", "llm_config", "language_config", "thinker_config")
+
+_HASH_CHUNK = 8 << 20
+
+
+def read_json(path: Path, *, repo: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NoSafetensorsError(
+            f"'{repo}': {path.name} cannot be read as JSON ({error}).",
+            hint="The repo looks broken; pick another revision or variant of the model.",
+        ) from error
+    if not isinstance(value, dict):
+        raise NoSafetensorsError(f"'{repo}': {path.name} is not a JSON object.", hint="Pick another variant.")
+    return value
+
+
+def missing_config(repo: str) -> NoSafetensorsError:
+    return NoSafetensorsError(
+        f"'{repo}' has no config.json, so it is not a Hugging Face transformers model.",
+        hint="Pick the transformers/safetensors variant of this model (the one with config.json).",
+    )
+
+
+def _lookup(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    for nested in _NESTED_CONFIGS:
+        sub = config.get(nested)
+        if isinstance(sub, Mapping):
+            for key in keys:
+                if sub.get(key) is not None:
+                    return sub[key]
+    return None
+
+
+def architecture_of(config: Mapping[str, Any]) -> str | None:
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures:
+        return str(architectures[0])
+    return None
+
+
+def context_length_of(config: Mapping[str, Any]) -> int | None:
+    value = _lookup(config, _CONTEXT_KEYS)
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def quantization_of(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    value = _lookup(config, ("quantization_config", "compression_config"))
+    return value if isinstance(value, Mapping) else None
+
+
+def build_model_info(
+    *,
+    ref: ModelRef,
+    repo_id: str,
+    revision: str,
+    commit: str,
+    files: list[ModelFile],
+    config: Mapping[str, Any],
+    weights: WeightStats,
+    license: str | None,
+    gated: bool,
+    answered_by: str,
+) -> ModelInfo:
+    return ModelInfo(
+        ref=ref,
+        repo_id=repo_id,
+        revision=revision,
+        commit=commit,
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        config=config,
+        weights=weights,
+        architecture=architecture_of(config),
+        context_length=context_length_of(config),
+        quantization=quantization_of(config),
+        license=license,
+        gated=gated,
+        answered_by=answered_by,
+    )
+
+
+def estimate_bytes(parameters_by_dtype: Mapping[str, int]) -> int | None:
+    """Weight bytes from per-dtype parameter counts (search results), None when a dtype is unknown."""
+    total = 0.0
+    for dtype, count in parameters_by_dtype.items():
+        width = DTYPE_BYTES.get(dtype.upper())
+        if width is None:
+            return None
+        total += width * count
+    return int(total) if parameters_by_dtype else None
+
+
+def raise_if_cancelled(cancel: CancelFlag | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("The download was cancelled.", hint="Start it again to resume where it stopped.")
+
+
+class StopDownload(BaseException):
+    """Raised from inside the hub clients' progress hooks when the user cancels.
+
+    It derives from BaseException on purpose: both clients catch ``Exception`` around each chunk to
+    retry, and a cancel must not be retried; it unwinds to our ``download`` and becomes CancelledError.
+    """
+
+
+class ByteProgress:
+    """Turns the clients' per-chunk byte counts (from several threads) into monotonic download Events."""
+
+    def __init__(self, *, on_event: EventSink, total: int, cancel: CancelFlag | None) -> None:
+        self._on_event = on_event
+        self._total = total
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self._done = 0
+        self._reported = 0
+
+    def check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise StopDownload
+
+    def add(self, count: int, *, file: str | None = None) -> None:
+        self.check_cancel()
+        with self._lock:
+            self._done += count  # a restarted file reports a negative count: never shown as going back
+            value = max(0, min(self._done, self._total))
+            if value <= self._reported:
+                return
+            self._reported = value
+        self._on_event(Event(stage="download", done=value, total=self._total, unit="B", file=file))
+
+    def finish(self) -> None:
+        """Files already on disk report nothing; the download still ends at its total."""
+        with self._lock:
+            if self._reported >= self._total:
+                return
+            self._reported = self._total
+        self._on_event(Event(stage="download", done=self._total, total=self._total, unit="B"))
+
+
+def verify_download(*, folder: Path, model: ModelInfo, on_event: EventSink, cancel: CancelFlag | None) -> None:
+    """Check every packed file's size, and sha256 where the hub gave one (reads each file once)."""
+    to_hash = sum(f.size for f in model.files if f.sha256)
+    hashed = 0
+    for entry in model.files:
+        raise_if_cancelled(cancel)
+        path = folder / entry.path
+        if not path.is_file():
+            raise DownloadError(
+                f"'{entry.path}' is missing from the download of {model.repo_id}.",
+                hint="Run the download again; it resumes and fetches the missing file.",
+            )
+        size = path.stat().st_size
+        if size != entry.size:
+            _discard(path)
+            raise ChecksumMismatchError(
+                f"'{entry.path}' of {model.repo_id} had {size} bytes on disk, the hub lists {entry.size}.",
+                hint="The bad copy was deleted; run the download again to fetch it fresh.",
+            )
+        if not entry.sha256:
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(_HASH_CHUNK):
+                digest.update(block)
+                hashed += len(block)
+                on_event(Event(stage="verify", done=hashed, total=to_hash, unit="B", file=entry.path))
+                raise_if_cancelled(cancel)
+        if digest.hexdigest() != entry.sha256.lower():
+            _discard(path)
+            raise ChecksumMismatchError(
+                f"'{entry.path}' of {model.repo_id} does not match the hub's sha256 "
+                f"(expected {entry.sha256[:12]}…, got {digest.hexdigest()[:12]}…).",
+                hint="The bad copy was deleted; run the download again to fetch it fresh.",
+            )
+
+
+def _discard(path: Path) -> None:
+    """Remove a bad file from a hub cache, and the blob behind it (HF snapshots are symlinks to blobs),
+    so the next download fetches it instead of trusting the cached copy."""
+    target = path.resolve()
+    path.unlink(missing_ok=True)
+    if target != path:
+        target.unlink(missing_ok=True)

@@ -1,0 +1,252 @@
+"""The pack job: download → stage → build → export → checksum + load.sh, as one Event stream.
+
+Every stage reports through ``on_event`` and honours ``cancel``; a failed or cancelled pack leaves no
+partial archive behind (the export writes ``*.partial`` and renames at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from core import docker_io, hubs
+from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError
+from core.events import Event, EventSink, ignore_events
+from core.hardware import default_data_dir, target_summary
+from core.history import History
+from core.plan import Plan, plan_to_dict
+from core.render import BuildSpec, Compression, render, render_load_script
+
+ExportPath = Literal["fast", "docker-build"]
+# The archive also holds the runtime image (engine, Python, CUDA …); leave room for it and the build.
+_DISK_MARGIN = 1.10
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a pack leaves on disk, beside each other in one folder."""
+
+    archive: Path  # logical archive name (the reassembled file when split)
+    parts: tuple[Path, ...]  # the files on disk: (archive,) or archive.part000, …
+    size: int
+    sha256: str
+    checksum_file: Path
+    load_script: Path
+    image_tag: str
+    image_id: str
+    run_command: str
+    compression: Compression
+    export_path: ExportPath
+    seconds: float
+    record_id: str | None = None  # the History record, when the pack was recorded
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("The pack was cancelled; no partial files were kept.", hint="Start it again when ready.")
+
+
+def output_paths(*, output: Path, compression: Compression) -> Path:
+    """Normalise the archive name: ``.tar`` for plain archives, ``.tar.zst`` when compressed."""
+    name = output.name
+    if compression == "zstd" and not name.endswith(".zst"):
+        name += ".zst"
+    if not (name.endswith(".tar") or name.endswith(".tar.zst")):
+        raise InvalidOptionsError(
+            f"The output name {output.name!r} must end in .tar (or .tar.zst with --compress zstd).",
+            hint="For example: -o qwen2.5-7b-instruct.tar",
+        )
+    return output.with_name(name)
+
+
+def check_disk(*, needs: Sequence[tuple[Path, int]]) -> None:
+    """Fail before starting when any filesystem lacks room for what will be written to it."""
+    by_device: dict[int, tuple[Path, int]] = {}
+    for path, size in needs:
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        dev = probe.stat().st_dev
+        prev = by_device.get(dev, (probe, 0))
+        by_device[dev] = (prev[0], prev[1] + size)
+    for probe, size in by_device.values():
+        free = shutil.disk_usage(probe).free
+        if free < size * _DISK_MARGIN:
+            raise DiskSpaceError(
+                f"Not enough free disk at {probe}: the pack needs about {size * _DISK_MARGIN / 2**30:.1f} GiB "
+                f"there and {free / 2**30:.1f} GiB is free.",
+                hint="Free some space, or write the archive elsewhere with -o /bigger/disk/model.tar.",
+            )
+
+
+def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, include_model: bool) -> None:
+    """Write the Dockerfile and hard-link each model file into ``layers/<layer>/<path>`` (copy across disks)."""
+    context_dir.mkdir(parents=True, exist_ok=True)
+    dockerfile = spec.dockerfile if include_model else spec.runtime_dockerfile
+    (context_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+    if not include_model:
+        return
+    for layer in spec.layers:
+        for f in layer.files:
+            src = (model_dir / f.path).resolve()  # hub caches keep symlinks to blobs: link the blob itself
+            dst = context_dir / "layers" / layer.name / f.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+
+def _write_sidecars(
+    *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, part_sums: Sequence[str],
+    compression: Compression,
+) -> tuple[Path, Path]:
+    checksum_file = archive.with_name(archive.name + ".sha256")
+    checksum_file.write_text(f"{sha256}  {archive.name}\n", encoding="utf-8")
+    if len(parts) > 1:
+        lines = "".join(f"{s}  {p.name}\n" for s, p in zip(part_sums, parts, strict=True))
+        archive.with_name(archive.name + ".parts.sha256").write_text(lines, encoding="utf-8")
+    script = render_load_script(
+        plan=plan,
+        spec=spec,
+        archive_name=archive.name,
+        parts=[p.name for p in parts] if len(parts) > 1 else (),
+        compression=compression,
+    )
+    load_script = archive.with_name("load.sh")
+    if load_script.exists() and archive.name not in load_script.read_text(encoding="utf-8"):
+        # Another archive's load.sh lives here: keep it and name ours after the archive.
+        load_script = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
+    load_script.write_text(script, encoding="utf-8")
+    load_script.chmod(0o755)
+    return checksum_file, load_script
+
+
+def pack(
+    *,
+    plan: Plan,
+    output: Path,
+    compression: Compression = "none",
+    split_bytes: int | None = None,
+    token: str | None = None,
+    work_dir: Path | None = None,
+    history: History | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: threading.Event | None = None,
+) -> Artifact:
+    """Download the model, build the image, export it to ``output``; return what was written.
+
+    With ``history``, the pack is recorded when it starts and updated when it ends, whatever the outcome;
+    the returned artifact carries the record id.
+    """
+    if history is None:
+        return _pack(plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
+                     work_dir=work_dir, on_event=on_event, cancel=cancel)
+    spec = render(plan=plan)
+    record_id = history.start(
+        model_id=plan.model.repo_id, source=plan.model.ref.source, revision=plan.model.revision,
+        model_commit=plan.model.commit, target=target_summary(plan.target), plan=plan_to_dict(plan),
+        dockerfile=spec.dockerfile, image_tag=spec.image_tag,
+    )
+    log: list[str] = []
+
+    def recording(event: Event) -> None:
+        if event.log:
+            log.append(event.log.rstrip("\n"))
+            del log[:-2000]
+        on_event(event)
+
+    try:
+        artifact = _pack(plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
+                         work_dir=work_dir, on_event=recording, cancel=cancel)
+    except CancelledError as exc:
+        history.finish(record_id, outcome="cancelled", error=str(exc), log="\n".join(log))
+        raise
+    except Exception as exc:
+        history.finish(record_id, outcome="failed", error=str(exc), log="\n".join(log))
+        raise
+    history.finish(
+        record_id, outcome="succeeded", log="\n".join(log), image_id=artifact.image_id, archive=artifact.archive,
+        parts=artifact.parts, size=artifact.size, sha256=artifact.sha256,
+    )
+    return replace(artifact, record_id=record_id)
+
+
+def _pack(
+    *,
+    plan: Plan,
+    output: Path,
+    compression: Compression = "none",
+    split_bytes: int | None = None,
+    token: str | None = None,
+    work_dir: Path | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: threading.Event | None = None,
+) -> Artifact:
+    started = time.monotonic()
+    cancelled = cancel.is_set if cancel is not None else (lambda: False)
+    if split_bytes is not None and split_bytes < (1 << 20):
+        raise InvalidOptionsError(
+            f"--split {split_bytes} bytes is too small.", hint="Use a size such as 4G (FAT32 sticks) or 1G."
+        )
+    archive = output_paths(output=output.resolve(), compression=compression)
+    spec = render(plan=plan)
+    model = plan.model
+    work_root = work_dir or default_data_dir() / "builds"
+
+    on_event(Event(stage="check", message="Checking Docker, the base image and free disk"))
+    client = docker_io.connect()
+    docker_root = Path(client.info().get("DockerRootDir", "/var/lib/docker"))
+    needs = [(archive.parent, model.total_bytes), (docker_root, model.total_bytes)]
+    if model.ref.source != "local":
+        needs.append((hubs.cache_dir(source=model.ref.source), model.total_bytes))
+    check_disk(needs=needs)
+    _check_cancel(cancel)
+
+    model_dir = hubs.download(model=model, token=token, on_event=on_event, cancel=cancel)
+    _check_cancel(cancel)
+
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="context-", dir=work_root) as tmp:
+        context = Path(tmp)
+        on_event(Event(stage="stage", message="Linking model files into the build context"))
+        stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=True)
+        _check_cancel(cancel)
+        image_id = docker_io.build_image(
+            client=client, context_dir=context, tag=spec.image_tag, on_event=on_event, cancel=cancelled
+        )
+    written = docker_io.save_image(
+        client=client,
+        ref=spec.image_tag,
+        out=archive,
+        compress=compression,
+        split_bytes=split_bytes,
+        on_event=on_event,
+        cancel=cancelled,
+    )
+    checksum_file, load_script = _write_sidecars(
+        plan=plan, spec=spec, archive=archive, parts=written.paths, sha256=written.sha256,
+        part_sums=written.part_sha256, compression=compression,
+    )
+    on_event(Event(stage="done", done=written.size, total=written.size, unit="B", message=f"Wrote {archive}"))
+    return Artifact(
+        archive=archive,
+        parts=tuple(written.paths),
+        size=written.size,
+        sha256=written.sha256,
+        checksum_file=checksum_file,
+        load_script=load_script,
+        image_tag=spec.image_tag,
+        image_id=image_id,
+        run_command=spec.run_command(),
+        compression=compression,
+        export_path="docker-build",
+        seconds=time.monotonic() - started,
+    )

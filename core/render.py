@@ -1,0 +1,233 @@
+"""Render the Dockerfile, ``load.sh`` and the ``docker run`` command for a plan, from ``templates/``.
+
+Only validated values reach a template: image references and names are checked against strict
+patterns, every value that lands in a shell or Dockerfile string is quoted for that language, and
+no token or other secret is ever an input here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+
+from core.engines import engine_for
+from core.errors import InvalidOptionsError, InvalidReferenceError
+from core.layers import WeightLayer, plan_layers
+from core.plan import Plan
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+MODELS_ROOT = "/models"
+
+# Docker reference grammar, simplified: [registry[:port]/]path[:tag][@digest], path lowercase.
+_IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+Compression = Literal["none", "zstd"]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything a build needs besides the model files themselves."""
+
+    dockerfile: str  # the full Dockerfile: engine layers, then one COPY per model layer
+    runtime_dockerfile: str  # the same without the model layers (the fast path appends those itself)
+    image_tag: str
+    model_root: str  # /models/<name>
+    served_model_name: str
+    layers: tuple[WeightLayer, ...]
+    labels: tuple[tuple[str, str], ...]
+    port: int
+    health_path: str
+    gpus: bool  # needs `--gpus all` at run time
+    run_flags: tuple[str, ...]  # docker run flags besides name, port and image
+
+    def run_command(self, *, port: int | None = None, name: str | None = None) -> str:
+        """The `docker run` line the target server uses."""
+        host_port = port or self.port
+        argv = ["docker", "run", "-d", "--name", name or container_name(self.image_tag), *self.run_flags]
+        argv += ["-p", f"{host_port}:{self.port}", self.image_tag]
+        return shlex.join(argv)
+
+
+def ezrunner_version() -> str:
+    try:
+        return metadata.version("ezrunner")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+source"
+
+
+def validate_image_ref(ref: str, *, what: str = "--base-image") -> str:
+    if not _IMAGE_REF.match(ref):
+        raise InvalidOptionsError(
+            f"{what} {ref!r} is not a valid image reference.",
+            hint="Use the form registry/name:tag, e.g. vllm/vllm-openai:v0.11.0 or my.mirror:5000/python:3.11-slim.",
+        )
+    last = ref.rsplit("/", 1)[-1]
+    if "@" not in last and (":" not in last or last.endswith(":latest")):
+        raise InvalidOptionsError(
+            f"{what} {ref!r} is not pinned: 'latest' (or no tag) changes under you and breaks reproducible builds.",
+            hint="Name an explicit tag or digest, e.g. python:3.11-slim-bookworm.",
+        )
+    return ref
+
+
+def image_tag_for(plan: Plan) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", plan.model.name.lower()).strip("._-") or "model"
+    return f"ezrunner/{name}:{plan.model.commit[:12]}-{plan.engine}"
+
+
+def container_name(image_tag: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", image_tag.split("/", 1)[-1].split(":", 1)[0]) or "ezrunner"
+
+
+def _dockerfile_string(value: str) -> str:
+    # A double-quoted Dockerfile word: JSON escaping covers quotes and backslashes; `$` must not expand.
+    return json.dumps(value, ensure_ascii=False).replace("$", "\\$")
+
+
+def _start_period_s(total_bytes: int) -> int:
+    # Loading runs at a few hundred MB/s from overlayfs, plus engine warm-up (vLLM: graph capture).
+    return int(min(3600, max(180, 180 + total_bytes / (200 << 20))))
+
+
+def _labels(plan: Plan, *, served_model_name: str, gpus: bool) -> tuple[tuple[str, str], ...]:
+    model = plan.model
+    summary = {
+        "engine": plan.engine,
+        "tensor_parallel_size": plan.tensor_parallel_size,
+        "max_model_len": plan.max_model_len,
+        "dtype": plan.dtype,
+        "gpu_memory_utilization": plan.gpu_memory_utilization,
+        "target": plan.target.label,
+        "weights_bytes": plan.weights_bytes,
+        "kv_cache_bytes_per_token": plan.kv_cache_bytes_per_token,
+    }
+    source_url = {
+        "hf": f"https://huggingface.co/{model.repo_id}",
+        "ms": f"https://modelscope.cn/models/{model.repo_id}",
+    }.get(model.ref.source, "")
+    raw = [
+        ("org.opencontainers.image.title", f"{model.repo_id} ({plan.engine})"),
+        ("org.opencontainers.image.description", f"{model.repo_id} served by {plan.engine}, built by EZ Runner"),
+        ("org.opencontainers.image.revision", model.commit),
+        ("org.opencontainers.image.source", source_url),
+        ("io.ezrunner.model", model.repo_id),
+        ("io.ezrunner.model.source", model.ref.source),
+        ("io.ezrunner.model.commit", model.commit),
+        ("io.ezrunner.engine", plan.engine),
+        ("io.ezrunner.served-model-name", served_model_name),
+        ("io.ezrunner.gpus", "all" if gpus else "none"),
+        ("io.ezrunner.plan", json.dumps(summary, sort_keys=True, separators=(",", ":"))),
+    ]
+    return tuple((key, value) for key, value in raw if value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = shlex.quote
+    return env
+
+
+def render(*, plan: Plan) -> BuildSpec:
+    """Render the build for ``plan``. Pure: same plan, same text."""
+    engine = engine_for(plan.engine)
+    model = plan.model
+    served_model_name = model.repo_id if model.ref.source != "local" else model.name
+    if not _SERVED_NAME.match(served_model_name):
+        raise InvalidReferenceError(
+            f"The model name {served_model_name!r} cannot be used as a served model name.",
+            hint="Rename the folder to letters, digits, '.', '_' or '-' and try again.",
+        )
+    base_image = validate_image_ref(plan.base_image)
+    model_root = f"{MODELS_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', model.name)}"
+    layers = plan_layers(files=model.files)
+    gpus = engine.needs_gpu_runtime(plan=plan)
+    port = plan.options.port
+    serve_argv = engine.serve_argv(plan=plan, model_dir=model_root, served_model_name=served_model_name)
+    # PORT stays overridable at `docker run -e PORT=…`; extra arguments after the image name are appended.
+    script = " ".join(shlex.quote(a) for a in serve_argv) + ' --port "${PORT}" "$@"'
+    entrypoint = ["/bin/sh", "-c", "exec " + script, "serve"]
+    probe = (
+        "import os, urllib.request; urllib.request.urlopen("
+        f"'http://127.0.0.1:%s{engine.health_path}' % os.environ.get('PORT', '{port}'), timeout=4)"
+    )
+    labels = _labels(plan, served_model_name=served_model_name, gpus=gpus)
+    image_tag = image_tag_for(plan)
+    values = {
+        "ezrunner_version": ezrunner_version(),
+        "model_id": model.repo_id,
+        "commit": model.commit,
+        "engine": plan.engine,
+        "image_tag": image_tag,
+        "base_image": base_image,
+        "model_root": model_root,
+        "layers": [layer.name for layer in layers],
+        "port": port,
+        "start_period_s": _start_period_s(model.total_bytes),
+        "healthcheck_json": json.dumps(["python3", "-c", probe]),
+        "entrypoint_json": json.dumps(entrypoint),
+        "labels": [(key, _dockerfile_string(value)) for key, value in labels],
+        **engine.template_values(plan=plan, served_model_name=served_model_name),
+        "served_model_name": served_model_name,
+    }
+    template = _environment().get_template(engine.template)
+    run_flags = ("--gpus", "all", "--ipc=host") if gpus else ()
+    return BuildSpec(
+        dockerfile=template.render(include_model=True, **values),
+        runtime_dockerfile=template.render(include_model=False, **values),
+        image_tag=image_tag,
+        model_root=model_root,
+        served_model_name=served_model_name,
+        layers=layers,
+        labels=labels,
+        port=port,
+        health_path=engine.health_path,
+        gpus=gpus,
+        run_flags=run_flags,
+    )
+
+
+def render_load_script(
+    *, plan: Plan, spec: BuildSpec, archive_name: str, parts: Sequence[str] = (), compression: Compression = "none"
+) -> str:
+    """``load.sh``: verify, reassemble parts, ``docker load``, ``docker run``, wait for health."""
+    for name in (archive_name, *parts):
+        if not _FILE_NAME.match(name):
+            raise InvalidOptionsError(
+                f"The output file name {name!r} has characters load.sh cannot use safely.",
+                hint="Use letters, digits, '.', '_' and '-' only, e.g. -o qwen2.5-7b.tar.",
+            )
+    return (
+        _environment()
+        .get_template("load.sh.j2")
+        .render(
+            ezrunner_version=ezrunner_version(),
+            model_id=plan.model.repo_id,
+            engine=plan.engine,
+            port=spec.port,
+            container_name=container_name(spec.image_tag),
+            image_ref=spec.image_tag,
+            archive_name=archive_name,
+            parts=list(parts),
+            compression=compression,
+            run_flags=" ".join(shlex.quote(f) for f in spec.run_flags),
+            served_model_name=spec.served_model_name,
+        )
+    )

@@ -1,0 +1,140 @@
+"""`ezrunner run`: verify an archive, load it, start it, wait until it answers, say where."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core import docker_io
+from core.errors import ArtifactInvalidError, HealthTimeoutError
+from core.events import Event, EventSink, ignore_events
+
+Network = Literal["bridge", "host", "none"]
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    container_id: str
+    container_name: str
+    image: str
+    endpoint: str | None  # None with --network none: only reachable from inside the container
+    served_model_name: str
+    port: int
+
+
+def verify_archive(*, archive: Path, on_event: EventSink = ignore_events) -> str:
+    """Check the archive against ``ARCHIVE.sha256`` beside it; return the digest."""
+    if archive.name.endswith(".part000"):
+        archive = archive.with_name(archive.name[: -len(".part000")])
+    parts = docker_io.archive_parts(archive)
+    checksum_file = archive.with_name(archive.name + ".sha256")
+    if not checksum_file.is_file():
+        raise ArtifactInvalidError(
+            f"{checksum_file.name} is missing beside {archive.name}, so the archive cannot be verified.",
+            hint="Copy the .sha256 file that was written with the archive.",
+        )
+    expected = checksum_file.read_text(encoding="utf-8").split()[0].lower()
+    total = sum(p.stat().st_size for p in parts)
+    digest = hashlib.sha256()
+    done = 0
+    for part in parts:
+        with part.open("rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+                done += len(chunk)
+                on_event(Event(stage="verify", done=done, total=total, unit="B", file=part.name))
+    if digest.hexdigest() != expected:
+        raise ArtifactInvalidError(
+            f"{archive.name} does not match its checksum (expected {expected[:12]}…, got "
+            f"{digest.hexdigest()[:12]}…): the copy is damaged or incomplete.",
+            hint="Copy the archive again from the machine that built it.",
+        )
+    return expected
+
+
+def run_archive(
+    *,
+    archive: Path,
+    port: int | None = None,
+    network: Network = "bridge",
+    name: str | None = None,
+    timeout_s: float = 1800,
+    gpus: bool | None = None,
+    on_event: EventSink = ignore_events,
+) -> RunningServer:
+    verify_archive(archive=archive, on_event=on_event)
+    if archive.name.endswith(".part000"):
+        archive = archive.with_name(archive.name[: -len(".part000")])
+    client = docker_io.connect()
+    on_event(Event(stage="load", message=f"Loading {archive.name}"))
+    refs = docker_io.load_image(client=client, tar=archive, on_event=on_event)
+    image_ref = next((r for r in refs if r.startswith("ezrunner/")), refs[0])
+    labels = client.images.get(image_ref).labels or {}
+    served = labels.get("io.ezrunner.served-model-name", "")
+    host_port = port or _env_port(client, image_ref)
+    # The image's entrypoint listens on $PORT: make it the host port, so host and bridge networks agree.
+    env = {"PORT": str(host_port)}
+    needs_gpus = labels.get("io.ezrunner.gpus") == "all" if gpus is None else gpus
+    container_name = name or "ezrunner-" + image_ref.split("/", 1)[-1].split(":", 1)[0]
+    on_event(Event(stage="run", message=f"Starting {container_name}"))
+    container_id = docker_io.run_container(
+        client=client,
+        image=image_ref,
+        name=container_name,
+        port=host_port,
+        network=network,
+        gpus=needs_gpus,
+        env=env,
+    )
+    if network == "none":
+        _wait_docker_health(client=client, container_id=container_id, timeout_s=timeout_s, on_event=on_event)
+        endpoint = None
+    else:
+        docker_io.wait_healthy(
+            client=client,
+            container=container_id,
+            url=f"http://127.0.0.1:{host_port}/health",
+            timeout=timeout_s,
+            on_event=on_event,
+        )
+        endpoint = f"http://127.0.0.1:{host_port}/v1"
+    return RunningServer(
+        container_id=container_id,
+        container_name=container_name,
+        image=image_ref,
+        endpoint=endpoint,
+        served_model_name=served,
+        port=host_port,
+    )
+
+
+def _env_port(client: object, image_ref: str) -> int:
+    env = client.images.get(image_ref).attrs["Config"].get("Env") or []  # type: ignore[attr-defined]
+    for item in env:
+        if item.startswith("PORT="):
+            return int(item.split("=", 1)[1])
+    return 8000
+
+
+def _wait_docker_health(*, client: object, container_id: str, timeout_s: float, on_event: EventSink) -> None:
+    """With no network the host cannot probe the server: rely on the image's own HEALTHCHECK."""
+    deadline = time.monotonic() + timeout_s
+    container = client.containers.get(container_id)  # type: ignore[attr-defined]
+    while time.monotonic() < deadline:
+        container.reload()
+        state = container.attrs["State"]
+        health = (state.get("Health") or {}).get("Status")
+        if health == "healthy":
+            return
+        if not state.get("Running"):
+            break
+        on_event(Event(stage="run", message=f"Waiting for the health check ({health or 'starting'})"))
+        time.sleep(2)
+    logs = container.logs(tail=30).decode("utf-8", "replace")
+    raise HealthTimeoutError(
+        f"The server did not become healthy within {timeout_s:.0f} s. Last log lines:\n{logs}",
+        hint="Check the log above; a large model may need a longer --timeout.",
+    )

@@ -1,0 +1,145 @@
+"""The wizard's state: one ``WizardState`` per browser tab, plus what lives in the URL.
+
+Pages read and write only this object (``wizard()``); widgets are seeded from it and copy their
+values back, so a page switch (which deletes the values of widgets that were not drawn) loses
+nothing. The URL carries the running job (``?job=<id>``) and a pack record (``?record=<id>``) so a
+refresh or a second tab re-attaches; it never carries the access token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+from core.hardware import Target
+from core.hubs.base import ModelInfo
+from core.jobs import REGISTRY, Job
+from core.plan import Options, Plan, plan, plan_to_dict
+
+STATE_KEY = "wizard"
+JOB_PARAM = "job"
+RECORD_PARAM = "record"
+
+# Page files, relative to app.py; st.switch_page and AppTest.switch_page take these paths.
+PAGE_MODEL = "views/model.py"
+PAGE_HARDWARE = "views/hardware.py"
+PAGE_PLAN = "views/plan.py"
+PAGE_BUILD = "views/build.py"
+PAGE_DOWNLOAD = "views/download.py"
+PAGE_HISTORY = "views/history.py"
+
+
+@dataclass
+class SearchRequest:
+    query: str
+    source: str  # "hf" | "ms" | "both"
+    task: str | None
+    min_params: int | None
+    max_params: int | None
+    safetensors_only: bool
+
+
+@dataclass
+class WizardState:
+    """Everything the wizard knows for one tab. Mutable on purpose: pages update it in place."""
+
+    # step 1: model
+    model_text: str = ""  # what was inspected: "hf:org/name", "ms:org/name", "org/name" or a folder
+    revision: str = ""  # empty: the hub's default branch
+    model: ModelInfo | None = None
+    search: SearchRequest | None = None
+    picked_result: str | None = None  # "hf:org/name" of the selected search row, to inspect it only once
+    retry_gated: str | None = None  # a gated model to inspect again as soon as a token is given
+    # Session memory only: never in the URL, never written to disk or logs, never shown again.
+    token: str | None = field(default=None, repr=False)
+    # step 2: hardware
+    target: Target | None = None
+    detected: Target | None = None
+    # step 3: plan
+    options: Options = field(default_factory=Options)
+    # step 4: build
+    output_dir: str = ""
+    compress: bool = False
+    split: bool = False
+    split_gib: float = 4.0
+    job_id: str | None = None
+    finished_job_id: str | None = None  # the finished job whose end already triggered a full rerun
+    # step 5 / history
+    record_id: str | None = None
+    confirm_delete: str | None = None
+
+    def set_model(self, model: ModelInfo, *, text: str) -> None:
+        """A new model resets the options that depend on it (length, TP); the target stays."""
+        if self.model is None or (self.model.repo_id, self.model.commit) != (model.repo_id, model.commit):
+            self.options = Options(port=self.options.port, base_image=self.options.base_image)
+        self.model = model
+        self.model_text = text
+
+    def current_plan(self) -> Plan | None:
+        """The plan for the chosen model, target and options (pure and fast, so computed on demand)."""
+        if self.model is None or self.target is None:
+            return None
+        return plan(model=self.model, target=self.target, options=self.options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # if Streamlit ever pickles session state (enforceSerializableSessionState, or a session
+        # store), the token must not travel with it
+        values = dict(self.__dict__)
+        values["token"] = None
+        return values
+
+
+def wizard() -> WizardState:
+    """This tab's wizard state, created on first use."""
+    state = st.session_state.get(STATE_KEY)
+    if not isinstance(state, WizardState):
+        state = WizardState()
+        st.session_state[STATE_KEY] = state
+    return state
+
+
+def seed(key: str, value: Any) -> None:
+    """Give a widget its value from the wizard state unless the widget already holds one."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def plan_key(the_plan: Plan) -> str:
+    """The job registry key of a plan: one running pack per model commit and plan."""
+    digest = hashlib.sha256(
+        json.dumps(plan_to_dict(the_plan), sort_keys=True, default=str).encode()
+    ).hexdigest()
+    return f"{the_plan.model.repo_id}@{the_plan.model.commit}#{digest[:16]}"
+
+
+# URL
+
+
+def job_from_url() -> str | None:
+    return st.query_params.get(JOB_PARAM) or None
+
+
+def put_job_in_url(job_id: str) -> None:
+    if st.query_params.get(JOB_PARAM) != job_id:
+        st.query_params[JOB_PARAM] = job_id
+
+
+def record_from_url() -> str | None:
+    return st.query_params.get(RECORD_PARAM) or None
+
+
+def attached_job(state: WizardState) -> Job | None:
+    """The job this tab follows: the URL's (after a refresh or in a new tab) or the state's."""
+    from_url = REGISTRY.get(job_from_url())
+    if from_url is not None and from_url.id != state.job_id:
+        state.job_id = from_url.id
+    job = REGISTRY.get(state.job_id)
+    if job is None:
+        state.job_id = None
+        return None
+    put_job_in_url(job.id)  # st.switch_page drops query params; keep the job in the URL
+    return job

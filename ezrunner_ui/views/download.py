@@ -1,0 +1,181 @@
+"""Step 5: fetch a finished pack (streamed from disk by the /api/artifacts route) and use it offline."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import streamlit as st
+
+from core.history import History, PackRecord
+from core.jobs import REGISTRY
+from core.render import container_name
+from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
+from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
+
+API = "/api/artifacts"
+
+
+def artifact_url(record_id: str, kind: str) -> str:
+    """Relative URL of the server's download route; same server, so no host is needed."""
+    return f"{API}/{record_id}/{kind}"
+
+
+def _base_url() -> str:
+    """scheme://host:port of this app as the browser sees it, for copy-paste curl lines."""
+    url = st.context.url or ""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "http://127.0.0.1:8501"
+
+
+def load_script_name(archive: Path) -> str:
+    """pack writes load.sh, or <name>.load.sh when another archive's load.sh already sits there."""
+    plain = archive.with_name("load.sh")
+    if plain.is_file() and archive.name in plain.read_text(encoding="utf-8", errors="replace"):
+        return plain.name
+    named = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
+    return named.name if named.is_file() else plain.name
+
+
+def run_command(record: PackRecord) -> str:
+    """The docker run line for the target server: from the pack's own artifact when this process has it."""
+    for job in REGISTRY.all():
+        result = job.snapshot().result
+        if getattr(result, "record_id", None) == record.id and getattr(result, "run_command", None):
+            return str(result.run_command)
+    stored = record.plan.get("run_command")
+    if isinstance(stored, str) and stored:
+        return stored
+    # Rebuild it the way BuildSpec.run_command does: GPU targets get the NVIDIA runtime.
+    tag = record.image_tag or "IMAGE"
+    options = record.plan.get("options")
+    port = int(options.get("port", 8000)) if isinstance(options, dict) else 8000
+    argv = ["docker", "run", "-d", "--name", container_name(tag)]
+    if record.target.get("gpu_count"):
+        argv += ["--gpus", "all", "--ipc=host"]
+    argv += ["-p", f"{port}:{port}", tag]
+    return shlex.join(argv)
+
+
+def _pick_record(history: History) -> PackRecord | None:
+    state = wizard()
+    wanted = record_from_url() or state.record_id
+    record = history.get(wanted) if wanted else None
+    if record is not None:
+        state.record_id = record.id
+        return record
+    finished = [r for r in history.list() if r.outcome == "succeeded" and r.archive]
+    if not finished:
+        return None
+    chosen = st.selectbox(
+        t("download.pick"),
+        options=[r.id for r in finished],
+        format_func=lambda rid: next(
+            f"{r.model_id} · {r.model_commit[:12]} · {fmt_bytes(r.size)}" for r in finished if r.id == rid
+        ),
+        key="download_pick",
+    )
+    return next((r for r in finished if r.id == chosen), None)
+
+
+def _files(record: PackRecord) -> None:
+    archive = Path(record.archive or "")
+    parts = [Path(p) for p in record.parts]
+    split = len(parts) > 1
+    st.subheader(t("download.files"))
+    if split:
+        st.write(t("download.split_into", count=len(parts)))
+        columns = st.columns(min(4, len(parts)))
+        for index, part in enumerate(parts):
+            size = part.stat().st_size if part.is_file() else None
+            columns[index % len(columns)].link_button(
+                t("download.part", name=part.name, size=fmt_bytes(size)),
+                artifact_url(record.id, f"part/{index}"),
+                icon=":material/download:",
+            )
+    else:
+        st.link_button(
+            t("download.archive", name=archive.name, size=fmt_bytes(record.size)),
+            artifact_url(record.id, "archive"),
+            type="primary",
+            icon=":material/download:",
+        )
+    left, right = st.columns(2)
+    left.link_button(
+        t("download.checksum", name=archive.name + ".sha256"),
+        artifact_url(record.id, "sha256"),
+        icon=":material/verified:",
+    )
+    right.link_button(
+        t("download.load_script", name=load_script_name(archive)),
+        artifact_url(record.id, "load.sh"),
+        icon=":material/terminal:",
+    )
+    st.caption(t("download.resume_hint"))
+    kinds = [f"part/{i}" for i in range(len(parts))] if split else ["archive"]
+    base = _base_url()
+    st.code(
+        "\n".join(f"curl -C - -OJ {base}{artifact_url(record.id, kind)}" for kind in [*kinds, "sha256", "load.sh"]),
+        language="bash",
+    )
+
+
+def _commands(record: PackRecord) -> None:
+    archive = Path(record.archive or "").name
+    parts = [Path(p).name for p in record.parts]
+    split = len(parts) > 1
+    script = load_script_name(Path(record.archive or ""))
+    st.subheader(t("download.on_server"))
+    st.write(t("download.copy_all"))
+    check = (
+        f"sha256sum -c {shlex.quote(archive)}.parts.sha256" if split else f"sha256sum -c {shlex.quote(archive)}.sha256"
+    )
+    st.markdown(t("download.easy_way"))
+    st.code(f"{check}\nbash {shlex.quote(script)}", language="bash")
+    st.markdown(t("download.by_hand"))
+    lines = []
+    if split:
+        lines += [
+            check,
+            f"cat {' '.join(shlex.quote(p) for p in parts)} > {shlex.quote(archive)}",
+            f"sha256sum -c {shlex.quote(archive)}.sha256",
+        ]
+    else:
+        lines.append(check)
+    if archive.endswith(".zst"):
+        lines.append(f"zstd -dc {shlex.quote(archive)} | docker load")
+    else:
+        lines.append(f"docker load -i {shlex.quote(archive)}")
+    lines.append(run_command(record))
+    st.code("\n".join(lines), language="bash")
+
+
+def render() -> None:
+    st.title(t("download.title"))
+    history = History()
+    record = _pick_record(history)
+    if record is None:
+        st.info(t("download.nothing"), icon=":material/info:")
+        st.page_link(PAGE_BUILD, label=t("common.back_to_build"), icon=":material/arrow_back:")
+        st.page_link(PAGE_HISTORY, label=t("common.to_history"), icon=":material/history:")
+        return
+    if record.outcome != "succeeded" or not record.archive:
+        st.warning(t("download.not_finished", outcome=t(f"job_state.{record.outcome}")), icon=":material/warning:")
+        return
+    with st.container(border=True, key="download_summary"):
+        st.subheader(record.model_id)
+        size, took = st.columns(2)
+        size.metric(t("download.size"), fmt_bytes(record.size))
+        took.metric(t("download.duration"), fmt_duration(record.duration_s))
+        st.markdown(t("download.image", tag=record.image_tag or "—"))
+        st.markdown(t("download.sha256"))
+        st.code(record.sha256 or "—", language=None)
+        st.caption(t("download.on_disk", path=record.archive))
+        if not Path(record.archive).exists() and not all(Path(p).exists() for p in record.parts):
+            st.warning(t("download.missing_files"), icon=":material/warning:")
+    _files(record)
+    _commands(record)
+
+
+render()

@@ -1,0 +1,258 @@
+"""Step 3: the plan (engine, parallelism, context length, memory per GPU) and the Dockerfile it renders to."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import fields, replace
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.errors import EzRunnerError
+from core.plan import Options, Plan
+from core.render import BuildSpec, render
+from ezrunner_ui.i18n import fmt_bytes, t, translate_note
+from ezrunner_ui.state import PAGE_BUILD, PAGE_HARDWARE, PAGE_MODEL, WizardState, seed, wizard
+from ezrunner_ui.ui_errors import show_error
+
+GIB = 1 << 30
+PART_COLOURS = ["#2563eb", "#93c5fd", "#f59e0b"]  # weights, KV cache, overhead
+CAPACITY_COLOUR = "#111827"
+ENGINES = ("auto", "vllm", "transformers")
+DTYPES = (None, "auto", "bfloat16", "float16", "float32")
+# widget key → Options field; the widgets are seeded from state.options and written back each run
+OPTION_WIDGETS = {
+    "opt_engine": "engine",
+    "opt_tp": "tensor_parallel_size",
+    "opt_max_len": "max_model_len",
+    "opt_gpu_util": "gpu_memory_utilization",
+    "opt_dtype": "dtype",
+    "opt_port": "port",
+    "opt_base_image": "base_image",
+}
+
+
+def _apply_change(change: dict[str, Any]) -> None:
+    """A warning's fix: merge its Options delta and let the widgets re-seed from the new options."""
+    state = wizard()
+    known = {f.name for f in fields(Options)}
+    state.options = replace(state.options, **{k: v for k, v in change.items() if k in known})
+    for key in OPTION_WIDGETS:
+        st.session_state.pop(key, None)
+
+
+def _reset_options() -> None:
+    _apply_change({f.name: f.default for f in fields(Options)})
+
+
+def _options_form(state: WizardState) -> None:
+    for key, name in OPTION_WIDGETS.items():
+        value = getattr(state.options, name)
+        seed(key, "" if key == "opt_base_image" and value is None else value)
+    with st.expander(t("plan.advanced"), icon=":material/tune:"):
+        first, second, third = st.columns(3)
+        first.selectbox(
+            t("plan.engine"),
+            options=ENGINES,
+            format_func={e: t(f"engine.{e}") for e in ENGINES}.__getitem__,
+            key="opt_engine",
+        )
+        first.selectbox(
+            t("plan.dtype"),
+            options=DTYPES,
+            format_func={d: d or t("plan.auto") for d in DTYPES}.__getitem__,
+            key="opt_dtype",
+        )
+        second.number_input(
+            t("plan.max_model_len"),
+            key="opt_max_len",
+            value=None,
+            min_value=1,
+            step=1024,
+            placeholder=t("plan.auto"),
+        )
+        second.number_input(
+            t("plan.tensor_parallel"),
+            key="opt_tp",
+            value=None,
+            min_value=1,
+            step=1,
+            placeholder=t("plan.auto"),
+        )
+        third.number_input(
+            t("plan.gpu_memory_utilization"),
+            key="opt_gpu_util",
+            value=None,
+            min_value=0.05,
+            max_value=1.0,
+            step=0.01,
+            placeholder=t("plan.engine_default"),
+        )
+        third.number_input(t("plan.port"), key="opt_port", min_value=1, max_value=65535, step=1)
+        st.text_input(t("plan.base_image"), key="opt_base_image", placeholder=t("plan.base_image_placeholder"))
+        st.button(t("plan.reset"), key="reset_options", on_click=_reset_options)
+    values = {name: st.session_state[key] for key, name in OPTION_WIDGETS.items()}
+    values["base_image"] = str(values["base_image"] or "").strip() or None
+    state.options = Options(**values)
+
+
+def _memory_chart(the_plan: Plan) -> None:
+    parts = (
+        ("weights_bytes", t("plan.part_weights")),
+        ("kv_cache_bytes", t("plan.part_kv")),
+        ("overhead_bytes", t("plan.part_overhead")),
+    )
+    rows: list[dict[str, Any]] = []
+    limits: list[dict[str, Any]] = []
+    for budget in the_plan.per_gpu:
+        label = t("plan.ram") if budget.index is None else t("plan.gpu_n", n=budget.index)
+        for order, (attribute, name) in enumerate(parts):
+            rows.append({"device": label, "part": name, "GiB": getattr(budget, attribute) / GIB, "order": order})
+        limits.append({"device": label, "GiB": budget.capacity_bytes / GIB, "what": t("plan.capacity")})
+    bars = (
+        alt.Chart(pd.DataFrame(rows))
+        .mark_bar()
+        .encode(
+            x=alt.X("sum(GiB):Q", title="GiB", stack="zero"),
+            y=alt.Y("device:N", title=None, sort=None),
+            color=alt.Color(
+                "part:N",
+                title=None,
+                sort=[name for _, name in parts],
+                scale=alt.Scale(domain=[name for _, name in parts], range=PART_COLOURS),
+            ),
+            order=alt.Order("order:Q"),
+            tooltip=["device:N", "part:N", alt.Tooltip("GiB:Q", format=".2f")],
+        )
+    )
+    capacity = (
+        alt.Chart(pd.DataFrame(limits))
+        .mark_tick(color=CAPACITY_COLOUR, thickness=3, size=34)
+        .encode(x="GiB:Q", y=alt.Y("device:N", sort=None), tooltip=["what:N", alt.Tooltip("GiB:Q", format=".2f")])
+    )
+    height = 60 + 48 * len(the_plan.per_gpu)
+    st.altair_chart(alt.layer(bars, capacity), width="stretch", height=height)
+    st.caption(t("plan.chart_caption"))
+
+
+def _context_zip(*, the_plan: Plan, spec: BuildSpec) -> bytes:
+    """Dockerfile + README, small: the weights stay on the hub (or in the folder) until the build."""
+    model = the_plan.model
+    lines = [
+        f"# Build context for {model.repo_id} @ {model.commit}",
+        "",
+        f"Engine: {the_plan.engine}; base image: {the_plan.base_image}",
+        "(docker load it first: the build never pulls).",
+        "",
+        "1. Put the model files next to this Dockerfile, exactly at these paths:",
+        "",
+    ]
+    for layer in spec.layers:
+        lines += [f"   layers/{layer.name}/{f.path}  ({f.size} bytes)" for f in layer.files]
+    if model.ref.source == "hf":
+        lines += ["", f"   hf download {model.repo_id} --revision {model.commit} --local-dir model/"]
+    elif model.ref.source == "ms":
+        lines += [
+            "",
+            f"   modelscope download --model {model.repo_id} --revision {model.commit} --local_dir model/",
+        ]
+    lines += [
+        "",
+        f"2. docker build -t {spec.image_tag} .",
+        f"3. docker save {spec.image_tag} -o image.tar",
+        f"4. On the server: docker load -i image.tar && {spec.run_command()}",
+        "",
+    ]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Dockerfile", spec.dockerfile)
+        archive.writestr("README.md", "\n".join(lines))
+    return buffer.getvalue()
+
+
+def _summary(the_plan: Plan) -> None:
+    engine, tp, length, memory = st.columns(4)
+    engine.metric(t("plan.engine"), t(f"engine.{the_plan.engine}"))
+    tp.metric(t("plan.tensor_parallel"), the_plan.tensor_parallel_size)
+    length.metric(t("plan.max_model_len"), f"{the_plan.max_model_len:,}")
+    util = the_plan.gpu_memory_utilization
+    memory.metric(t("plan.gpu_memory_utilization"), f"{util:.0%}" if util is not None else "—")
+    st.caption(t("plan.base_image_line", image=the_plan.base_image, dtype=the_plan.dtype))
+    if the_plan.fits:
+        st.success(t("plan.fits", weights=fmt_bytes(the_plan.weights_bytes)), icon=":material/check_circle:")
+    else:
+        st.error(t("plan.does_not_fit"), icon=":material/block:")
+
+
+def _reasons_and_warnings(the_plan: Plan) -> None:
+    st.subheader(t("plan.why"))
+    for note in the_plan.reasons:
+        st.markdown(f"- {translate_note(code=note.code, text=note.text, params=note.params)}")
+    for index, warning in enumerate(the_plan.warnings):
+        text = translate_note(code=warning.code, text=warning.text, params=warning.params, prefix="warning")
+        with st.container(border=True):
+            st.warning(text, icon=":material/warning:")
+            if warning.change:
+                change = ", ".join(f"{k} = {v}" for k, v in warning.change.items())
+                st.button(
+                    t("plan.apply_fix", change=change),
+                    key=f"fix_{index}",
+                    on_click=_apply_change,
+                    args=(dict(warning.change),),
+                )
+
+
+def render_page() -> None:
+    state = wizard()
+    st.title(t("plan.title"))
+    if state.model is None or state.target is None:
+        st.info(t("plan.needs_model_and_target"), icon=":material/info:")
+        if state.model is None:
+            st.page_link(PAGE_MODEL, label=t("common.back_to_model"), icon=":material/arrow_back:")
+        if state.target is None:
+            st.page_link(PAGE_HARDWARE, label=t("common.back_to_hardware"), icon=":material/arrow_back:")
+        return
+    st.caption(t("plan.for", model=state.model.repo_id, target=state.target.label))
+    _options_form(state)
+    try:
+        the_plan = state.current_plan()
+    except EzRunnerError as error:
+        show_error(error)
+        return
+    if the_plan is None:
+        return
+    _summary(the_plan)
+    chart, reasons = st.columns([3, 2])
+    with chart:
+        st.subheader(t("plan.memory"))
+        _memory_chart(the_plan)
+    with reasons:
+        _reasons_and_warnings(the_plan)
+
+    try:
+        spec = render(plan=the_plan)
+    except EzRunnerError as error:
+        show_error(error)
+        return
+    st.subheader(t("plan.dockerfile"))
+    st.code(spec.dockerfile, language="dockerfile")
+    st.download_button(
+        t("plan.download_context"),
+        data=_context_zip(the_plan=the_plan, spec=spec),
+        file_name=f"{spec.image_tag.split('/')[-1].replace(':', '-')}-context.zip",
+        mime="application/zip",
+        key="download_context",
+        icon=":material/folder_zip:",
+        on_click="ignore",
+    )
+    st.subheader(t("plan.run_command"))
+    st.caption(t("plan.run_command_help"))
+    st.code(spec.run_command(), language="bash")
+    if st.button(t("plan.next"), key="to_build", type="primary", icon=":material/arrow_forward:"):
+        st.switch_page(PAGE_BUILD)
+
+
+render_page()

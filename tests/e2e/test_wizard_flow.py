@@ -1,0 +1,174 @@
+"""The whole wizard in a real browser: search the tiny model on the fake hub, pick it, detect this
+(CPU-only) machine, plan with transformers on the offline base image, build, download the archive
+through the page's link, and `docker load` what arrived."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import Download, Page, expect
+
+from core import docker_io
+from core.history import History
+from ezrunner_ui.i18n import catalog
+from ezrunner_ui.routes import artifact_url
+from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for_app_run
+from tests.e2e.ui_server import UiServer, running_ui_server
+from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.tiny_model import make_tiny_llama
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
+REPO_ID = "tiny-org/tiny-llama"
+EN = catalog("en")
+BUILD_TIMEOUT_MS = 15 * 60 * 1000
+_SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[FakeHub]:
+    with FakeHub() as running:
+        running.add_model(source="hf", repo_id=REPO_ID, folder=make_tiny_llama(tmp_path / "tiny"), downloads=42)
+        yield running
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "ezrunner-home"
+
+
+@pytest.fixture
+def server(hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
+    env = {
+        "EZRUNNER_HOME": str(home),
+        "HF_ENDPOINT": hub.url,
+        "MODELSCOPE_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "MODELSCOPE_CACHE": str(tmp_path / "modelscope"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_TOKEN": "",
+    }
+    with running_ui_server(env=env) as running:
+        yield running
+
+
+@pytest.fixture
+def packed_images(home: Path) -> Iterator[None]:
+    """Remove the image the wizard builds (and `docker load` brings back) when the test ends."""
+    yield
+    history_file = home / "history.sqlite"
+    if history_file.exists():
+        for record in History(history_file).list():
+            if record.image_tag:
+                docker_io.remove_image(ref=record.image_tag, force=True)
+
+
+def click(page: Page, key: str) -> None:
+    by_key(page, key).locator("button").first.click()
+    wait_for_app_run(page)
+
+
+def pick_first_row(page: Page, key: str) -> None:
+    """Tick the selection box of the first row of a selectable st.dataframe (a canvas grid)."""
+    grid = by_key(page, key).get_by_test_id("stDataFrameResizable")
+    expect(grid).to_be_visible()
+    box = grid.bounding_box()
+    assert box is not None
+    # The selection column is the first one; row 1 starts below the 35 px header row.
+    page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)
+    wait_for_app_run(page)
+
+
+def download_from_link(page: Page, href: str, dest: Path) -> Download:
+    """Click the link button to ``href`` (it opens a new tab) and save the download, whichever tab has it."""
+    arrived: list[Download] = []
+    page.context.on("page", lambda tab: tab.on("download", arrived.append))
+    page.on("download", arrived.append)
+    page.locator(f'[data-testid="stLinkButton"] a[href$="{href}"]').click()
+    page.wait_for_timeout(500)
+    for _ in range(600):
+        if arrived:
+            break
+        page.wait_for_timeout(100)
+    assert arrived, f"clicking {label!r} started no download"
+    download = arrived[0]
+    download.save_as(dest)
+    return download
+
+
+def test_search_plan_build_download_and_load(
+    page: Page, screenshots: Screenshots, server: UiServer, home: Path, offline_base_image: str,
+    tmp_path: Path, packed_images: None,
+) -> None:
+    page.goto(server.url)
+    wait_for_app_loaded(page)
+    wait_for_app_run(page)
+    screenshots.take("model-page")
+
+    # 1. search the fake hub and pick the tiny model from the results
+    by_key(page, "search_query").locator("input").fill("tiny-llama")
+    by_key(page, "search_query").locator("input").press("Enter")
+    click(page, "search_button")
+    expect(by_key(page, "search_table")).to_be_visible()
+    screenshots.take("search-results")
+    pick_first_row(page, "search_table")
+    expect(by_key(page, "model_card")).to_contain_text(REPO_ID, timeout=60_000)
+    screenshots.take("model-picked")
+    click(page, "to_hardware")
+
+    # 2. detect this machine (CPU only here) and use it
+    click(page, "detect_button")
+    click(page, "use_detected")
+    screenshots.take("hardware-detected")
+    click(page, "to_plan")
+
+    # 3. plan: transformers on the offline base image (no registry to pull the pinned one from)
+    page.get_by_test_id("stExpander").filter(has_text=EN["plan.advanced"]).locator("summary").click()
+    by_key(page, "opt_engine").get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name=EN["engine.transformers"], exact=True).click()
+    wait_for_app_run(page)
+    base_image = by_key(page, "opt_base_image").locator("input")
+    base_image.fill(offline_base_image)
+    base_image.press("Enter")
+    wait_for_app_run(page)
+    expect(page.get_by_test_id("stCode").first).to_contain_text(offline_base_image)
+    screenshots.take("plan")
+    click(page, "to_build")
+
+    # 4. build and wait for the pack to finish
+    screenshots.take("build-page")
+    click(page, "start_build")
+    expect(by_key(page, "job_panel")).to_be_visible()
+    screenshots.take("build-running")
+    job_id = re.search(r"[?&]job=([0-9a-f]{32})", page.url)
+    assert job_id, f"the build page did not put the job in its URL: {page.url}"
+    expect(by_key(page, "to_download")).to_be_visible(timeout=BUILD_TIMEOUT_MS)
+    wait_for_app_run(page)
+    screenshots.take("build-done")
+    job = requests.get(f"{server.url}/api/jobs/{job_id.group(1)}", timeout=30).json()
+    assert job["state"] == "succeeded", job
+    shown = _SHA256.findall(by_key(page, "job_panel").inner_text())
+    assert shown, "the build page shows no sha256"
+    click(page, "to_download")
+
+    # 5. download the archive through the page's link and load it
+    summary = by_key(page, "download_summary")
+    expect(summary).to_be_visible()
+    sha256_on_page = _SHA256.findall(summary.inner_text())
+    assert sha256_on_page == shown[:1], (sha256_on_page, shown)
+    screenshots.take("download-page")
+    record = History(home / "history.sqlite").get(job["record_id"])
+    assert record is not None and record.archive is not None
+    dest = tmp_path / "downloaded.tar"
+    download = download_from_link(page, artifact_url(record_id=record.id), dest)
+    assert download.suggested_filename == Path(record.archive).name
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha256_on_page[0]
+    loaded = subprocess.run(["docker", "load", "-i", str(dest)], capture_output=True, text=True, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr
+    assert record.image_tag and record.image_tag in loaded.stdout
+    screenshots.take("downloaded")

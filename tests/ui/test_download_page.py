@@ -1,0 +1,88 @@
+"""Step 5: links to the server's artifact route and the exact commands for the offline server."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core.hardware import describe_target, target_summary
+from core.history import History
+from tests.ui.conftest import texts
+
+
+def finished_record(folder: Path, *, parts: int = 1, compressed: bool = False) -> str:
+    """A History record of a finished pack whose files really exist (small ones)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "tiny-llama-0123456789ab-vllm.tar" + (".zst" if compressed else "")
+    archive = folder / name
+    content = b"not really a tar, but bytes on disk" * 100
+    if parts == 1:
+        archive.write_bytes(content)
+        files = (archive,)
+    else:
+        files = tuple(archive.with_name(f"{name}.part{i:03d}") for i in range(parts))
+        for index, path in enumerate(files):
+            path.write_bytes(content[index::parts])
+    sha256 = hashlib.sha256(content).hexdigest()
+    (folder / f"{name}.sha256").write_text(f"{sha256}  {name}\n")
+    (folder / "load.sh").write_text(f"#!/bin/sh\n# loads {name}\n")
+    history = History()
+    target = target_summary(describe_target(gpu_preset="a100-80gb", gpu_count=2))
+    record_id = history.start(
+        model_id="tiny-org/tiny-llama", source="hf", revision="main", model_commit="0123456789ab" * 3,
+        target=target, plan={"engine": "vllm", "tensor_parallel_size": 1, "max_model_len": 2048},
+        dockerfile="FROM vllm/vllm-openai:v0.0.0\n", image_tag="ezrunner/tiny-llama:0123456789ab-vllm",
+    )  # fmt: skip
+    history.finish(record_id, outcome="succeeded", log="Step 1/5 : FROM x", image_id="sha256:" + "c" * 64,
+                   archive=archive, parts=files, size=len(content), sha256=sha256)  # fmt: skip
+    return record_id
+
+
+def download_page(app: AppTest, record_id: str | None) -> AppTest:
+    if record_id:
+        app.query_params["record"] = record_id
+    app.switch_page("views/download.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_nothing_finished_yet(app: AppTest) -> None:
+    download_page(app, None)
+    assert "No finished archive yet." in texts(app)
+
+
+def test_links_and_commands_for_one_archive(app: AppTest, data_home: Path) -> None:
+    record_id = finished_record(data_home / "exports")
+    download_page(app, record_id)
+    urls = {link.proto.url for link in app.link_button}
+    assert urls == {f"/api/artifacts/{record_id}/{kind}" for kind in ("archive", "sha256", "load.sh")}
+    shown = texts(app)
+    assert "3.4 KiB" in shown
+    assert hashlib.sha256(b"not really a tar, but bytes on disk" * 100).hexdigest() in shown
+    commands = "\n".join(code.value for code in app.code if code.language == "bash")
+    assert "sha256sum -c tiny-llama-0123456789ab-vllm.tar.sha256\nbash load.sh" in commands
+    assert "docker load -i tiny-llama-0123456789ab-vllm.tar" in commands
+    assert "docker run -d --name tiny-llama --gpus all --ipc=host -p 8000:8000" in commands
+    assert f"curl -C - -OJ http://127.0.0.1:8501/api/artifacts/{record_id}/archive" in commands
+
+
+def test_split_and_compressed_archive(app: AppTest, data_home: Path) -> None:
+    record_id = finished_record(data_home / "exports", parts=3, compressed=True)
+    download_page(app, record_id)
+    urls = [link.proto.url for link in app.link_button]
+    assert [u for u in urls if "/part/" in u] == [f"/api/artifacts/{record_id}/part/{i}" for i in range(3)]
+    assert f"/api/artifacts/{record_id}/archive" not in urls
+    commands = "\n".join(code.value for code in app.code if code.language == "bash")
+    assert "sha256sum -c tiny-llama-0123456789ab-vllm.tar.zst.parts.sha256" in commands
+    assert "zstd -dc tiny-llama-0123456789ab-vllm.tar.zst | docker load" in commands
+    assert "cat tiny-llama-0123456789ab-vllm.tar.zst.part000" in commands
+
+
+def test_chinese_labels(app: AppTest, data_home: Path) -> None:
+    app.selectbox(key="lang").set_value("zh").run()
+    record_id = finished_record(data_home / "exports")
+    download_page(app, record_id)
+    assert app.title[0].value == "下载"
+    assert "在离线服务器上" in texts(app)

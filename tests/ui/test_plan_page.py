@@ -1,0 +1,113 @@
+"""Step 3: the plan, its memory chart, warnings with fixes, the Dockerfile and the context zip."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from unittest import mock
+
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from core.hardware import describe_target
+from tests.ui.conftest import choose, texts
+
+
+def plan_page(app: AppTest) -> AppTest:
+    app.switch_page("views/plan.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_needs_a_model_and_a_target(app: AppTest) -> None:
+    plan_page(app)
+    assert "The plan needs a model and a target." in texts(app)
+    assert [link.label for link in app.page_link][-2:] == ["Choose a model first", "Choose the target hardware"]
+
+
+def test_plan_for_a_gpu_server(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="a100-80gb", gpu_count=2))
+    plan_page(app)
+    shown = texts(app)
+    assert "Engine vLLM" in shown
+    assert "Engine vLLM" in "\n".join(m.value for m in app.markdown)  # a reason, in plain words
+    dockerfile = app.code[0].value
+    assert app.code[0].language == "dockerfile"
+    assert "FROM vllm/vllm-openai:" in dockerfile
+    assert "docker run" in app.code[-1].value and "--gpus all" in app.code[-1].value
+    (chart,) = app.get("vega_lite_chart")
+    layers = json.loads(chart.proto.spec)["layer"]
+    assert [layer["mark"]["type"] for layer in layers] == ["bar", "tick"]  # stacked use, capacity mark
+    assert layers[0]["encoding"]["color"]["sort"] == ["Weights", "KV cache", "Overhead"]
+    assert app.download_button(key="download_context").label == "Download the build context (zip)"
+
+
+def test_advanced_options_replan(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4"))
+    plan_page(app)
+    assert app.number_input(key="opt_max_len").value is None
+    app.number_input(key="opt_max_len").set_value(1024).run()
+    assert not app.exception
+    assert app.session_state["wizard"].options.max_model_len == 1024
+    assert "1,024" in texts(app)
+    app.selectbox(key="opt_engine").set_value("transformers").run()
+    assert "FROM vllm" not in app.code[0].value
+    assert app.session_state["wizard"].current_plan().engine == "transformers"
+
+
+def test_too_long_context_is_an_error_not_a_crash(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4"))
+    plan_page(app)
+    app.number_input(key="opt_max_len").set_value(100_000).run()
+    assert not app.exception
+    assert "Invalid option" in app.error[0].value
+    assert "100,000" in app.error[0].value
+
+
+def test_warning_fix_button_changes_the_options(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="t4", driver_version="580.65.06"))
+    plan_page(app)
+    app.selectbox(key="opt_dtype").set_value("bfloat16").run()
+    assert any("bfloat16 needs compute capability 8.0" in w.value for w in app.warning)
+    fixes = [b for b in app.button if b.key and b.key.startswith("fix_")]
+    assert [b.label for b in fixes] == ["Apply: dtype = float16"]
+    fixes[0].click().run()
+    assert not app.exception
+    assert app.session_state["wizard"].options.dtype == "float16"
+    assert app.selectbox(key="opt_dtype").value == "float16"
+    assert not any("bfloat16 needs compute capability" in w.value for w in app.warning)
+
+
+def test_reasons_are_translated(app: AppTest, tiny_model: Path) -> None:
+    app.selectbox(key="lang").set_value("zh").run()
+    choose(app, model_dir=tiny_model, target=describe_target(cpu_only=True, ram_gib=32))
+    plan_page(app)
+    shown = texts(app)
+    assert "推理引擎 transformers serve：目标没有 GPU" in shown
+    assert "在 CPU 上，7B 模型每秒只能生成几个 token" in shown
+    assert app.title[0].value == "方案"
+
+
+def test_context_zip_holds_the_dockerfile_and_a_readme(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="a100-80gb"))
+    stored: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self: MemoryMediaFileStorage, path_or_data: bytes | str, *args: object, **kwargs: object) -> str:
+        if isinstance(path_or_data, bytes):
+            stored.append(path_or_data)
+        return original(self, path_or_data, *args, **kwargs)  # type: ignore[arg-type]
+
+    with mock.patch.object(MemoryMediaFileStorage, "load_and_get_id", keep):
+        plan_page(app)
+    archives = [data for data in stored if data.startswith(b"PK")]
+    assert len(archives) == 1
+    with zipfile.ZipFile(io.BytesIO(archives[0])) as archive:
+        assert sorted(archive.namelist()) == ["Dockerfile", "README.md"]
+        readme = archive.read("README.md").decode()
+        assert archive.read("Dockerfile").decode().strip() == app.code[0].value.strip()
+    assert "layers/00-meta/config.json" in readme
+    assert "model.safetensors" in readme
+    assert len(archives[0]) < 64 * 1024  # the weights are not in it

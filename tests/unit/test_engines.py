@@ -1,0 +1,182 @@
+"""Engine protocol: pinned images, serve commands, GPU runtime, and the CUDA ↔ driver rules."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from core.engines import ENGINES, engine_for
+from core.engines.base import CUDA_MIN_DRIVER, check_driver, highest_cuda_for_driver, version_tuple
+from core.engines.transformers import TransformersEngine
+from core.engines.versions import (
+    TORCH_CPU_VERSION,
+    TRANSFORMERS_CPU_BASE_IMAGE,
+    TRANSFORMERS_GPU_BASE_IMAGE,
+    TRANSFORMERS_VERSION,
+    VLLM_IMAGE,
+    VLLM_IMAGE_CUDA_12,
+    VLLM_IMAGE_CUDA_VERSION,
+    VLLM_MIN_COMPUTE_CAPABILITY,
+    VLLM_MIN_DRIVER_VERSION,
+    VLLM_VERSION,
+)
+from core.engines.vllm import VllmEngine
+from core.errors import InvalidOptionsError
+from core.hardware import Target
+from core.plan import Options, plan
+from core.sizing import GIB
+from tests.unit.test_sizing import H100, RTX_4090, model_info
+
+
+def test_engine_lookup() -> None:
+    assert set(ENGINES) == {"vllm", "transformers"}
+    assert isinstance(engine_for("vllm"), VllmEngine)
+    assert isinstance(engine_for("transformers"), TransformersEngine)
+    for name, engine in ENGINES.items():
+        assert engine.name == name
+        assert engine.health_path == "/health"
+        assert engine.port == 8000
+    assert engine_for("vllm").template == "vllm.Dockerfile.j2"
+    assert engine_for("transformers").template == "transformers.Dockerfile.j2"
+    with pytest.raises(InvalidOptionsError, match="vllm, transformers"):
+        engine_for("llama.cpp")
+
+
+def test_vllm_image_is_pinned_to_a_release_tag() -> None:
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", VLLM_IMAGE)
+    assert VLLM_IMAGE.endswith(f":v{VLLM_VERSION}")
+    assert f"{VLLM_IMAGE}-cu129" == VLLM_IMAGE_CUDA_12
+    assert "latest" not in VLLM_IMAGE
+    assert VLLM_MIN_COMPUTE_CAPABILITY == (7, 5)
+    # the pinned minimum driver is NVIDIA's number for the image's CUDA
+    assert CUDA_MIN_DRIVER[VLLM_IMAGE_CUDA_VERSION] == VLLM_MIN_DRIVER_VERSION
+    engine = engine_for("vllm")
+    assert engine.image_cuda_version == VLLM_IMAGE_CUDA_VERSION
+    assert engine.default_base_image(target=Target(gpus=(H100,))) == VLLM_IMAGE
+
+
+def test_transformers_base_image_follows_the_device() -> None:
+    engine = engine_for("transformers")
+    assert engine.default_base_image(target=Target()) == TRANSFORMERS_CPU_BASE_IMAGE
+    assert engine.default_base_image(target=Target(gpus=(H100,))) == TRANSFORMERS_GPU_BASE_IMAGE
+    # a GPU server whose model only fits in RAM runs on the CPU image
+    assert engine.default_base_image(target=Target(gpus=(H100,)), device="cpu") == TRANSFORMERS_CPU_BASE_IMAGE
+
+
+def test_vllm_serve_argv_carries_every_planned_value() -> None:
+    p = plan(
+        model=model_info("Llama-3.1-8B-Instruct"),
+        target=Target(gpus=(RTX_4090,), cuda_version="13.0"),
+    )
+    argv = engine_for("vllm").serve_argv(
+        plan=p, model_dir="/models/Llama-3.1-8B-Instruct", served_model_name="llama"
+    )
+    assert argv[:3] == ["vllm", "serve", "/models/Llama-3.1-8B-Instruct"]
+
+    def flag(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    assert flag("--served-model-name") == "llama"
+    assert flag("--tensor-parallel-size") == "1"
+    assert flag("--max-model-len") == str(p.max_model_len)
+    assert flag("--gpu-memory-utilization") == "0.9"
+    assert flag("--dtype") == "bfloat16"
+    assert flag("--host") == "0.0.0.0"
+    assert "--port" not in argv  # the renderer appends --port "${PORT}" (Options.port is its default)
+    assert engine_for("vllm").needs_gpu_runtime(plan=p)
+    assert engine_for("vllm").template_values(plan=p, served_model_name="org/model") == {"vllm_version": VLLM_VERSION}
+
+
+def test_transformers_serve_argv_on_cpu() -> None:
+    p = plan(model=model_info("Qwen2.5-0.5B"), target=Target(ram_bytes=16 * GIB))
+    engine = engine_for(p.engine)
+    argv = engine.serve_argv(plan=p, model_dir="/models/Qwen2.5-0.5B", served_model_name="qwen")
+    # the hub id, resolved offline through the HF-cache snapshot the template links to model_dir
+    assert argv[:3] == ["transformers", "serve", "qwen"]
+    assert argv[argv.index("--device") + 1] == "cpu"
+    assert argv[argv.index("--dtype") + 1] == "bfloat16"
+    assert "--port" not in argv
+    assert not engine.needs_gpu_runtime(plan=p)
+    values = engine.template_values(plan=p, served_model_name="org/model")
+    assert values["transformers_version"] == TRANSFORMERS_VERSION
+    assert values["hf_cache_repo"] == "/home/ezrunner/.cache/huggingface/hub/models--org--model"
+    assert values["snapshot"] == p.model.commit
+    # the CPU image gets torch's CPU wheel, quoted for the shell
+    assert values["pip_packages"] == (
+        f"torch=={TORCH_CPU_VERSION} 'transformers[serving]=={TRANSFORMERS_VERSION}' "
+        "--extra-index-url https://download.pytorch.org/whl/cpu"
+    )
+
+
+def test_transformers_on_a_gpu_needs_the_gpu_runtime() -> None:
+    p = plan(
+        model=model_info("Qwen2.5-0.5B"),
+        target=Target(gpus=(H100,), cuda_version="13.0"),
+        options=Options(engine="transformers"),
+    )
+    assert p.device == "cuda"
+    assert engine_for("transformers").needs_gpu_runtime(plan=p)
+    pip = engine_for("transformers").template_values(plan=p, served_model_name="org/model")["pip_packages"]
+    assert pip == f"'transformers[serving]=={TRANSFORMERS_VERSION}'"  # the CUDA base image has torch
+    argv = engine_for("transformers").serve_argv(plan=p, model_dir="/m", served_model_name="m")
+    assert argv[argv.index("--device") + 1] == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("12.8", (12, 8)),
+        ("570.124.06", (570, 124, 6)),
+        ("13.0.3", (13, 0, 3)),
+        ("550.54.15-beta", (550, 54, 15)),
+    ],
+)
+def test_version_tuple(text: str, parsed: tuple[int, ...]) -> None:
+    assert version_tuple(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("driver", "cuda"),
+    [
+        ("470.82.01", None),  # older than every CUDA 11.8+/12.x entry
+        ("525.60.13", "12.0"),
+        ("535.54.03", "12.2"),
+        ("550.54.15", "12.4"),
+        ("560.35.03", "12.6"),
+        ("570.124.06", "12.8"),
+        ("575.57.08", "12.9"),
+        ("580.65.06", "13.0"),
+        ("590.44.01", "13.0"),  # newer than the table: at least 13.0
+    ],
+)
+def test_highest_cuda_for_driver(driver: str, cuda: str | None) -> None:
+    assert highest_cuda_for_driver(driver) == cuda
+
+
+@pytest.mark.parametrize(
+    ("target", "ok", "target_cuda"),
+    [
+        (Target(gpus=(H100,), cuda_version="13.0"), True, "13.0"),
+        (Target(gpus=(H100,), cuda_version="13.2"), True, "13.2"),
+        (Target(gpus=(H100,), cuda_version="12.9"), False, "12.9"),
+        (Target(gpus=(H100,), driver_version="580.82.07"), True, "13.0"),
+        (Target(gpus=(H100,), driver_version="570.124.06"), False, "12.8"),
+        (Target(gpus=(H100,), driver_version="470.82.01"), False, "11.7"),
+        (Target(gpus=(H100,)), None, None),
+    ],
+)
+def test_check_driver_against_the_vllm_image(
+    target: Target, ok: bool | None, target_cuda: str | None
+) -> None:
+    check = check_driver(target=target, image_cuda=VLLM_IMAGE_CUDA_VERSION)
+    assert check.ok is ok
+    assert check.target_cuda == target_cuda
+    assert check.min_driver == "580.65.06"
+
+
+def test_check_driver_against_the_transformers_gpu_image() -> None:
+    check = check_driver(target=Target(gpus=(H100,), driver_version="570.124.06"), image_cuda="12.8")
+    assert check.ok is True
+    check = check_driver(target=Target(gpus=(H100,), driver_version="550.54.15"), image_cuda="12.8")
+    assert check.ok is False and check.min_driver == "570.26"
