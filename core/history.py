@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -32,11 +33,15 @@ CREATE TABLE IF NOT EXISTS packs (
     parts TEXT,
     size INTEGER,
     sha256 TEXT,
+    run_command TEXT,
     outcome TEXT NOT NULL,
     error TEXT,
     log TEXT
 )
 """
+
+
+_ADDED_COLUMNS = (("run_command", "TEXT"),)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class PackRecord:
     parts: tuple[str, ...]
     size: int | None
     sha256: str | None
+    run_command: str | None
     outcome: str  # running | succeeded | failed | cancelled
     error: str | None
     log: str | None
@@ -76,6 +82,11 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute(_SCHEMA)
+            # Columns added after the first release of the schema: add them to older files in place.
+            have = {row["name"] for row in db.execute("PRAGMA table_info(packs)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in have:
+                    db.execute(f"ALTER TABLE packs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -104,17 +115,17 @@ class History:
     def finish(
         self, record_id: str, *, outcome: str, error: str | None = None, log: str | None = None,
         image_id: str | None = None, archive: Path | None = None, parts: tuple[Path, ...] = (),
-        size: int | None = None, sha256: str | None = None,
+        size: int | None = None, sha256: str | None = None, run_command: str | None = None,
     ) -> None:
         with self._db() as db:
             db.execute(
                 "UPDATE packs SET finished=?, outcome=?, error=?, log=?, image_id=?, archive=?, parts=?, size=?,"
-                " sha256=? WHERE id=?",
+                " sha256=?, run_command=? WHERE id=?",
                 (time.time(), outcome, error, log, image_id, str(archive) if archive else None,
-                 json.dumps([str(p) for p in parts]), size, sha256, record_id),
+                 json.dumps([str(p) for p in parts]), size, sha256, run_command, record_id),
             )
 
-    def list(self, *, limit: int = 200) -> list[PackRecord]:
+    def list(self, *, limit: int = 200) -> builtins.list[PackRecord]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM packs ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
         return [_record(row) for row in rows]
@@ -124,10 +135,10 @@ class History:
             row = db.execute("SELECT * FROM packs WHERE id=?", (record_id,)).fetchone()
         return _record(row) if row else None
 
-    def delete(self, record_id: str, *, files: bool) -> list[Path]:
+    def delete(self, record_id: str, *, files: bool) -> builtins.list[Path]:
         """Forget a pack; with ``files`` also delete its archive, parts and sidecars. Returns deleted paths."""
         record = self.get(record_id)
-        deleted: list[Path] = []
+        deleted: builtins.list[Path] = []
         if record is None:
             return deleted
         if files and record.archive:
@@ -154,5 +165,6 @@ def _record(row: sqlite3.Row) -> PackRecord:
         target=json.loads(row["target"]), plan=json.loads(row["plan"]), dockerfile=row["dockerfile"],
         image_tag=row["image_tag"], image_id=row["image_id"], archive=row["archive"],
         parts=tuple(json.loads(row["parts"] or "[]")), size=row["size"], sha256=row["sha256"],
+        run_command=row["run_command"],
         outcome=row["outcome"], error=row["error"], log=row["log"],
     )

@@ -21,10 +21,13 @@ from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError
 from core.events import Event, EventSink, ignore_events
 from core.hardware import default_data_dir, target_summary
 from core.history import History
+from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
+from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
 from core.render import BuildSpec, Compression, render, render_load_script
 
 ExportPath = Literal["fast", "docker-build"]
+FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
 # The archive also holds the runtime image (engine, Python, CUDA …); leave room for it and the build.
 _DISK_MARGIN = 1.10
 
@@ -44,6 +47,7 @@ class Artifact:
     run_command: str
     compression: Compression
     export_path: ExportPath
+    export_reason: str
     seconds: float
     record_id: str | None = None  # the History record, when the pack was recorded
 
@@ -104,6 +108,15 @@ def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, includ
                 shutil.copy2(src, dst)
 
 
+def _download_cache(source: str) -> Path:
+    """Where the hub clients put downloads (their defaults, as they resolve them from the environment)."""
+    if source == "hf":
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    return Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub")
+
+
 def _write_sidecars(
     *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, part_sums: Sequence[str],
     compression: Compression,
@@ -136,6 +149,8 @@ def pack(
     compression: Compression = "none",
     split_bytes: int | None = None,
     token: str | None = None,
+    export_path: ExportPath | Literal["auto"] = "auto",
+    dockerfile: str | None = None,
     work_dir: Path | None = None,
     history: History | None = None,
     on_event: EventSink = ignore_events,
@@ -143,17 +158,23 @@ def pack(
 ) -> Artifact:
     """Download the model, build the image, export it to ``output``; return what was written.
 
-    With ``history``, the pack is recorded when it starts and updated when it ends, whatever the outcome;
-    the returned artifact carries the record id.
+    ``export_path`` "auto" takes the fast path (the engine builds only the runtime image; the weights are
+    streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
+    Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
+    when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
     """
+    request = _Request(
+        plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
+        export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
+        cancel=cancel,
+    )
     if history is None:
-        return _pack(plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
-                     work_dir=work_dir, on_event=on_event, cancel=cancel)
+        return _pack(request, on_event=on_event)
     spec = render(plan=plan)
     record_id = history.start(
         model_id=plan.model.repo_id, source=plan.model.ref.source, revision=plan.model.revision,
         model_commit=plan.model.commit, target=target_summary(plan.target), plan=plan_to_dict(plan),
-        dockerfile=spec.dockerfile, image_tag=spec.image_tag,
+        dockerfile=dockerfile or spec.dockerfile, image_tag=spec.image_tag,
     )
     log: list[str] = []
 
@@ -164,8 +185,7 @@ def pack(
         on_event(event)
 
     try:
-        artifact = _pack(plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
-                         work_dir=work_dir, on_event=recording, cancel=cancel)
+        artifact = _pack(request, on_event=recording)
     except CancelledError as exc:
         history.finish(record_id, outcome="cancelled", error=str(exc), log="\n".join(log))
         raise
@@ -174,79 +194,135 @@ def pack(
         raise
     history.finish(
         record_id, outcome="succeeded", log="\n".join(log), image_id=artifact.image_id, archive=artifact.archive,
-        parts=artifact.parts, size=artifact.size, sha256=artifact.sha256,
+        parts=artifact.parts, size=artifact.size, sha256=artifact.sha256, run_command=artifact.run_command,
     )
     return replace(artifact, record_id=record_id)
 
 
-def _pack(
-    *,
-    plan: Plan,
-    output: Path,
-    compression: Compression = "none",
-    split_bytes: int | None = None,
-    token: str | None = None,
-    work_dir: Path | None = None,
-    on_event: EventSink = ignore_events,
-    cancel: threading.Event | None = None,
-) -> Artifact:
-    started = time.monotonic()
-    cancelled = cancel.is_set if cancel is not None else (lambda: False)
-    if split_bytes is not None and split_bytes < (1 << 20):
+@dataclass(frozen=True)
+class _Request:
+    plan: Plan
+    output: Path
+    compression: Compression
+    split_bytes: int | None
+    token: str | None
+    export_path: ExportPath | Literal["auto"]
+    dockerfile: str | None
+    work_dir: Path
+    cancel: threading.Event | None
+
+
+def choose_export_path(
+    *, requested: ExportPath | Literal["auto"], spec: BuildSpec, dockerfile: str | None
+) -> tuple[ExportPath, str]:
+    """Which way the archive is made, and the reason shown to the user."""
+    edited = dockerfile is not None and dockerfile != spec.dockerfile
+    if requested == "fast" and edited:
         raise InvalidOptionsError(
-            f"--split {split_bytes} bytes is too small.", hint="Use a size such as 4G (FAT32 sticks) or 1G."
+            "The fast export path cannot build a hand-edited Dockerfile: it streams the model layers itself.",
+            hint="Drop --export-path fast (the docker-build path is then used), or undo the edit.",
         )
-    archive = output_paths(output=output.resolve(), compression=compression)
+    if edited:
+        return "docker-build", "The Dockerfile was edited by hand, so Docker builds it as written (slower)."
+    if requested == "docker-build":
+        return "docker-build", "The docker-build path was asked for: docker build with the weights, then docker save."
+    return "fast", "Fast path: Docker builds the engine layers; the weights stream straight into the archive."
+
+
+def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
+    started = time.monotonic()
+    cancel = request.cancel
+    cancelled = cancel.is_set if cancel is not None else (lambda: False)
+    if request.split_bytes is not None and request.split_bytes < (1 << 20):
+        raise InvalidOptionsError(
+            f"--split {request.split_bytes} bytes is too small.", hint="Use a size such as 4G (FAT32 sticks) or 1G."
+        )
+    split_bytes = request.split_bytes
+    if split_bytes == FAT32_LIMIT + 1:
+        # "4G" means "fits a FAT32 stick", whose files stop one byte short of 4 GiB: keep a MiB of room.
+        split_bytes = FAT32_LIMIT + 1 - (1 << 20)
+    plan = request.plan
+    archive = output_paths(output=request.output.resolve(), compression=request.compression)
     spec = render(plan=plan)
+    path, reason = choose_export_path(requested=request.export_path, spec=spec, dockerfile=request.dockerfile)
     model = plan.model
-    work_root = work_dir or default_data_dir() / "builds"
 
     on_event(Event(stage="check", message="Checking Docker, the base image and free disk"))
     client = docker_io.connect()
+    docker_io.require_image(ref=plan.base_image, client=client)
     docker_root = Path(client.info().get("DockerRootDir", "/var/lib/docker"))
-    needs = [(archive.parent, model.total_bytes), (docker_root, model.total_bytes)]
+    needs = [(archive.parent, model.total_bytes)]
+    if path == "docker-build":
+        needs.append((docker_root, model.total_bytes))  # the weights layers land in Docker's store too
     if model.ref.source != "local":
-        needs.append((hubs.cache_dir(source=model.ref.source), model.total_bytes))
+        needs.append((_download_cache(model.ref.source), model.total_bytes))
     check_disk(needs=needs)
+    on_event(Event(stage="check", message=reason))
     _check_cancel(cancel)
 
-    model_dir = hubs.download(model=model, token=token, on_event=on_event, cancel=cancel)
+    model_dir = hubs.download(model=model, token=request.token, on_event=on_event, cancel=cancel)
     _check_cancel(cancel)
 
-    work_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="context-", dir=work_root) as tmp:
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="context-", dir=request.work_dir) as tmp:
         context = Path(tmp)
-        on_event(Event(stage="stage", message="Linking model files into the build context"))
-        stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=True)
-        _check_cancel(cancel)
-        image_id = docker_io.build_image(
-            client=client, context_dir=context, tag=spec.image_tag, on_event=on_event, cancel=cancelled
+        if path == "docker-build":
+            on_event(Event(stage="stage", message="Linking model files into the build context"))
+            stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=True)
+            if request.dockerfile is not None:
+                (context / "Dockerfile").write_text(request.dockerfile, encoding="utf-8")
+            _check_cancel(cancel)
+            image_id = docker_io.build_image(
+                client=client, context_dir=context, tag=spec.image_tag, on_event=on_event, cancel=cancelled
+            )
+        else:
+            stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=False)
+            runtime_id = docker_io.build_image(
+                client=client, context_dir=context, tag=runtime_tag(spec), on_event=on_event, cancel=cancelled
+            )
+    if path == "docker-build":
+        written = docker_io.save_image(
+            client=client, ref=spec.image_tag, out=archive, compress=request.compression,
+            split_bytes=split_bytes, on_event=on_event, cancel=cancelled,
         )
-    written = docker_io.save_image(
-        client=client,
-        ref=spec.image_tag,
-        out=archive,
-        compress=compression,
-        split_bytes=split_bytes,
-        on_event=on_event,
-        cancel=cancelled,
-    )
+        paths, size, sha256, part_sums = written.paths, written.size, written.sha256, written.part_sha256
+    else:
+        runtime = runtime_layers(
+            client=client, image_id=runtime_id, cache_dir=default_data_dir() / "layer-cache", on_event=on_event,
+            cancel=cancel,
+        )
+        sources = [ModelLayerSource(layer=layer, folder=model_dir) for layer in spec.layers]
+        check_disk(needs=[(archive.parent, exact_archive_size(
+            runtime=runtime, model_root=spec.model_root, layers=sources, repo_tag=spec.image_tag
+        ))])
+        result = write_image_archive(
+            runtime=runtime, model_root=spec.model_root, layers=sources, repo_tag=spec.image_tag, out=archive,
+            compress=request.compression, split_bytes=split_bytes, on_event=on_event, cancel=cancel,
+        )
+        image_id = result.image_id
+        paths, size, sha256, part_sums = result.paths, result.size, result.sha256, result.part_sha256
     checksum_file, load_script = _write_sidecars(
-        plan=plan, spec=spec, archive=archive, parts=written.paths, sha256=written.sha256,
-        part_sums=written.part_sha256, compression=compression,
+        plan=plan, spec=spec, archive=archive, parts=paths, sha256=sha256, part_sums=part_sums,
+        compression=request.compression,
     )
-    on_event(Event(stage="done", done=written.size, total=written.size, unit="B", message=f"Wrote {archive}"))
+    on_event(Event(stage="done", done=size, total=size, unit="B", message=f"Wrote {archive}"))
     return Artifact(
         archive=archive,
-        parts=tuple(written.paths),
-        size=written.size,
-        sha256=written.sha256,
+        parts=tuple(paths),
+        size=size,
+        sha256=sha256,
         checksum_file=checksum_file,
         load_script=load_script,
         image_tag=spec.image_tag,
         image_id=image_id,
         run_command=spec.run_command(),
-        compression=compression,
-        export_path="docker-build",
+        compression=request.compression,
+        export_path=path,
+        export_reason=reason,
         seconds=time.monotonic() - started,
     )
+
+
+def runtime_tag(spec: BuildSpec) -> str:
+    """The engine-only image the fast path builds; tagged so it stays cached between packs."""
+    return f"{spec.image_tag}-runtime"

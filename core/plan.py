@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -1104,7 +1106,10 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "revision": plan.model.revision,
             "commit": plan.model.commit,
             "architecture": plan.model.architecture,
+            "path": str(plan.model.ref.path) if plan.model.ref.path else None,  # local folders
         },
+        # what the user chose (None: the planner decided), so a recorded plan can be reopened as it was
+        "options": dataclasses.asdict(plan.options),
         "target": {
             "label": target.label,
             "origin": target.origin,

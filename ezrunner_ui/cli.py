@@ -119,15 +119,19 @@ class _Progress:
 
     def __init__(self) -> None:
         self.stage = ""
+        self.message = ""
         self.last = 0.0
 
     def __call__(self, event: Event) -> None:
         if event.log:
             print(f"    {event.log.rstrip()}", file=sys.stderr)
         if event.stage != self.stage:
-            self.stage = event.stage
+            self.stage, self.message = event.stage, event.message
             print(f"==> {event.stage}: {event.message}", file=sys.stderr)
             self.last = 0.0
+        elif event.message and event.message != self.message and not event.total and not event.log:
+            self.message = event.message  # a status line within the stage (e.g. which export path)
+            print(f"    {event.message}", file=sys.stderr)
         now = time.monotonic()
         if event.total and now - self.last > 1.0:
             self.last = now
@@ -208,6 +212,7 @@ def cmd_dockerfile(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
+    from core.history import History
     from core.pack import pack
 
     result = _plan(args)
@@ -216,18 +221,31 @@ def cmd_pack(args: argparse.Namespace) -> None:
             "The plan does not fit the target: " + "; ".join(w.text for w in result.warnings),
             hint="Apply one of the fixes above, or pass --force to pack anyway.",
         )
+    dockerfile = None
+    if args.dockerfile:
+        try:
+            dockerfile = Path(args.dockerfile).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidOptionsError(
+                f"Cannot read --dockerfile {args.dockerfile}: {exc.strerror}.",
+                hint="Write it first with `ezrunner dockerfile MODEL > Dockerfile`, edit it, then pass its path.",
+            ) from exc
     artifact = pack(
         plan=result,
         output=Path(args.output),
         compression=args.compress,
         split_bytes=args.split,
         token=_token(),
+        export_path=args.export_path,
+        dockerfile=dockerfile,
+        history=History(),
         on_event=_Progress(),
     )
     if args.json:
         _print_json(artifact.__dict__)
         return
-    print(f"Wrote {artifact.archive} ({_gib(artifact.size)}), sha256 {artifact.sha256}")
+    print(f"Wrote {artifact.archive} ({_gib(artifact.size)}) in {artifact.seconds:.0f} s, sha256 {artifact.sha256}")
+    print(f"  {artifact.export_reason}")
     for part in artifact.parts if len(artifact.parts) > 1 else ():
         print(f"  part {part.name}")
     print(f"On the offline server, beside the archive: bash {artifact.load_script.name}")
@@ -300,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", choices=["none", "zstd"], default="none")
     p.add_argument("--split", type=parse_size, metavar="SIZE", help="split into parts of SIZE (e.g. 4G for FAT32)")
     p.add_argument("--force", action="store_true", help="pack even when the plan says it does not fit")
+    p.add_argument(
+        "--export-path",
+        choices=["auto", "fast", "docker-build"],
+        default="auto",
+        help="fast: stream the weights into the archive (default); docker-build: docker build + docker save",
+    )
+    p.add_argument("--dockerfile", metavar="FILE", help="build this hand-edited Dockerfile (docker-build path)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("run", help="verify, load and start an archive; wait until it answers")

@@ -67,7 +67,6 @@ class WizardState:
     split: bool = False
     split_gib: float = 4.0
     job_id: str | None = None
-    finished_job_id: str | None = None  # the finished job whose end already triggered a full rerun
     # step 5 / history
     record_id: str | None = None
     confirm_delete: str | None = None
@@ -110,9 +109,7 @@ def seed(key: str, value: Any) -> None:
 
 def plan_key(the_plan: Plan) -> str:
     """The job registry key of a plan: one running pack per model commit and plan."""
-    digest = hashlib.sha256(
-        json.dumps(plan_to_dict(the_plan), sort_keys=True, default=str).encode()
-    ).hexdigest()
+    digest = hashlib.sha256(json.dumps(plan_to_dict(the_plan), sort_keys=True, default=str).encode()).hexdigest()
     return f"{the_plan.model.repo_id}@{the_plan.model.commit}#{digest[:16]}"
 
 

@@ -70,7 +70,7 @@ def inspect(*, ref: ModelRef | str, revision: str | None = None, token: str | No
         )
     try:
         return ModelScopeHub().inspect(ref=model_ref, revision=revision, token=_token_for("ms", token))
-    except ModelNotFoundError as on_modelscope:
+    except ModelNotFoundError:
         # ModelScope's default branch is master, Hugging Face's is main: translate the default only
         hf_revision = None if revision == "master" else revision
         try:
@@ -80,7 +80,7 @@ def inspect(*, ref: ModelRef | str, revision: str | None = None, token: str | No
                 f"{model_ref.repo_id} was found neither on ModelScope nor on Hugging Face.",
                 hint="Check the spelling (org/name, case matters); for a private or gated model pass a token "
                 "and name the hub with ms: or hf:.",
-            ) from on_hf if on_hf else on_modelscope
+            ) from on_hf
 
 
 def download(

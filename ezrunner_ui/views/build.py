@@ -188,7 +188,9 @@ def _progress_panel(job: Job) -> None:
             _stage_rows(snapshot)
             if snapshot.log_tail:
                 st.caption(t("build.log"))
-                st.code("\n".join(snapshot.log_tail[-LOG_LINES:]), language=None, height=300)
+                lines = snapshot.log_tail[-LOG_LINES:]
+                # a fixed height (so the box scrolls) only once there is enough to scroll
+                st.code("\n".join(lines), language=None, wrap_lines=True, height=300 if len(lines) > 12 else "content")
             _outcome(snapshot)
 
     panel()

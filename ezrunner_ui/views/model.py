@@ -180,13 +180,15 @@ def _model_card(info: ModelInfo) -> None:
     with st.container(border=True, key="model_card"):
         st.subheader(info.repo_id)
         st.caption(t("model.answered_by", hub=info.answered_by))
-        left, middle, right, last = st.columns(4)
+        left, middle, right = st.columns(3)
         left.metric(t("model.parameters"), fmt_count(info.weights.total_parameters or None))
         middle.metric(t("model.size_on_disk"), fmt_bytes(info.total_bytes))
-        right.metric(t("model.architecture"), info.architecture or "—")
-        last.metric(t("model.context_length"), f"{info.context_length:,}" if info.context_length else "—")
+        right.metric(t("model.context_length"), f"{info.context_length:,}" if info.context_length else "—")
         st.markdown(t("model.revision_line", revision=info.revision, commit=info.commit))
-        facts = [t("model.license", license=info.license or "—")]
+        facts = [
+            t("model.architecture_line", architecture=info.architecture or "—"),
+            t("model.license", license=info.license or "—"),
+        ]
         if info.gated:
             facts.append(t("model.gated"))
         if info.quantization:
@@ -196,7 +198,7 @@ def _model_card(info: ModelInfo) -> None:
             [{t("model.col_file"): f.path, t("model.col_size"): fmt_bytes(f.size)} for f in info.files]
         )
         st.markdown(t("model.files_title", count=len(info.files), size=fmt_bytes(info.total_bytes)))
-        st.dataframe(files, hide_index=True, width="stretch", height=min(36 * (len(info.files) + 1), 300))
+        st.dataframe(files, hide_index=True, width="stretch", height=min(35 * (len(info.files) + 1) + 3, 320))
 
 
 def render() -> None:

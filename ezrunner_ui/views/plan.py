@@ -174,7 +174,7 @@ def _context_zip(*, the_plan: Plan, spec: BuildSpec) -> bytes:
 
 
 def _summary(the_plan: Plan) -> None:
-    engine, tp, length, memory = st.columns(4)
+    engine, tp, length, memory = st.columns([2, 1, 1, 1])
     engine.metric(t("plan.engine"), t(f"engine.{the_plan.engine}"))
     tp.metric(t("plan.tensor_parallel"), the_plan.tensor_parallel_size)
     length.metric(t("plan.max_model_len"), f"{the_plan.max_model_len:,}")
@@ -187,10 +187,13 @@ def _summary(the_plan: Plan) -> None:
         st.error(t("plan.does_not_fit"), icon=":material/block:")
 
 
-def _reasons_and_warnings(the_plan: Plan) -> None:
+def _reasons(the_plan: Plan) -> None:
     st.subheader(t("plan.why"))
     for note in the_plan.reasons:
         st.markdown(f"- {translate_note(code=note.code, text=note.text, params=note.params)}")
+
+
+def _warnings(the_plan: Plan) -> None:
     for index, warning in enumerate(the_plan.warnings):
         text = translate_note(code=warning.code, text=warning.text, params=warning.params, prefix="warning")
         with st.container(border=True):
@@ -225,12 +228,13 @@ def render_page() -> None:
     if the_plan is None:
         return
     _summary(the_plan)
-    chart, reasons = st.columns([3, 2])
+    chart, reasons = st.columns(2, gap="large")
     with chart:
         st.subheader(t("plan.memory"))
         _memory_chart(the_plan)
     with reasons:
-        _reasons_and_warnings(the_plan)
+        _reasons(the_plan)
+    _warnings(the_plan)
 
     try:
         spec = render(plan=the_plan)

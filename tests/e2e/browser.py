@@ -67,7 +67,17 @@ class Screenshots:
     def take(self, name: str, *, errors_expected: bool = False) -> Path:
         self.count += 1
         path = self.folder / f"{self.count:02d}-{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        # Streamlit scrolls inside its main container, so a "full page" shot is only the window: make the
+        # window as tall as the content for the shot, then put it back.
+        viewport = self.page.viewport_size or {"width": 1400, "height": 1000}
+        height = self.page.evaluate(
+            "() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight"
+        )
+        self.page.set_viewport_size({"width": viewport["width"], "height": max(viewport["height"], int(height))})
+        try:
+            self.page.screenshot(path=str(path), full_page=True)
+        finally:
+            self.page.set_viewport_size(viewport)
         if not errors_expected:
             found = error_texts(self.page)
             assert not found, f"error shown at step {name!r} (see {path}):\n" + "\n---\n".join(found)

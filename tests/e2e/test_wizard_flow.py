@@ -59,13 +59,21 @@ def server(hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
 
 @pytest.fixture
 def packed_images(home: Path) -> Iterator[None]:
-    """Remove the image the wizard builds (and `docker load` brings back) when the test ends."""
+    """Remove the images the wizard builds (the pack's tag and its helper tags, such as ``<tag>-runtime``)
+    and the one `docker load` brings back, when the test ends."""
     yield
     history_file = home / "history.sqlite"
-    if history_file.exists():
-        for record in History(history_file).list():
-            if record.image_tag:
-                docker_io.remove_image(ref=record.image_tag, force=True)
+    if not history_file.exists():
+        return
+    made = [record.image_tag for record in History(history_file).list() if record.image_tag]
+    client = docker_io.connect()
+    try:
+        for image in client.images.list():
+            for tag in image.tags:
+                if any(tag == ref or tag.startswith(ref + "-") for ref in made):
+                    docker_io.remove_image(ref=tag, force=True, client=client)
+    finally:
+        client.close()
 
 
 def click(page: Page, key: str) -> None:

@@ -18,6 +18,7 @@ def finished_record(folder: Path, *, parts: int = 1, compressed: bool = False) -
     name = "tiny-llama-0123456789ab-vllm.tar" + (".zst" if compressed else "")
     archive = folder / name
     content = b"not really a tar, but bytes on disk" * 100
+    files: tuple[Path, ...]
     if parts == 1:
         archive.write_bytes(content)
         files = (archive,)

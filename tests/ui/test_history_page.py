@@ -43,7 +43,9 @@ def test_record_details_and_download_again(app: AppTest, data_home: Path) -> Non
 
 def test_delete_asks_first_then_removes_the_files(app: AppTest, data_home: Path) -> None:
     record_id = finished_record(data_home / "exports")
-    archive = Path(History().get(record_id).archive)  # type: ignore[union-attr]
+    record = History().get(record_id)
+    assert record is not None and record.archive
+    archive = Path(record.archive)
     history_page(app)
     app.button(key=f"delete_{record_id}").click().run()
     assert "Delete this record and its files" in texts(app)
