@@ -11,6 +11,7 @@ under 300 MB. Exits 1 when the target is missed or the download is short.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -49,10 +50,8 @@ def write_random_file(path: Path, size: int) -> str:
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     for p in (process, *process.children(recursive=True)):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child may exit between listing and reading
             total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 

@@ -15,9 +15,6 @@ from typing import Any, Literal
 from core.errors import HubUnreachableError, ModelNotFoundError
 from core.events import EventSink, ignore_events
 from core.hubs.base import Hub, HubName, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.hf import HuggingFaceHub
-from core.hubs.local import LocalFolderHub
-from core.hubs.modelscope import ModelScopeHub
 from core.refs import ModelRef, parse_ref
 
 SearchSource = Literal["hf", "ms", "both"]
@@ -26,12 +23,22 @@ __all__ = ["download", "hub_for", "inspect", "model_to_dict", "search"]
 
 
 def hub_for(source: HubName) -> Hub:
-    """The hub behind a resolved source ("hf", "ms" or "local")."""
+    """The hub behind a resolved source ("hf", "ms" or "local").
+
+    The clients are imported here, not at module import: ``core.hubs.base`` (the value types every step
+    uses) then costs nothing, and the packer and the planner do not load two hub SDKs they never call.
+    """
     if source == "hf":
+        from core.hubs.hf import HuggingFaceHub
+
         return HuggingFaceHub()
     if source == "ms":
+        from core.hubs.modelscope import ModelScopeHub
+
         return ModelScopeHub()
     if source == "local":
+        from core.hubs.local import LocalFolderHub
+
         return LocalFolderHub()
     raise ValueError(f"no hub for source {source!r}; resolve 'auto' references with inspect()")
 
@@ -69,12 +76,12 @@ def inspect(*, ref: ModelRef | str, revision: str | None = None, token: str | No
             ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True)
         )
     try:
-        return ModelScopeHub().inspect(ref=model_ref, revision=revision, token=_token_for("ms", token))
+        return hub_for("ms").inspect(ref=model_ref, revision=revision, token=_token_for("ms", token))
     except ModelNotFoundError:
         # ModelScope's default branch is master, Hugging Face's is main: translate the default only
         hf_revision = None if revision == "master" else revision
         try:
-            return HuggingFaceHub().inspect(ref=model_ref, revision=hf_revision, token=_token_for("hf", token))
+            return hub_for("hf").inspect(ref=model_ref, revision=hf_revision, token=_token_for("hf", token))
         except ModelNotFoundError as on_hf:
             raise ModelNotFoundError(
                 f"{model_ref.repo_id} was found neither on ModelScope nor on Hugging Face.",

@@ -95,15 +95,19 @@ def pick_first_row(page: Page, key: str) -> None:
 def download_from_link(page: Page, href: str, dest: Path) -> Download:
     """Click the link button to ``href`` (it opens a new tab) and save the download, whichever tab has it."""
     arrived: list[Download] = []
-    page.context.on("page", lambda tab: tab.on("download", arrived.append))
-    page.on("download", arrived.append)
+
+    def keep(download: Download) -> None:  # Playwright needs a Python function here, not a bound builtin
+        arrived.append(download)
+
+    page.context.on("page", lambda tab: tab.on("download", keep))
+    page.on("download", keep)
     page.locator(f'[data-testid="stLinkButton"] a[href$="{href}"]').click()
     page.wait_for_timeout(500)
     for _ in range(600):
         if arrived:
             break
         page.wait_for_timeout(100)
-    assert arrived, f"clicking {label!r} started no download"
+    assert arrived, f"clicking the link to {href} started no download"
     download = arrived[0]
     download.save_as(dest)
     return download

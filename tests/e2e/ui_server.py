@@ -58,7 +58,7 @@ def start_ui_server(*, env: Mapping[str, str], port: int | None = None, args: tu
     """Run `ezrunner ui --no-browser` on 127.0.0.1 and wait until /_stcore/health answers "ok"."""
     port = port or free_port()
     # A file, not a pipe: nobody reads the pipe while the test runs, and a full one would block the server.
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed by running_ui_server
     process = subprocess.Popen(
         [*ezrunner_command(), "ui", "--no-browser", "--port", str(port), *args],
         env={**os.environ, **env},
@@ -69,13 +69,17 @@ def start_ui_server(*, env: Mapping[str, str], port: int | None = None, args: tu
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"`ezrunner ui` exited with {process.returncode}:\n{server.output()}")
+            output = server.output()
+            log.close()
+            raise RuntimeError(f"`ezrunner ui` exited with {process.returncode}:\n{output}")
         with contextlib.suppress(requests.RequestException):
             if requests.get(f"{server.url}/_stcore/health", timeout=2).text == "ok":
                 return server
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"`ezrunner ui` did not answer /_stcore/health in {HEALTH_TIMEOUT_S:.0f} s:\n{server.output()}")
+    output = server.output()
+    log.close()
+    raise RuntimeError(f"`ezrunner ui` did not answer /_stcore/health in {HEALTH_TIMEOUT_S:.0f} s:\n{output}")
 
 
 @contextlib.contextmanager

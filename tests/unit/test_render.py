@@ -194,5 +194,5 @@ def test_load_script_matches_golden_and_parses(name: str, parts: tuple[str, ...]
 
 def test_load_script_rejects_unsafe_file_names() -> None:
     p = llama8b_on_h100()
-    with pytest.raises(InvalidOptionsError, match="load.sh"):
+    with pytest.raises(InvalidOptionsError, match=r"load\.sh"):
         render_load_script(plan=p, spec=render(plan=p), archive_name="m; rm -rf ~.tar")

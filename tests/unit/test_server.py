@@ -34,7 +34,7 @@ def test_config_file_mirrors_what_serve_passes() -> None:
 def test_every_option_exists_in_this_streamlit_and_may_be_set_by_app_run() -> None:
     for name in server.ui_config(host="127.0.0.1", port=8501):
         option = st_config._config_options_template.get(name)
-        assert option is not None, f"{name} is not a Streamlit {st_config.get_option.__module__} option"
+        assert option is not None, f"{name} is not an option of the installed Streamlit"
         assert not option.sensitive, f"App.run(config=...) refuses the sensitive option {name}"
 
 
