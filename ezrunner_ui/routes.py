@@ -56,15 +56,13 @@ def _archive_media_type(path: Path) -> str:
 
 
 def load_script_path(archive: Path) -> Path | None:
-    """The load.sh written beside ``archive`` (see core.pack): ``load.sh``, or ``<stem>.load.sh``
-    when another archive's load.sh already lived in that folder."""
-    own = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
-    if own.is_file():
-        return own
+    """The load.sh written beside ``archive`` (see core.pack): ``load.sh`` when it names this archive,
+    else ``<stem>.load.sh`` (core.pack's name when another archive's load.sh already lived there)."""
     shared = archive.with_name("load.sh")
     if shared.is_file() and archive.name in shared.read_text(encoding="utf-8", errors="replace"):
         return shared
-    return None
+    own = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
+    return own if own.is_file() else None
 
 
 class _DiskFile(FileResponse):

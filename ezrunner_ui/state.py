@@ -8,8 +8,6 @@ refresh or a second tab re-attaches; it never carries the access token.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +16,7 @@ import streamlit as st
 from core.hardware import Target
 from core.hubs.base import ModelInfo
 from core.jobs import REGISTRY, Job
-from core.plan import Options, Plan, plan, plan_to_dict
+from core.plan import Options, Plan, plan
 
 STATE_KEY = "wizard"
 JOB_PARAM = "job"
@@ -61,6 +59,10 @@ class WizardState:
     detected: Target | None = None
     # step 3: plan
     options: Options = field(default_factory=Options)
+    # A hand-edited Dockerfile and the generated text it was edited from: it applies only while the plan
+    # still renders that same text (a changed plan makes the edit stale, and it is dropped).
+    edited_dockerfile: str | None = None
+    edited_from: str | None = None
     # step 4: build
     output_dir: str = ""
     compress: bool = False
@@ -108,9 +110,18 @@ def seed(key: str, value: Any) -> None:
 
 
 def plan_key(the_plan: Plan) -> str:
-    """The job registry key of a plan: one running pack per model commit and plan."""
-    digest = hashlib.sha256(json.dumps(plan_to_dict(the_plan), sort_keys=True, default=str).encode()).hexdigest()
-    return f"{the_plan.model.repo_id}@{the_plan.model.commit}#{digest[:16]}"
+    """The job registry key of a plan: one running pack per model (repo and commit) at a time."""
+    return f"{the_plan.model.ref.source}:{the_plan.model.repo_id}@{the_plan.model.commit}"
+
+
+def edited_dockerfile(state: WizardState, *, generated: str) -> str | None:
+    """The user's Dockerfile edit when it still belongs to the plan that renders ``generated``."""
+    if state.edited_dockerfile is None:
+        return None
+    if state.edited_from != generated:
+        state.edited_dockerfile = state.edited_from = None  # made for another plan: stale
+        return None
+    return state.edited_dockerfile if state.edited_dockerfile != generated else None
 
 
 # URL

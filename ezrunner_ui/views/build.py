@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import docker_io
+from core import render as rendering
 from core.errors import EzRunnerError
 from core.events import EventSink
 from core.hardware import default_data_dir
@@ -28,6 +29,7 @@ from ezrunner_ui.state import (
     PAGE_PLAN,
     WizardState,
     attached_job,
+    edited_dockerfile,
     plan_key,
     put_job_in_url,
     seed,
@@ -60,11 +62,13 @@ def archive_name(the_plan: Plan) -> str:
 def _start(the_plan: Plan, output: Path, compress: bool, split_bytes: int | None) -> None:
     state = wizard()
     token = state.token  # captured by the job only; never stored with it or logged
+    dockerfile = edited_dockerfile(state, generated=rendering.render(plan=the_plan).dockerfile)
     history = History()
 
     def work(on_event: EventSink, cancel: threading.Event) -> object:
         return pack(
             plan=the_plan,
+            dockerfile=dockerfile,
             output=output,
             compression="zstd" if compress else "none",
             split_bytes=split_bytes,
@@ -147,6 +151,8 @@ def _outcome(snapshot: JobSnapshot) -> None:
         result = snapshot.result
         sha256 = getattr(result, "sha256", None)
         st.success(t("build.succeeded", duration=fmt_duration((snapshot.finished or 0) - snapshot.started)))
+        if getattr(result, "export_reason", None):
+            st.caption(t(f"build.export_{result.export_path.replace('-', '_')}"))
         if sha256:
             st.markdown(t("build.sha256"))
             st.code(sha256, language=None)

@@ -11,15 +11,14 @@ import streamlit as st
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
 from core.render import container_name
+from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
-
-API = "/api/artifacts"
 
 
 def artifact_url(record_id: str, kind: str) -> str:
     """Relative URL of the server's download route; same server, so no host is needed."""
-    return f"{API}/{record_id}/{kind}"
+    return routes.artifact_url(record_id=record_id, kind=kind)
 
 
 def _base_url() -> str:
@@ -113,10 +112,12 @@ def _files(record: PackRecord) -> None:
         icon=":material/terminal:",
     )
     st.caption(t("download.resume_hint"))
-    kinds = [f"part/{i}" for i in range(len(parts))] if split else ["archive"]
+    files = [(f"part/{i}", Path(p).name) for i, p in enumerate(parts)] if split else [("archive", archive.name)]
+    files += [("sha256", archive.name + ".sha256"), ("load.sh", load_script_name(archive))]
     base = _base_url()
+    # -C - resumes a broken download; it cannot be combined with -J, so the file name is given with -o
     st.code(
-        "\n".join(f"curl -C - -OJ {base}{artifact_url(record.id, kind)}" for kind in [*kinds, "sha256", "load.sh"]),
+        "\n".join(f"curl -fC - -o {shlex.quote(name)} {base}{artifact_url(record.id, kind)}" for kind, name in files),
         language="bash",
     )
 

@@ -15,7 +15,7 @@ from core.errors import EzRunnerError
 from core.plan import Options, Plan
 from core.render import BuildSpec, render
 from ezrunner_ui.i18n import fmt_bytes, t, translate_note
-from ezrunner_ui.state import PAGE_BUILD, PAGE_HARDWARE, PAGE_MODEL, WizardState, seed, wizard
+from ezrunner_ui.state import PAGE_BUILD, PAGE_HARDWARE, PAGE_MODEL, WizardState, edited_dockerfile, seed, wizard
 from ezrunner_ui.ui_errors import show_error
 
 GIB = 1 << 30
@@ -168,7 +168,7 @@ def _context_zip(*, the_plan: Plan, spec: BuildSpec) -> bytes:
     ]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("Dockerfile", spec.dockerfile)
+        archive.writestr("Dockerfile", edited_dockerfile(wizard(), generated=spec.dockerfile) or spec.dockerfile)
         archive.writestr("README.md", "\n".join(lines))
     return buffer.getvalue()
 
@@ -208,6 +208,31 @@ def _warnings(the_plan: Plan) -> None:
                 )
 
 
+def _dockerfile(generated: str) -> None:
+    """The generated Dockerfile, and an editor whose result the Build step builds as written."""
+    state = wizard()
+    edited = edited_dockerfile(state, generated=generated)
+    if edited is not None:
+        st.info(t("plan.edited_note"), icon=":material/edit_note:")
+    st.code(edited or generated, language="dockerfile")
+    with st.expander(t("plan.edit"), icon=":material/edit:"):
+        st.caption(t("plan.edit_help"))
+        seed("dockerfile_edit", edited or generated)
+        st.text_area(t("plan.dockerfile"), key="dockerfile_edit", height=400, label_visibility="collapsed")
+        use, discard = st.columns(2)
+        if use.button(t("plan.edit_use"), key="dockerfile_use", icon=":material/check:"):
+            text = str(st.session_state["dockerfile_edit"])
+            if text.strip() and text != generated:
+                state.edited_dockerfile, state.edited_from = text, generated
+            else:
+                state.edited_dockerfile = state.edited_from = None
+            st.rerun()
+        if discard.button(t("plan.edit_discard"), key="dockerfile_discard", icon=":material/undo:"):
+            state.edited_dockerfile = state.edited_from = None
+            st.session_state["dockerfile_edit"] = generated
+            st.rerun()
+
+
 def render_page() -> None:
     state = wizard()
     st.title(t("plan.title"))
@@ -242,7 +267,7 @@ def render_page() -> None:
         show_error(error)
         return
     st.subheader(t("plan.dockerfile"))
-    st.code(spec.dockerfile, language="dockerfile")
+    _dockerfile(spec.dockerfile)
     st.download_button(
         t("plan.download_context"),
         data=_context_zip(the_plan=the_plan, spec=spec),

@@ -21,20 +21,13 @@ from ezrunner_ui.routes import artifact_url
 from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for_app_run
 from tests.e2e.ui_server import UiServer, running_ui_server
 from tests.fixtures.fake_hub import FakeHub
-from tests.fixtures.tiny_model import make_tiny_llama
+from tests.fixtures.hub_plugin import HF_SINGLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
-REPO_ID = "tiny-org/tiny-llama"
+REPO_ID = HF_SINGLE  # the most downloaded of the hub's tiny-org/tiny-llama* models, so the first row
 EN = catalog("en")
 BUILD_TIMEOUT_MS = 15 * 60 * 1000
 _SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[FakeHub]:
-    with FakeHub() as running:
-        running.add_model(source="hf", repo_id=REPO_ID, folder=make_tiny_llama(tmp_path / "tiny"), downloads=42)
-        yield running
 
 
 @pytest.fixture
@@ -43,35 +36,36 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
+def server(fake_hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
+    # fake_hub has pointed HF_ENDPOINT / MODELSCOPE_ENDPOINT at itself in this process's environment,
+    # which the server process inherits; its caches go to this test's folder.
     env = {
         "EZRUNNER_HOME": str(home),
-        "HF_ENDPOINT": hub.url,
-        "MODELSCOPE_ENDPOINT": hub.url,
         "HF_HOME": str(tmp_path / "hf-home"),
         "MODELSCOPE_CACHE": str(tmp_path / "modelscope"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_TOKEN": "",
     }
     with running_ui_server(env=env) as running:
         yield running
 
 
 @pytest.fixture
-def packed_images(home: Path) -> Iterator[None]:
-    """Remove the images the wizard builds (the pack's tag and its helper tags, such as ``<tag>-runtime``)
-    and the one `docker load` brings back, when the test ends."""
-    yield
+def packed_images(home: Path) -> Iterator[list[str]]:
+    """Remove, when the test ends, the images the wizard built (the pack's tag and its helper tags such as
+    ``<tag>-runtime``), the one `docker load` brought back, and any image id the test appended (the build
+    that `docker load` untagged by loading its tag anew)."""
+    untagged: list[str] = []
+    yield untagged
     history_file = home / "history.sqlite"
-    if not history_file.exists():
-        return
-    made = [record.image_tag for record in History(history_file).list() if record.image_tag]
+    made = [r.image_tag for r in History(history_file).list() if r.image_tag] if history_file.exists() else []
     client = docker_io.connect()
     try:
         for image in client.images.list():
             for tag in image.tags:
                 if any(tag == ref or tag.startswith(ref + "-") for ref in made):
                     docker_io.remove_image(ref=tag, force=True, client=client)
+        for image_id in untagged:
+            docker_io.remove_image(ref=image_id, force=True, client=client)
     finally:
         client.close()
 
@@ -115,7 +109,7 @@ def download_from_link(page: Page, href: str, dest: Path) -> Download:
 
 def test_search_plan_build_download_and_load(
     page: Page, screenshots: Screenshots, server: UiServer, home: Path, offline_base_image: str,
-    tmp_path: Path, packed_images: None,
+    tmp_path: Path, packed_images: list[str],
 ) -> None:
     page.goto(server.url)
     wait_for_app_loaded(page)
@@ -123,13 +117,16 @@ def test_search_plan_build_download_and_load(
     screenshots.take("model-page")
 
     # 1. search the fake hub and pick the tiny model from the results
-    by_key(page, "search_query").locator("input").fill("tiny-llama")
+    by_key(page, "search_query").locator("input").fill(REPO_ID)
     by_key(page, "search_query").locator("input").press("Enter")
+    wait_for_app_run(page)
+    by_key(page, "search_source").get_by_text(EN["source.hf"], exact=True).click()
+    wait_for_app_run(page)
     click(page, "search_button")
     expect(by_key(page, "search_table")).to_be_visible()
     screenshots.take("search-results")
     pick_first_row(page, "search_table")
-    expect(by_key(page, "model_card")).to_contain_text(REPO_ID, timeout=60_000)
+    expect(by_key(page, "model_card").get_by_role("heading", level=3).first).to_have_text(REPO_ID, timeout=60_000)
     screenshots.take("model-picked")
     click(page, "to_hardware")
 
@@ -164,23 +161,32 @@ def test_search_plan_build_download_and_load(
     screenshots.take("build-done")
     job = requests.get(f"{server.url}/api/jobs/{job_id.group(1)}", timeout=30).json()
     assert job["state"] == "succeeded", job
-    shown = _SHA256.findall(by_key(page, "job_panel").inner_text())
-    assert shown, "the build page shows no sha256"
+    # the panel's last code block is the archive's sha256 (the build log above it may hold other digests)
+    shown = _SHA256.findall(by_key(page, "job_panel").get_by_test_id("stCode").last.inner_text())
+    assert len(shown) == 1, f"the build page shows no single sha256: {shown}"
     click(page, "to_download")
 
     # 5. download the archive through the page's link and load it
     summary = by_key(page, "download_summary")
     expect(summary).to_be_visible()
     sha256_on_page = _SHA256.findall(summary.inner_text())
-    assert sha256_on_page == shown[:1], (sha256_on_page, shown)
+    assert sha256_on_page == shown, (sha256_on_page, shown)
     screenshots.take("download-page")
     record = History(home / "history.sqlite").get(job["record_id"])
     assert record is not None and record.archive is not None
+    assert job["downloads"]["archive"] == artifact_url(record_id=record.id)
     dest = tmp_path / "downloaded.tar"
-    download = download_from_link(page, artifact_url(record_id=record.id), dest)
+    download = download_from_link(page, job["downloads"]["archive"], dest)
     assert download.suggested_filename == Path(record.archive).name
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha256_on_page[0]
+    assert record.image_tag
+    client = docker_io.connect()
+    try:
+        if docker_io.image_exists(ref=record.image_tag, client=client):
+            packed_images.append(client.images.get(record.image_tag).id)
+    finally:
+        client.close()
     loaded = subprocess.run(["docker", "load", "-i", str(dest)], capture_output=True, text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr
-    assert record.image_tag and record.image_tag in loaded.stdout
+    assert record.image_tag in loaded.stdout
     screenshots.take("downloaded")

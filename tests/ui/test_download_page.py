@@ -66,7 +66,10 @@ def test_links_and_commands_for_one_archive(app: AppTest, data_home: Path) -> No
     assert "sha256sum -c tiny-llama-0123456789ab-vllm.tar.sha256\nbash load.sh" in commands
     assert "docker load -i tiny-llama-0123456789ab-vllm.tar" in commands
     assert "docker run -d --name tiny-llama --gpus all --ipc=host -p 8000:8000" in commands
-    assert f"curl -C - -OJ http://127.0.0.1:8501/api/artifacts/{record_id}/archive" in commands
+    url = f"http://127.0.0.1:8501/api/artifacts/{record_id}"
+    assert f"curl -fC - -o tiny-llama-0123456789ab-vllm.tar {url}/archive" in commands
+    assert f"curl -fC - -o tiny-llama-0123456789ab-vllm.tar.sha256 {url}/sha256" in commands
+    assert "-OJ" not in commands  # curl refuses to resume (-C -) with -J
 
 
 def test_split_and_compressed_archive(app: AppTest, data_home: Path) -> None:

@@ -111,3 +111,35 @@ def test_context_zip_holds_the_dockerfile_and_a_readme(app: AppTest, tiny_model:
     assert "layers/00-meta/config.json" in readme
     assert "model.safetensors" in readme
     assert len(archives[0]) < 64 * 1024  # the weights are not in it
+
+
+def test_hand_edited_dockerfile_is_kept_for_this_plan_only(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(cpu_only=True, ram_gib=16))
+    plan_page(app)
+    generated = app.code[0].value
+    app.text_area(key="dockerfile_edit").set_value(generated + 'LABEL com.example.team="platform"\n')
+    stored: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self: MemoryMediaFileStorage, path_or_data: bytes | str, *args: object, **kwargs: object) -> str:
+        if isinstance(path_or_data, bytes):
+            stored.append(path_or_data)
+        return original(self, path_or_data, *args, **kwargs)  # type: ignore[arg-type]
+
+    with mock.patch.object(MemoryMediaFileStorage, "load_and_get_id", keep):
+        app.button(key="dockerfile_use").click().run()
+    assert not app.exception
+    state = app.session_state["wizard"]
+    assert state.edited_dockerfile.endswith('LABEL com.example.team="platform"\n')
+    assert "edited this Dockerfile by hand" in texts(app)
+    assert app.code[0].value.strip() == state.edited_dockerfile.strip()  # what the build uses is what is shown
+    # the zip for building elsewhere carries the edit too
+    (archive,) = [data for data in stored if data.startswith(b"PK")]
+    with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+        assert zipped.read("Dockerfile").decode().endswith('"platform"\n')
+    # a changed plan renders another Dockerfile: the edit was made for the old one and is dropped
+    app.number_input(key="opt_port").set_value(9001).run()
+    assert app.session_state["wizard"].edited_dockerfile is None
+    assert "edited this Dockerfile by hand" not in texts(app)
+    assert "EXPOSE 9001" in app.code[0].value
+
