@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import Download, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core import docker_io
 from core.history import History
@@ -73,6 +74,23 @@ def packed_images(home: Path) -> Iterator[list[str]]:
 def click(page: Page, key: str) -> None:
     by_key(page, key).locator("button").first.click()
     wait_for_app_run(page)
+
+
+def choose_option(page: Page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox ``key``; the drop-down can miss a click made during a rerun."""
+    option_locator = page.get_by_role("option", name=option, exact=True)
+    for _ in range(3):
+        by_key(page, key).get_by_test_id("stSelectbox").click()
+        try:
+            option_locator.wait_for(state="visible", timeout=10_000)
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")
+            wait_for_app_run(page)
+            continue
+        option_locator.click()
+        wait_for_app_run(page)
+        return
+    raise AssertionError(f"the selectbox {key} never offered {option!r}")
 
 
 def pick_first_row(page: Page, key: str) -> None:
@@ -137,10 +155,9 @@ def test_search_plan_build_download_and_load(
     click(page, "to_plan")
 
     # 3. plan: transformers on the offline base image (no registry to pull the pinned one from)
+    expect(page.get_by_test_id("stHeading").filter(has_text=EN["plan.title"]).first).to_be_visible()
     page.get_by_test_id("stExpander").filter(has_text=EN["plan.advanced"]).locator("summary").click()
-    by_key(page, "opt_engine").get_by_test_id("stSelectbox").click()
-    page.get_by_role("option", name=EN["engine.transformers"], exact=True).click()
-    wait_for_app_run(page)
+    choose_option(page, "opt_engine", EN["engine.transformers"])
     base_image = by_key(page, "opt_base_image").locator("input")
     base_image.fill(offline_base_image)
     base_image.press("Enter")

@@ -17,7 +17,6 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from docker import DockerClient
@@ -27,6 +26,7 @@ from core.image_archive import ModelLayerSource, write_image_archive
 from core.layer_cache import cached_runtime_layers, runtime_layers
 from core.layers import plan_layers
 from tests.fixtures.docker_plugin import DockerScratch
+from tests.fixtures.image_compare import image_config, image_tree
 
 pytestmark = pytest.mark.docker
 
@@ -135,67 +135,6 @@ def _build(client: DockerClient, context: Path, tag: str, labels: dict[str, str]
     return str(image.id)
 
 
-def _tree(client: DockerClient, image: str) -> dict[str, tuple[Any, ...]]:
-    """Every path of the image's file system: type, mode, owner, size, content digest or link target."""
-    container = client.containers.create(image)
-    try:
-        reader = io.BufferedReader(_Chunks(container.export(chunk_size=1 << 20)), buffer_size=1 << 20)
-        tree = {}
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
-            for info in tar:
-                digest = None
-                if info.isfile():
-                    digest = hashlib.sha256(tar.extractfile(info).read()).hexdigest()  # type: ignore[union-attr]
-                tree[info.name.rstrip("/")] = (
-                    info.type,
-                    info.mode,
-                    info.uid,
-                    info.gid,
-                    info.size,
-                    digest,
-                    info.linkname,
-                )
-        return tree
-    finally:
-        container.remove(force=True)
-
-
-class _Chunks(io.RawIOBase):
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = iter(chunks)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = chunk
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
-
-
-def _runtime_config(client: DockerClient, image: str) -> dict[str, Any]:
-    config = client.api.inspect_image(image)["Config"]
-    keys = (
-        "Env",
-        "User",
-        "Entrypoint",
-        "Cmd",
-        "Labels",
-        "Healthcheck",
-        "ExposedPorts",
-        "WorkingDir",
-        "Volumes",
-    )
-    return {key: config.get(key) for key in keys}
-
-
 def test_fast_archive_is_the_image_docker_build_makes(
     tmp_path: Path, docker_client: DockerClient, docker_scratch: DockerScratch, tiny_base: str
 ) -> None:
@@ -238,8 +177,8 @@ def test_fast_archive_is_the_image_docker_build_makes(
     fast = docker_client.api.inspect_image(fast_ref)
     assert fast["Id"] == result.image_id
 
-    assert _tree(docker_client, fast_ref) == _tree(docker_client, classic)
-    assert _runtime_config(docker_client, fast_ref) == _runtime_config(docker_client, classic)
+    assert image_tree(docker_client, fast_ref) == image_tree(docker_client, classic)
+    assert image_config(docker_client, fast_ref) == image_config(docker_client, classic)
     # `docker history` pairs the non-empty history entries with the layers: each of ours got a layer.
     copies = [h for h in docker_client.api.history(fast_ref) if "COPY dir:" in h["CreatedBy"]]
     assert len(copies) == len(layers) and all(h["Size"] > 0 for h in copies)

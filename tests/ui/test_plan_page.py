@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +15,21 @@ from streamlit.testing.v1 import AppTest
 
 from core.hardware import describe_target
 from tests.ui.conftest import choose, texts
+
+
+@contextmanager
+def kept_downloads() -> Iterator[list[bytes]]:
+    """The bytes each st.download_button hands to Streamlit's media storage while the block runs."""
+    stored: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def keep(self: MemoryMediaFileStorage, path_or_data: bytes | str, *args: object, **kwargs: object) -> str:
+        if isinstance(path_or_data, bytes):
+            stored.append(path_or_data)
+        return original(self, path_or_data, *args, **kwargs)  # type: ignore[arg-type]
+
+    with mock.patch.object(MemoryMediaFileStorage, "load_and_get_id", keep):
+        yield stored
 
 
 def plan_page(app: AppTest) -> AppTest:
@@ -92,15 +109,7 @@ def test_reasons_are_translated(app: AppTest, tiny_model: Path) -> None:
 
 def test_context_zip_holds_the_dockerfile_and_a_readme(app: AppTest, tiny_model: Path) -> None:
     choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="a100-80gb"))
-    stored: list[bytes] = []
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def keep(self: MemoryMediaFileStorage, path_or_data: bytes | str, *args: object, **kwargs: object) -> str:
-        if isinstance(path_or_data, bytes):
-            stored.append(path_or_data)
-        return original(self, path_or_data, *args, **kwargs)  # type: ignore[arg-type]
-
-    with mock.patch.object(MemoryMediaFileStorage, "load_and_get_id", keep):
+    with kept_downloads() as stored:
         plan_page(app)
     archives = [data for data in stored if data.startswith(b"PK")]
     assert len(archives) == 1
@@ -118,15 +127,7 @@ def test_hand_edited_dockerfile_is_kept_for_this_plan_only(app: AppTest, tiny_mo
     plan_page(app)
     generated = app.code[0].value
     app.text_area(key="dockerfile_edit").set_value(generated + 'LABEL com.example.team="platform"\n')
-    stored: list[bytes] = []
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def keep(self: MemoryMediaFileStorage, path_or_data: bytes | str, *args: object, **kwargs: object) -> str:
-        if isinstance(path_or_data, bytes):
-            stored.append(path_or_data)
-        return original(self, path_or_data, *args, **kwargs)  # type: ignore[arg-type]
-
-    with mock.patch.object(MemoryMediaFileStorage, "load_and_get_id", keep):
+    with kept_downloads() as stored:
         app.button(key="dockerfile_use").click().run()
     assert not app.exception
     state = app.session_state["wizard"]
