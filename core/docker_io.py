@@ -34,6 +34,7 @@ import docker.errors
 import requests
 from docker import DockerClient
 from docker.types import DeviceRequest
+from docker.utils import parse_repository_tag
 
 from core.errors import (
     ArtifactInvalidError,
@@ -149,6 +150,68 @@ def require_image(*, ref: str, client: DockerClient | None = None) -> None:
                 "CPU transformers image, build it offline with `scripts/offline-base-images`."
             ),
         )
+
+
+def pull_image(
+    *, ref: str, on_event: EventSink = ignore_events, cancel: Cancel = _never, client: DockerClient | None = None
+) -> None:
+    """Pull ``ref`` from its registry, reporting bytes as Event(stage="pull", unit="B").
+
+    Raises BaseImageMissingError naming what the registry said and the offline ways to get the image
+    when the pull fails (no network, unknown tag, a registry that needs a mirror).
+    """
+    client = client or connect()
+    repository, tag = parse_repository_tag(ref)
+    layers: dict[str, tuple[int, int]] = {}  # layer id → (bytes downloaded, layer size)
+    on_event(Event(stage="pull", message=f"Pulling {ref}"))
+    try:
+        for chunk in client.api.pull(repository, tag=tag, stream=True, decode=True):
+            if cancel():
+                raise CancelledError(f"The pull of {ref} was cancelled.", hint="Start the pack again when ready.")
+            if "error" in chunk:
+                raise _pull_failed(ref, str(chunk["error"]))
+            status, layer, detail = chunk.get("status", ""), chunk.get("id"), chunk.get("progressDetail") or {}
+            if layer and status == "Downloading" and detail.get("total"):
+                layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+            elif layer and status in ("Download complete", "Already exists", "Pull complete") and layer in layers:
+                layers[layer] = (layers[layer][1], layers[layer][1])
+            if layers:
+                done = sum(current for current, _ in layers.values())
+                total = sum(size for _, size in layers.values())
+                on_event(Event(stage="pull", done=done, total=total, unit="B", message=f"Pulling {ref}"))
+            if status and status not in ("Downloading", "Extracting"):
+                on_event(Event(stage="pull", log=f"{layer}: {status}" if layer else status))
+    except docker.errors.APIError as error:
+        raise _pull_failed(ref, _short(error)) from error
+    except requests.exceptions.ConnectionError as error:
+        raise DockerUnavailableError(
+            f"The connection to Docker broke while pulling {ref}.", hint="Check that Docker still runs, then retry."
+        ) from error
+    if not image_exists(ref=ref, client=client):
+        raise _pull_failed(ref, "the registry answered, but the image did not arrive")
+
+
+def _pull_failed(ref: str, reason: str) -> BaseImageMissingError:
+    return BaseImageMissingError(
+        f"Docker could not pull the base image {ref}: {reason}.",
+        hint=(
+            "Behind a firewall or in mainland China? Set a registry mirror (`registry-mirrors` in "
+            "/etc/docker/daemon.json, then restart Docker), or name a mirrored copy with --base-image, or "
+            f"`docker load` a saved copy of {ref}; for the CPU transformers image, `scripts/offline-base-images` "
+            "builds one with no registry."
+        ),
+    )
+
+
+def ensure_images(
+    *, refs: Sequence[str], on_event: EventSink = ignore_events, cancel: Cancel = _never,
+    client: DockerClient | None = None,
+) -> None:
+    """Pull each of ``refs`` that is not on this machine yet (the builder itself never pulls)."""
+    client = client or connect()
+    for ref in dict.fromkeys(refs):
+        if not image_exists(ref=ref, client=client):
+            pull_image(ref=ref, on_event=on_event, cancel=cancel, client=client)
 
 
 def image_size(*, ref: str, client: DockerClient | None = None) -> int:

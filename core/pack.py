@@ -249,7 +249,6 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
 
     on_event(Event(stage="check", message="Checking Docker, the base image and free disk"))
     client = docker_io.connect()
-    docker_io.require_image(ref=plan.base_image, client=client)
     docker_root = Path(client.info().get("DockerRootDir", "/var/lib/docker"))
     needs = [(archive.parent, model.total_bytes)]
     if path == "docker-build":
@@ -260,6 +259,11 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     on_event(Event(stage="check", message=reason))
     _check_cancel(cancel)
 
+    # The engine image first (the build itself never pulls): a missing one is pulled with progress.
+    dockerfile_text = request.dockerfile if path == "docker-build" and request.dockerfile else spec.dockerfile
+    docker_io.ensure_images(
+        refs=docker_io.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancelled, client=client
+    )
     model_dir = hubs.download(model=model, token=request.token, on_event=on_event, cancel=cancel)
     _check_cancel(cancel)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import streamlit as st
 
+from core.hardware import Target
+
 LANGUAGES: Mapping[str, str] = {"en": "English", "zh": "简体中文"}
 DEFAULT_LANGUAGE = "en"
 #: the session-state key holding the chosen language, and the key of its selectbox in the app frame
@@ -124,3 +126,18 @@ def fmt_count(num: int | None) -> str:
         if abs(num) >= limit:
             return f"{num / limit:.1f} {suffix}".replace(".0 ", " ")
     return str(num)
+
+
+def fmt_target(target: Target) -> str:
+    """The target in the current language ("2 × NVIDIA A100 80GB (driver …, CUDA …)", "仅 CPU，64 GiB 内存")."""
+    if target.is_cpu_only:
+        ram = fmt_bytes(target.ram_bytes) if target.ram_bytes else None
+        return t("target.cpu_only_ram", ram=ram) if ram else t("target.cpu_only")
+    counts: dict[str, int] = {}
+    for gpu in target.gpus:
+        counts[gpu.name] = counts.get(gpu.name, 0) + 1
+    cards = " + ".join(f"{count} × {name}" for name, count in counts.items())
+    details = [t("target.driver", version=target.driver_version)] if target.driver_version else []
+    if target.cuda_version:
+        details.append(f"CUDA {target.cuda_version}")
+    return f"{cards} ({', '.join(details)})" if details else cards

@@ -23,7 +23,7 @@ from core.history import History
 from core.jobs import REGISTRY, Job, JobSnapshot, StageProgress
 from core.pack import pack
 from core.plan import Plan
-from ezrunner_ui.i18n import fmt_bytes, fmt_duration, fmt_rate, t
+from ezrunner_ui.i18n import fmt_bytes, fmt_duration, fmt_rate, fmt_target, t
 from ezrunner_ui.state import (
     PAGE_DOWNLOAD,
     PAGE_PLAN,
@@ -41,7 +41,7 @@ GIB = 1 << 30
 # FAT32 holds files of at most 4 GiB - 1 byte; parts are N GiB - 1 MiB so that "4" fits such a stick.
 PART_SLACK_BYTES = 1 << 20
 LOG_LINES = 200
-STAGE_ORDER = ("check", "download", "verify", "stage", "build", "export", "load", "run", "done")
+STAGE_ORDER = ("check", "pull", "download", "verify", "stage", "build", "export", "load", "run", "done")
 
 
 def docker_problem() -> EzRunnerError | None:
@@ -138,7 +138,7 @@ def _stage_rows(snapshot: JobSnapshot) -> None:
             icon = "…" if snapshot.active else "✗"
         name = t(f"stage.{progress.stage}") if progress.stage in STAGE_ORDER else progress.stage
         line = _stage_line(progress)
-        if progress.fraction is not None and progress.stage in ("download", "build", "export"):
+        if progress.fraction is not None and progress.stage in ("pull", "download", "build", "export"):
             st.progress(progress.fraction, text=f"{icon} **{name}** — {line}")
         else:
             st.markdown(f"{icon} **{name}** — {line}" if line else f"{icon} **{name}**")
@@ -228,7 +228,7 @@ def render() -> None:
             t(
                 "build.what",
                 model=the_plan.model.repo_id,
-                target=the_plan.target.label,
+                target=fmt_target(the_plan.target),
                 engine=t(f"engine.{the_plan.engine}"),
             )
         )

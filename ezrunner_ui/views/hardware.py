@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import InvalidTargetError
 from core.hardware import GPU_PRESETS, Target, describe_target, detect_local
-from ezrunner_ui.i18n import fmt_bytes, t
+from ezrunner_ui.i18n import fmt_bytes, fmt_target, t
 from ezrunner_ui.state import PAGE_MODEL, PAGE_PLAN, WizardState, wizard
 from ezrunner_ui.ui_errors import error_text
 
@@ -169,7 +169,7 @@ def _describe_section(state: WizardState) -> None:
         st.error(errors["general"], icon=":material/error:")
 
     if described is not None:
-        st.caption(t("hardware.described_as", label=described.label))
+        st.caption(t("hardware.described_as", label=fmt_target(described)))
     st.button(
         t("hardware.use_described"),
         key="use_described",
@@ -189,7 +189,8 @@ def render() -> None:
 
     if state.target is not None:
         where = t("hardware.origin_detected") if state.target.origin == "detected" else t("hardware.origin_described")
-        st.success(t("hardware.plan_uses", label=state.target.label, origin=where), icon=":material/check_circle:")
+        used = t("hardware.plan_uses", label=fmt_target(state.target), origin=where)
+        st.success(used, icon=":material/check_circle:")
     else:
         st.warning(t("hardware.no_target"), icon=":material/help:")
 

@@ -14,7 +14,7 @@ import streamlit as st
 from core.errors import EzRunnerError
 from core.plan import Options, Plan
 from core.render import BuildSpec, render
-from ezrunner_ui.i18n import fmt_bytes, t, translate_note
+from ezrunner_ui.i18n import fmt_bytes, fmt_target, t, translate_note
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HARDWARE, PAGE_MODEL, WizardState, edited_dockerfile, seed, wizard
 from ezrunner_ui.ui_errors import show_error
 
@@ -243,7 +243,7 @@ def render_page() -> None:
         if state.target is None:
             st.page_link(PAGE_HARDWARE, label=t("common.back_to_hardware"), icon=":material/arrow_back:")
         return
-    st.caption(t("plan.for", model=state.model.repo_id, target=state.target.label))
+    st.caption(t("plan.for", model=state.model.repo_id, target=fmt_target(state.target)))
     _options_form(state)
     try:
         the_plan = state.current_plan()

@@ -421,3 +421,20 @@ def test_unreachable_engine_raises_docker_unavailable(monkeypatch: pytest.Monkey
         docker_io.connect()
     with pytest.raises(DockerUnavailableError):
         docker_io.image_exists(ref="anything:1")
+
+
+def test_pull_failure_names_the_reason_and_the_offline_ways(docker_client: DockerClient) -> None:
+    # .invalid never resolves (RFC 2606): the registry is unreachable, as it is behind an air gap.
+    events: list[Event] = []
+    with pytest.raises(BaseImageMissingError) as error:
+        docker_io.ensure_images(refs=["registry.invalid/ezrunner/none:1"], on_event=events.append, client=docker_client)
+    message = str(error.value)
+    assert "could not pull the base image registry.invalid/ezrunner/none:1" in message
+    assert "registry mirror" in message and "--base-image" in message and "docker load" in message
+    assert events and events[0].stage == "pull"
+
+
+def test_ensure_images_leaves_present_images_alone(docker_client: DockerClient, offline_base_image: str) -> None:
+    events: list[Event] = []
+    docker_io.ensure_images(refs=[offline_base_image, offline_base_image], on_event=events.append, client=docker_client)
+    assert events == []  # nothing to pull, no registry asked

@@ -103,6 +103,7 @@ def test_reasons_are_translated(app: AppTest, tiny_model: Path) -> None:
     plan_page(app)
     shown = texts(app)
     assert "推理引擎 transformers serve：目标没有 GPU" in shown
+    assert "仅 CPU" in shown  # the target line too, not only the notes
     assert "在 CPU 上，7B 模型每秒只能生成几个 token" in shown
     assert app.title[0].value == "方案"
 
