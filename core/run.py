@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from docker import DockerClient
+
 from core import docker_io
 from core.errors import ArtifactInvalidError, HealthTimeoutError
 from core.events import Event, EventSink, ignore_events
@@ -111,18 +113,19 @@ def run_archive(
     )
 
 
-def _env_port(client: object, image_ref: str) -> int:
-    env = client.images.get(image_ref).attrs["Config"].get("Env") or []  # type: ignore[attr-defined]
+def _env_port(client: DockerClient, image_ref: str) -> int:
+    """The port the image's server listens on by default (its ``PORT`` env, as the template sets it)."""
+    env = client.images.get(image_ref).attrs["Config"].get("Env") or []
     for item in env:
         if item.startswith("PORT="):
             return int(item.split("=", 1)[1])
     return 8000
 
 
-def _wait_docker_health(*, client: object, container_id: str, timeout_s: float, on_event: EventSink) -> None:
+def _wait_docker_health(*, client: DockerClient, container_id: str, timeout_s: float, on_event: EventSink) -> None:
     """With no network the host cannot probe the server: rely on the image's own HEALTHCHECK."""
     deadline = time.monotonic() + timeout_s
-    container = client.containers.get(container_id)  # type: ignore[attr-defined]
+    container = client.containers.get(container_id)
     while time.monotonic() < deadline:
         container.reload()
         state = container.attrs["State"]

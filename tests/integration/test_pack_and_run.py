@@ -144,8 +144,9 @@ def test_pack_then_run_serves_chat_completions(
     # no network at all: the image still serves, asked from inside the container
     offline = f"{name}-offline"
     cleanup.insert(0, offline)
-    docker_io.run_container(image=artifact["image_tag"], name=offline, port=None, network="none",
-                            client=docker_client)
+    isolated = json.loads(ezrunner("run", str(archive), "--network", "none", "--name", offline, "--timeout", "300",
+                                   "--json", env=user_env).stdout)
+    assert isolated["endpoint"] is None  # healthy by the image's own HEALTHCHECK; nothing reachable outside
     query = (
         f"MODEL = {HF_SHARDED!r}\n"
         "import json, time, urllib.request\n"
