@@ -120,12 +120,13 @@ def choose_base(*, client: DockerClient, requested: str | None) -> str:
         if image.tags:
             return str(image.tags[0])
     repository, tag = TINY_BASE.split(":")
-    client.api.import_image_from_data(_host_rootfs(), repository=repository, tag=tag)
+    client.api.import_image_from_data(host_rootfs(), repository=repository, tag=tag)
     return TINY_BASE
 
 
-def _host_rootfs() -> bytes:
-    """The host's dash as /bin/sh with its libc and loader: enough for the Dockerfile's RUN."""
+def host_rootfs() -> bytes:
+    """A tar of a minimal root filesystem: the host's dash as /bin/sh, its libc and loader (enough for the
+    Dockerfile's RUN); the benchmark's fallback base and the fast-export tests' base."""
     files = {
         "bin/sh": Path("/bin/dash"),
         "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6"),
@@ -135,7 +136,8 @@ def _host_rootfs() -> bytes:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for folder in ("bin", "etc", "lib", "lib/x86_64-linux-gnu", "lib64", "tmp", "usr", "home"):
             info = tarfile.TarInfo(folder)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if folder == "tmp" else 0o755
             tar.addfile(info)
         for name, source in files.items():
             body = source.resolve().read_bytes()

@@ -12,15 +12,14 @@ needs no registry; the Dockerfile steps use only shell built-ins.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 from docker import DockerClient
 
+from bench.workload import DOCKERFILE, host_rootfs
 from core.hubs.base import ModelFile
 from core.image_archive import ModelLayerSource, write_image_archive
 from core.layer_cache import cached_runtime_layers, runtime_layers
@@ -33,51 +32,7 @@ pytestmark = pytest.mark.docker
 MODEL_ROOT = "/models/tiny"
 LAYER_CAP = 3 << 20
 
-DOCKERFILE = """\
-FROM {base}
-ENV HF_HUB_OFFLINE=1 \\
-    HOME=/home/ezrunner
-RUN echo "ezrunner:x:10001:10001::/home/ezrunner:/bin/sh" >> /etc/passwd \\
- && echo "ezrunner:x:10001:" >> /etc/group
-COPY entrypoint.sh /usr/local/bin/entrypoint.sh
-{model_copies}USER 10001:10001
-WORKDIR /home/ezrunner
-ENV PORT=8000
-EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \\
-  CMD ["/bin/sh", "-c", "test -f {model_root}/config.json"]
-ENTRYPOINT ["/bin/sh", "/usr/local/bin/entrypoint.sh"]
-CMD []
-LABEL io.ezrunner.model="tiny" io.ezrunner.engine="test"
-"""
-
 ENTRYPOINT = 'read -r line < {model_root}/config.json; echo "config: $line"; echo "home: $HOME port: $PORT"\n'
-
-
-def _host_rootfs() -> bytes:
-    """A tar of a minimal root filesystem: the host's dash as /bin/sh, its libc and loader."""
-    files = {
-        "bin/sh": Path("/bin/dash"),
-        "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6"),
-        "lib64/ld-linux-x86-64.so.2": Path("/lib64/ld-linux-x86-64.so.2"),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for folder in ("bin", "etc", "lib", "lib/x86_64-linux-gnu", "lib64", "tmp", "usr", "home"):
-            info = tarfile.TarInfo(folder)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o1777 if folder == "tmp" else 0o755
-            tar.addfile(info)
-        for name, source in files.items():
-            body = source.resolve().read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(body), 0o755
-            tar.addfile(info, io.BytesIO(body))
-        for name, body in (("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", b"root:x:0:\n")):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(body), 0o644
-            tar.addfile(info, io.BytesIO(body))
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -85,7 +40,7 @@ def tiny_base(docker_client: DockerClient, docker_scratch: DockerScratch) -> str
     ref = docker_scratch.image_ref("tiny-base")
     repository, tag = ref.rsplit(":", 1)
     docker_client.api.import_image_from_data(
-        _host_rootfs(),
+        host_rootfs(),
         repository=repository,
         tag=tag,
         changes=[f"LABEL {k}={v}" for k, v in docker_scratch.labels.items()],
