@@ -92,6 +92,12 @@ class ExportFailedError(EzRunnerError):
     code = "export_failed"
 
 
+class LayerCacheUnusableError(ExportFailedError):
+    """The engine's `docker save` output cannot fill the runtime-layer cache (the fast path falls back)."""
+
+    code = "layer_cache_unusable"
+
+
 class DiskSpaceError(EzRunnerError):
     code = "disk_full"
 

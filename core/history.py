@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.hardware import default_data_dir
+from core.render import find_load_script
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs (
@@ -124,6 +125,12 @@ class History:
                 (time.time(), outcome, error, log, image_id, str(archive) if archive else None,
                  json.dumps([str(p) for p in parts]), size, sha256, run_command, record_id),
             )
+            if archive is not None:
+                # A pack to the same path replaced the files older records point at: those are gone.
+                db.execute(
+                    "UPDATE packs SET archive = NULL, parts = '[]' WHERE id != ? AND archive = ?",
+                    (record_id, str(archive)),
+                )
 
     def list(self, *, limit: int = 200) -> builtins.list[PackRecord]:
         with self._db() as db:
@@ -145,11 +152,14 @@ class History:
             archive = Path(record.archive)
             candidates = [archive, *(Path(p) for p in record.parts)]
             candidates += [archive.with_name(archive.name + s) for s in (".sha256", ".parts.sha256")]
-            load_script = archive.with_name("load.sh")
-            if load_script.exists() and archive.name in load_script.read_text(encoding="utf-8", errors="replace"):
+            load_script = find_load_script(archive)
+            if load_script is not None:
                 candidates.append(load_script)
-            candidates.append(archive.with_name(archive.name.split(".tar")[0] + ".load.sh"))
-            for path in dict.fromkeys(candidates):
+            with self._db() as db:  # files a newer pack to the same path wrote are that pack's, not ours
+                shared = db.execute(
+                    "SELECT 1 FROM packs WHERE id != ? AND archive = ?", (record_id, record.archive)
+                ).fetchone()
+            for path in dict.fromkeys(candidates if not shared else []):
                 if path.is_file():
                     path.unlink()
                     deleted.append(path)

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import CancelledError, DiskSpaceError, ExportFailedError
+from core.errors import CancelledError, DiskSpaceError, ExportFailedError, LayerCacheUnusableError
 from core.events import Event, EventSink, ignore_events
 
 _IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+_SMALL_BLOB = 1 << 20  # configs and manifests are far smaller; layers rarely are
 _COPY_CHUNK = 8 << 20
 
 
@@ -208,7 +209,7 @@ def _fill(*, client: Any, image_id: str, cache_dir: Path, on_event: EventSink, c
                     continue  # folders, and the symlinks `docker save` writes for a layer used twice
                 source = tar.extractfile(member)
                 assert source is not None
-                if member.name.endswith("/layer.tar"):
+                if member.name.endswith("/layer.tar"):  # Docker ≤ 24: <id>/layer.tar
                     diff_id, size = _store_blob(source, cache_dir=cache_dir, tmp_dir=tmp_dir)
                     written[diff_id] = size
                 elif member.name == "manifest.json":
@@ -217,6 +218,18 @@ def _fill(*, client: Any, image_id: str, cache_dir: Path, on_event: EventSink, c
                     text = source.read()
                     if hashlib.sha256(text).hexdigest() == _hex(image_id):
                         config_text = text.decode()
+                elif member.name.startswith("blobs/sha256/"):
+                    # Docker ≥ 25 writes an OCI layout: the config, manifests and (on the classic store,
+                    # uncompressed) layers are all blobs named by digest. Small JSON blobs are not layers.
+                    if member.size <= _SMALL_BLOB:
+                        body = source.read()
+                        if body[:1] == b"{":
+                            if member.name.rsplit("/", 1)[-1] == _hex(image_id):
+                                config_text = body.decode()
+                            continue
+                        source = io.BytesIO(body)
+                    diff_id, size = _store_blob(source, cache_dir=cache_dir, tmp_dir=tmp_dir)
+                    written[diff_id] = size
     except OSError as error:
         if error.errno == 28:
             raise DiskSpaceError(
@@ -233,17 +246,17 @@ def _fill(*, client: Any, image_id: str, cache_dir: Path, on_event: EventSink, c
         with contextlib.suppress(Exception):
             chunks.close()
     if config_text is None or manifest is None:
-        raise ExportFailedError(
+        raise LayerCacheUnusableError(
             f"`docker save` of {image_id} had no config or manifest.",
             hint="Check that the Docker engine is healthy, then try again.",
         )
     diff_ids = json.loads(config_text)["rootfs"]["diff_ids"]
     missing = [d for d in diff_ids if d not in written and not _blob_path(cache_dir, d).is_file()]
     if missing:
-        raise ExportFailedError(
+        raise LayerCacheUnusableError(
             f"`docker save` of {image_id} did not give layers matching its config ({len(missing)} missing).",
-            hint="This engine may store layers compressed (containerd image store); use the docker-build "
-            "export path instead.",
+            hint="This engine may store layers compressed (containerd image store); the docker-build export "
+            "path works there.",
         )
     record = {
         "config": config_text,

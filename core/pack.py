@@ -6,6 +6,7 @@ partial archive behind (the export writes ``*.partial`` and renames at the end).
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -16,15 +17,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from docker import DockerClient
+
 from core import docker_io, hubs
-from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError
+from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, LayerCacheUnusableError
 from core.events import Event, EventSink, ignore_events
 from core.hardware import default_data_dir, target_summary
 from core.history import History
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
-from core.render import BuildSpec, Compression, render, render_load_script
+from core.render import (
+    BuildSpec,
+    Compression,
+    load_script_candidates,
+    load_script_is_for,
+    render,
+    render_load_script,
+    validate_file_name,
+)
 
 ExportPath = Literal["fast", "docker-build"]
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
@@ -67,6 +78,7 @@ def output_paths(*, output: Path, compression: Compression) -> Path:
             f"The output name {output.name!r} must end in .tar (or .tar.zst with --compress zstd).",
             hint="For example: -o qwen2.5-7b-instruct.tar",
         )
+    validate_file_name(name)  # before any download or build: load.sh names the file
     return output.with_name(name)
 
 
@@ -133,10 +145,9 @@ def _write_sidecars(
         parts=[p.name for p in parts] if len(parts) > 1 else (),
         compression=compression,
     )
-    load_script = archive.with_name("load.sh")
-    if load_script.exists() and archive.name not in load_script.read_text(encoding="utf-8"):
-        # Another archive's load.sh lives here: keep it and name ours after the archive.
-        load_script = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
+    shared, own = load_script_candidates(archive)
+    # Another archive's load.sh lives here: keep it and name ours after the archive.
+    load_script = own if shared.exists() and not load_script_is_for(shared, archive_name=archive.name) else shared
     load_script.write_text(script, encoding="utf-8")
     load_script.chmod(0o755)
     return checksum_file, load_script
@@ -189,7 +200,10 @@ def pack(
     except CancelledError as exc:
         history.finish(record_id, outcome="cancelled", error=str(exc), log="\n".join(log))
         raise
-    except Exception as exc:
+    except KeyboardInterrupt:
+        history.finish(record_id, outcome="cancelled", error="Interrupted.", log="\n".join(log))
+        raise
+    except BaseException as exc:
         history.finish(record_id, outcome="failed", error=str(exc), log="\n".join(log))
         raise
     history.finish(
@@ -227,6 +241,15 @@ def choose_export_path(
     if requested == "docker-build":
         return "docker-build", "The docker-build path was asked for: docker build with the weights, then docker save."
     return "fast", "Fast path: Docker builds the engine layers; the weights stream straight into the archive."
+
+
+@dataclass(frozen=True)
+class _Exported:
+    image_id: str
+    paths: tuple[Path, ...]
+    size: int
+    sha256: str
+    part_sha256: tuple[str, ...]
 
 
 def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
@@ -267,64 +290,114 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     model_dir = hubs.download(model=model, token=request.token, on_event=on_event, cancel=cancel)
     _check_cancel(cancel)
 
-    request.work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="context-", dir=request.work_dir) as tmp:
-        context = Path(tmp)
-        if path == "docker-build":
-            on_event(Event(stage="stage", message="Linking model files into the build context"))
-            stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=True)
-            if request.dockerfile is not None:
-                (context / "Dockerfile").write_text(request.dockerfile, encoding="utf-8")
-            _check_cancel(cancel)
-            image_id = docker_io.build_image(
-                client=client, context_dir=context, tag=spec.image_tag, on_event=on_event, cancel=cancelled
-            )
-        else:
-            stage_context(spec=spec, model_dir=model_dir, context_dir=context, include_model=False)
-            runtime_id = docker_io.build_image(
-                client=client, context_dir=context, tag=runtime_tag(spec), on_event=on_event, cancel=cancelled
-            )
-    if path == "docker-build":
-        written = docker_io.save_image(
-            client=client, ref=spec.image_tag, out=archive, compress=request.compression,
-            split_bytes=split_bytes, on_event=on_event, cancel=cancelled,
-        )
-        paths, size, sha256, part_sums = written.paths, written.size, written.sha256, written.part_sha256
-    else:
-        runtime = runtime_layers(
-            client=client, image_id=runtime_id, cache_dir=default_data_dir() / "layer-cache", on_event=on_event,
-            cancel=cancel,
-        )
-        sources = [ModelLayerSource(layer=layer, folder=model_dir) for layer in spec.layers]
-        check_disk(needs=[(archive.parent, exact_archive_size(
-            runtime=runtime, model_root=spec.model_root, layers=sources, repo_tag=spec.image_tag
-        ))])
-        result = write_image_archive(
-            runtime=runtime, model_root=spec.model_root, layers=sources, repo_tag=spec.image_tag, out=archive,
-            compress=request.compression, split_bytes=split_bytes, on_event=on_event, cancel=cancel,
-        )
-        image_id = result.image_id
-        paths, size, sha256, part_sums = result.paths, result.size, result.sha256, result.part_sha256
-    checksum_file, load_script = _write_sidecars(
-        plan=plan, spec=spec, archive=archive, parts=paths, sha256=sha256, part_sums=part_sums,
-        compression=request.compression,
+    export = _Export(
+        client=client, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
+        split_bytes=split_bytes, work_dir=request.work_dir, on_event=on_event, cancel=cancel,
     )
-    on_event(Event(stage="done", done=size, total=size, unit="B", message=f"Wrote {archive}"))
+    if path == "fast":
+        try:
+            exported = export.fast()
+        except LayerCacheUnusableError as error:
+            # An engine whose `docker save` layout we cannot cache from: the reference path still works.
+            path = "docker-build"
+            reason = f"{error.message} Falling back to the docker-build path (slower)."
+            on_event(Event(stage="check", message=reason))
+            exported = export.docker_build(dockerfile=None)
+    else:
+        exported = export.docker_build(dockerfile=request.dockerfile)
+    remove_stale_pieces(archive=archive, keep=exported.paths)
+    checksum_file, load_script = _write_sidecars(
+        plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
+        part_sums=exported.part_sha256, compression=request.compression,
+    )
+    on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=f"Wrote {archive}"))
     return Artifact(
         archive=archive,
-        parts=tuple(paths),
-        size=size,
-        sha256=sha256,
+        parts=exported.paths,
+        size=exported.size,
+        sha256=exported.sha256,
         checksum_file=checksum_file,
         load_script=load_script,
         image_tag=spec.image_tag,
-        image_id=image_id,
+        image_id=exported.image_id,
         run_command=spec.run_command(),
         compression=request.compression,
         export_path=path,
         export_reason=reason,
         seconds=time.monotonic() - started,
     )
+
+
+@dataclass(frozen=True)
+class _Export:
+    """The two ways from downloaded files to the archive on disk."""
+
+    client: DockerClient
+    spec: BuildSpec
+    model_dir: Path
+    archive: Path
+    compression: Compression
+    split_bytes: int | None
+    work_dir: Path
+    on_event: EventSink
+    cancel: threading.Event | None
+
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def _build(self, *, include_model: bool, tag: str, dockerfile: str | None = None) -> str:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="context-", dir=self.work_dir) as tmp:
+            context = Path(tmp)
+            if include_model:
+                self.on_event(Event(stage="stage", message="Linking model files into the build context"))
+            stage_context(spec=self.spec, model_dir=self.model_dir, context_dir=context, include_model=include_model)
+            if dockerfile is not None:
+                (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+            _check_cancel(self.cancel)
+            return docker_io.build_image(
+                client=self.client, context_dir=context, tag=tag, on_event=self.on_event, cancel=self._cancelled
+            )
+
+    def docker_build(self, *, dockerfile: str | None) -> _Exported:
+        """The reference path: docker build with the weights, then docker save."""
+        image_id = self._build(include_model=True, tag=self.spec.image_tag, dockerfile=dockerfile)
+        written = docker_io.save_image(
+            client=self.client, ref=self.spec.image_tag, out=self.archive, compress=self.compression,
+            split_bytes=self.split_bytes, on_event=self.on_event, cancel=self._cancelled,
+        )
+        return _Exported(image_id, tuple(written.paths), written.size, written.sha256, tuple(written.part_sha256))
+
+    def fast(self) -> _Exported:
+        """Docker builds the engine layers (cached); the weights are streamed into the archive here."""
+        runtime_id = self._build(include_model=False, tag=runtime_tag(self.spec))
+        runtime = runtime_layers(
+            client=self.client, image_id=runtime_id, cache_dir=default_data_dir() / "layer-cache",
+            on_event=self.on_event, cancel=self.cancel,
+        )
+        sources = [ModelLayerSource(layer=layer, folder=self.model_dir) for layer in self.spec.layers]
+        size = exact_archive_size(
+            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag
+        )
+        check_disk(needs=[(self.archive.parent, size)])
+        result = write_image_archive(
+            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag,
+            out=self.archive, compress=self.compression, split_bytes=self.split_bytes, on_event=self.on_event,
+            cancel=self.cancel,
+        )
+        return _Exported(result.image_id, tuple(result.paths), result.size, result.sha256, tuple(result.part_sha256))
+
+
+def remove_stale_pieces(*, archive: Path, keep: Sequence[Path]) -> None:
+    """Delete what an earlier pack to the same name left (the whole file, or more parts than now), so
+    that ``run``, ``load.sh`` and the download route never mix old pieces with new ones."""
+    kept = {p.resolve() for p in keep}
+    candidates = [archive, *archive.parent.glob(glob.escape(archive.name) + ".part[0-9][0-9][0-9]")]
+    for stale in candidates:
+        if stale.resolve() not in kept and stale.is_file():
+            stale.unlink()
+    if len(keep) <= 1:
+        archive.with_name(archive.name + ".parts.sha256").unlink(missing_ok=True)
 
 
 def runtime_tag(spec: BuildSpec) -> str:

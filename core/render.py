@@ -69,7 +69,7 @@ def ezrunner_version() -> str:
 
 
 def validate_image_ref(ref: str, *, what: str = "--base-image") -> str:
-    if not _IMAGE_REF.match(ref):
+    if not _IMAGE_REF.fullmatch(ref):
         raise InvalidOptionsError(
             f"{what} {ref!r} is not a valid image reference.",
             hint="Use the form registry/name:tag, e.g. vllm/vllm-openai:v0.11.0 or my.mirror:5000/python:3.11-slim.",
@@ -150,7 +150,7 @@ def render(*, plan: Plan) -> BuildSpec:
     engine = engine_for(plan.engine)
     model = plan.model
     served_model_name = model.repo_id if model.ref.source != "local" else model.name
-    if not _SERVED_NAME.match(served_model_name):
+    if not _SERVED_NAME.fullmatch(served_model_name):
         raise InvalidReferenceError(
             f"The model name {served_model_name!r} cannot be used as a served model name.",
             hint="Rename the folder to letters, digits, '.', '_' or '-' and try again.",
@@ -204,16 +204,44 @@ def render(*, plan: Plan) -> BuildSpec:
     )
 
 
+def validate_file_name(name: str) -> str:
+    """An archive (or part) name load.sh can use unquoted-safe: letters, digits, '.', '_' and '-'."""
+    if not _FILE_NAME.fullmatch(name):
+        raise InvalidOptionsError(
+            f"The output file name {name!r} has characters load.sh cannot use safely.",
+            hint="Use letters, digits, '.', '_' and '-' only, e.g. -o qwen2.5-7b.tar.",
+        )
+    return name
+
+
+def load_script_is_for(script: Path, *, archive_name: str) -> bool:
+    """Whether the load.sh at ``script`` was written for ``archive_name`` (its exact ARCHIVE= line)."""
+    try:
+        lines = script.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    return f"ARCHIVE={shlex.quote(archive_name)}" in lines
+
+
+def load_script_candidates(archive: Path) -> tuple[Path, Path]:
+    """Where an archive's load.sh lies: ``load.sh`` beside it, or ``<stem>.load.sh`` when another
+    archive's load.sh already had that name."""
+    return archive.with_name("load.sh"), archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
+
+
+def find_load_script(archive: Path) -> Path | None:
+    for candidate in load_script_candidates(archive):
+        if candidate.is_file() and load_script_is_for(candidate, archive_name=archive.name):
+            return candidate
+    return None
+
+
 def render_load_script(
     *, plan: Plan, spec: BuildSpec, archive_name: str, parts: Sequence[str] = (), compression: Compression = "none"
 ) -> str:
     """``load.sh``: verify, reassemble parts, ``docker load``, ``docker run``, wait for health."""
     for name in (archive_name, *parts):
-        if not _FILE_NAME.match(name):
-            raise InvalidOptionsError(
-                f"The output file name {name!r} has characters load.sh cannot use safely.",
-                hint="Use letters, digits, '.', '_' and '-' only, e.g. -o qwen2.5-7b.tar.",
-            )
+        validate_file_name(name)
     return (
         _environment()
         .get_template("load.sh.j2")

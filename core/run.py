@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,13 @@ def verify_archive(*, archive: Path, on_event: EventSink = ignore_events) -> str
             f"{checksum_file.name} is missing beside {archive.name}, so the archive cannot be verified.",
             hint="Copy the .sha256 file that was written with the archive.",
         )
-    expected = checksum_file.read_text(encoding="utf-8").split()[0].lower()
+    words = checksum_file.read_text(encoding="utf-8", errors="replace").split()
+    expected = words[0].lower() if words else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise ArtifactInvalidError(
+            f"{checksum_file.name} does not hold a sha256 checksum.",
+            hint="Copy the .sha256 file that was written with the archive again.",
+        )
     total = sum(p.stat().st_size for p in parts)
     digest = hashlib.sha256()
     done = 0

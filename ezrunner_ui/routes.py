@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.history import History, PackRecord
 from core.jobs import REGISTRY, JobRegistry, JobSnapshot
+from core.render import find_load_script
 
 #: History record ids and job ids are ``uuid4().hex``
 _OPAQUE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -56,13 +57,8 @@ def _archive_media_type(path: Path) -> str:
 
 
 def load_script_path(archive: Path) -> Path | None:
-    """The load.sh written beside ``archive`` (see core.pack): ``load.sh`` when it names this archive,
-    else ``<stem>.load.sh`` (core.pack's name when another archive's load.sh already lived there)."""
-    shared = archive.with_name("load.sh")
-    if shared.is_file() and archive.name in shared.read_text(encoding="utf-8", errors="replace"):
-        return shared
-    own = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
-    return own if own.is_file() else None
+    """The load.sh written beside ``archive`` (``load.sh``, or ``<stem>.load.sh``; see core.render)."""
+    return find_load_script(archive)
 
 
 class _DiskFile(FileResponse):

@@ -7,6 +7,7 @@ user learns which hub answered (``ModelInfo.answered_by``).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Event as CancelFlag
@@ -144,13 +145,31 @@ def _token_for(source: HubName, token: str | None, *, explicit: bool = False) ->
     """A token goes only to the hub it belongs to: never leak a Hugging Face token to ModelScope.
 
     With a hub named (hf:/ms:) the token is for that hub. For a bare org/name it is routed by its
-    prefix: ``hf_`` tokens to Hugging Face, ``ms-`` tokens to ModelScope, anything else to Hugging
-    Face only (gated models are a Hugging Face feature; ModelScope reads MODELSCOPE_API_TOKEN).
+    prefix: ``hf_`` tokens to Hugging Face, ``ms-`` tokens to ModelScope (with a hub named too), anything
+    else to Hugging Face only (gated models are a Hugging Face feature; ModelScope reads MODELSCOPE_API_TOKEN).
     """
-    if not token or source == "local":
+    if source == "local":
         return None
-    if explicit:
-        return token
+    routed = _route_token(source, token, explicit=explicit)
+    if routed is None and source == "ms":
+        # A Hugging Face token was given (or none): ModelScope gets its own, if the user set one.
+        return os.environ.get("MODELSCOPE_API_TOKEN") or None
+    return routed
+
+
+def _route_token(source: HubName, token: str | None, *, explicit: bool) -> str | None:
+    if not token:
+        return None
+    # A token's prefix names its hub: it never goes to the other one, even with a hub named.
+    if token.startswith("hf_"):
+        return token if source == "hf" else None
     if token.startswith("ms-"):
         return token if source == "ms" else None
+    if explicit:
+        return token
+    return token if source == "hf" else None
+    if token.startswith("ms-"):
+        return token if source == "ms" else None
+    if explicit:
+        return token
     return token if source == "hf" else None

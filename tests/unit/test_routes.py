@@ -67,7 +67,7 @@ def _write_pack(
     archive.write_bytes(content)
     digest = hashlib.sha256(content).hexdigest()
     (folder / f"{name}.sha256").write_text(f"{digest}  {name}\n", encoding="utf-8")
-    (folder / load_script).write_text(f"#!/bin/sh\ndocker load -i {name}\n", encoding="utf-8")
+    (folder / load_script).write_text(f"#!/bin/sh\nARCHIVE={name}\ndocker load -i \"$ARCHIVE\"\n", encoding="utf-8")
     return archive, content
 
 
@@ -134,7 +134,7 @@ def test_sha256_and_load_script_kinds(client: TestClient, pack: Pack) -> None:
     assert r.headers["content-disposition"] == 'attachment; filename="org-tiny.tar.sha256"'
     r = client.get(artifact_url(record_id=pack.record_id, kind="load.sh"))
     assert r.status_code == 200
-    assert "docker load -i org-tiny.tar" in r.text
+    assert "ARCHIVE=org-tiny.tar" in r.text.splitlines()
     assert r.headers["content-disposition"] == 'attachment; filename="load.sh"'
 
 
@@ -145,7 +145,7 @@ def test_load_script_named_after_the_archive_when_the_folder_is_shared(
     record_id = _start(history)
     # core.pack names its script <stem>.load.sh when another archive's load.sh is already in the folder
     (home / "out").mkdir()
-    (home / "out" / "load.sh").write_text("docker load -i other.tar\n", encoding="utf-8")
+    (home / "out" / "load.sh").write_text("ARCHIVE=other.tar\ndocker load -i other.tar\n", encoding="utf-8")
     archive, content = _write_pack(home / "out", "second.tar", load_script="second.load.sh")
     history.finish(record_id, outcome="succeeded", archive=archive, parts=(archive,), size=len(content))
     r = client.get(artifact_url(record_id=record_id, kind="load.sh"))
