@@ -62,16 +62,14 @@ def _token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("MODELSCOPE_API_TOKEN") or None
 
 
+_GPU_FLAGS = ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver")
+_CPU_FLAGS = ("ram", "cpu_cores")
+
+
 def _target(args: argparse.Namespace) -> Target:
-    described = any(
-        getattr(args, a, None) not in (None, False)
-        for a in ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver", "cpu_only", "ram", "cpu_cores")
-    )
-    if not described:
+    gpu_described = any(getattr(args, a, None) is not None for a in _GPU_FLAGS)
+    if not (gpu_described or args.cpu_only or any(getattr(args, a, None) is not None for a in _CPU_FLAGS)):
         return detect_local()
-    gpu_described = any(
-        getattr(args, a, None) is not None for a in ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver")
-    )
     return describe_target(
         gpu_preset=args.gpu_name,
         gpu_count=args.gpus if args.gpus is not None else 1,

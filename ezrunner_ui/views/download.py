@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
-from core.render import container_name
+from core.render import container_name, find_load_script
 from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
@@ -29,12 +29,9 @@ def _base_url() -> str:
 
 
 def load_script_name(archive: Path) -> str:
-    """pack writes load.sh, or <name>.load.sh when another archive's load.sh already sits there."""
-    plain = archive.with_name("load.sh")
-    if plain.is_file() and archive.name in plain.read_text(encoding="utf-8", errors="replace"):
-        return plain.name
-    named = archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
-    return named.name if named.is_file() else plain.name
+    """The name of the load.sh pack wrote for ``archive`` (``load.sh`` when none is found on disk)."""
+    found = find_load_script(archive)
+    return found.name if found is not None else "load.sh"
 
 
 def run_command(record: PackRecord) -> str:
