@@ -124,3 +124,9 @@ class ArtifactInvalidError(EzRunnerError):
 
 class CancelledError(EzRunnerError):
     code = "cancelled"
+
+
+class LlamaCppSourceError(EzRunnerError):
+    """The pinned llama.cpp source (for the converter and the offline image) could not be had."""
+
+    code = "llamacpp_source_unavailable"

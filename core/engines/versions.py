@@ -37,3 +37,11 @@ VLLM_IMAGE_CUDA_12_VERSION = "12.9"
 # sm_70 … sm_120, so Volta (7.0) still runs there.
 TRANSFORMERS_GPU_IMAGE_CUDA_VERSION = "12.8"
 TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY = (7, 0)
+
+# llama.cpp: built from the source that the `llama-cpp-python` source distribution on PyPI vendors
+# (vendor/llama.cpp), so a package registry is the only thing the offline image and the GGUF converter
+# need. llama-cpp-python 0.3.36 vendors llama.cpp build b11312 (its vendor/llama.cpp tree; the official
+# ggml-org images are tagged by the same build number).
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LLAMA_CPP_PYTHON_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+LLAMA_CPP_BUILD = 11312
