@@ -52,6 +52,7 @@ from core.errors import (
     PortInUseError,
 )
 from core.events import Event, EventSink, Stage, ignore_events
+from core.planning import Device
 
 #: The oldest engine API we test against (Docker Engine 20.10, Debian 12's docker.io).
 MINIMUM_API_VERSION = "1.41"
@@ -910,7 +911,8 @@ def run_container(
     name: str,
     port: int | None,
     network: Network = "host",
-    gpus: bool = False,
+    device: Device = "cpu",
+    ipc_host: bool = True,
     env: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
@@ -919,8 +921,8 @@ def run_container(
     """Start ``image`` detached and return the container id.
 
     ``network="host"`` shares the host's network (the server's ``port`` is the host's); ``"bridge"``
-    publishes ``port`` on 127.0.0.1 only; ``"none"`` has no network. Runs with ``--ipc=host`` (engines
-    share tensors through /dev/shm) and, when ``gpus``, ``--gpus all``.
+    publishes ``port`` on 127.0.0.1 only; ``"none"`` has no network. ``device`` and ``ipc_host`` come from
+    the image's run spec: the same accelerator and shared-memory flags as ``core.runspec.container_flags``.
     """
     client = client or connect()
     if port is not None and network != "none" and not port_is_free(port=port):
@@ -931,15 +933,21 @@ def run_container(
     options: dict[str, Any] = {
         "name": name,
         "detach": True,
-        "ipc_mode": "host",
         "network_mode": network,
         "environment": dict(env or {}),
         "labels": {LABEL: "1", **(labels or {})},
     }
     if network == "bridge" and port is not None:
         options["ports"] = {f"{port}/tcp": ("127.0.0.1", port)}
-    if gpus:
+    if ipc_host:
+        options["ipc_mode"] = "host"
+    if device == "cuda":
         options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    elif device in ("rocm", "vulkan"):
+        options["devices"] = ["/dev/kfd:/dev/kfd", "/dev/dri:/dev/dri"] if device == "rocm" else ["/dev/dri:/dev/dri"]
+        if device == "rocm":
+            options["group_add"] = ["video"]
+    gpus = device != "cpu"
     with _engine_errors(f"start a container from {image}"):
         try:
             container = client.containers.run(image, list(command) if command else None, **options)

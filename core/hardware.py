@@ -26,12 +26,18 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 
+GpuVendor = Literal["nvidia", "amd", "intel", "apple"]
+
+
 @dataclass(frozen=True)
 class Gpu:
     name: str  # "NVIDIA H100 80GB HBM3"
     memory_bytes: int  # total memory as NVML reports it
     compute_capability: tuple[int, int]  # (9, 0)
     index: int | None = None  # NVML index when detected
+    # Who made it: NVIDIA GPUs run CUDA images; AMD ones ROCm or Vulkan builds (compute_capability is then
+    # only a placeholder, (0, 0)).
+    vendor: GpuVendor = "nvidia"
 
     @property
     def compute_capability_str(self) -> str:

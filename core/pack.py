@@ -107,6 +107,10 @@ def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, includ
     context_dir.mkdir(parents=True, exist_ok=True)
     dockerfile = spec.dockerfile if include_model else spec.runtime_dockerfile
     (context_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+    for relative, content in spec.context_files:
+        path = context_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
     if not include_model:
         return
     for layer in spec.layers:

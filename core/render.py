@@ -21,10 +21,14 @@ import jinja2
 from core.engines import engine_for
 from core.errors import InvalidOptionsError, InvalidReferenceError
 from core.layers import WeightLayer, plan_layers
-from core.plan import Plan
+from core.plan import plan_to_dict
+from core.planning import Plan
+from core.runspec import RUN_SPEC_LABEL, RunSpec, container_flags, entrypoint, run_command, run_spec_json
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 MODELS_ROOT = "/models"
+# Build-context folder whose files the Dockerfile copies to /etc/ezrunner (core.runspec.RUN_SPEC_PATH)
+EZRUNNER_CONTEXT_DIR = "ezrunner"
 
 # Docker reference grammar, simplified: [registry[:port]/]path[:tag][@digest], path lowercase.
 _IMAGE_REF = re.compile(
@@ -48,17 +52,27 @@ class BuildSpec:
     served_model_name: str
     layers: tuple[WeightLayer, ...]
     labels: tuple[tuple[str, str], ...]
-    port: int
-    health_path: str
-    gpus: bool  # needs `--gpus all` at run time
-    run_flags: tuple[str, ...]  # docker run flags besides name, port and image
+    run_spec: RunSpec
+    # Files the Dockerfile COPYs from the build context besides the model (the plan and run spec as JSON),
+    # by their path under the context.
+    context_files: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def port(self) -> int:
+        return self.run_spec.port
+
+    @property
+    def health_path(self) -> str:
+        return self.run_spec.health_path
+
+    @property
+    def gpus(self) -> bool:
+        """Whether ``docker run`` must hand the container an accelerator."""
+        return self.run_spec.needs_gpus
 
     def run_command(self, *, port: int | None = None, name: str | None = None) -> str:
         """The `docker run` line the target server uses."""
-        host_port = port or self.port
-        argv = ["docker", "run", "-d", "--name", name or container_name(self.image_tag), *self.run_flags]
-        argv += ["-p", f"{host_port}:{self.port}", self.image_tag]
-        return shlex.join(argv)
+        return run_command(self.run_spec, name=name or container_name(self.image_tag), host_port=port, restart=None)
 
 
 def ezrunner_version() -> str:
@@ -95,11 +109,6 @@ def container_name(image_tag: str) -> str:
 def _dockerfile_string(value: str) -> str:
     # A double-quoted Dockerfile word: JSON escaping covers quotes and backslashes; `$` must not expand.
     return json.dumps(value, ensure_ascii=False).replace("$", "\\$")
-
-
-def _start_period_s(total_bytes: int) -> int:
-    # Loading runs at a few hundred MB/s from overlayfs, plus engine warm-up (vLLM: graph capture).
-    return int(min(3600, max(180, 180 + total_bytes / (200 << 20))))
 
 
 def _labels(plan: Plan, *, served_model_name: str, gpus: bool) -> tuple[tuple[str, str], ...]:
@@ -158,18 +167,11 @@ def render(*, plan: Plan) -> BuildSpec:
     base_image = validate_image_ref(plan.base_image)
     model_root = f"{MODELS_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', model.name)}"
     layers = plan_layers(files=model.files)
-    gpus = engine.needs_gpu_runtime(plan=plan)
-    port = plan.options.port
-    serve_argv = engine.serve_argv(plan=plan, model_dir=model_root, served_model_name=served_model_name)
-    # PORT stays overridable at `docker run -e PORT=…`; extra arguments after the image name are appended.
-    script = " ".join(shlex.quote(a) for a in serve_argv) + ' --port "${PORT}" "$@"'
-    entrypoint = ["/bin/sh", "-c", "exec " + script, "serve"]
-    probe = (
-        "import os, urllib.request; urllib.request.urlopen("
-        f"'http://127.0.0.1:%s{engine.health_path}' % os.environ.get('PORT', '{port}'), timeout=4)"
-    )
-    labels = _labels(plan, served_model_name=served_model_name, gpus=gpus)
     image_tag = image_tag_for(plan)
+    spec = engine.run_spec(plan=plan, image=image_tag, served_model_name=served_model_name, model_dir=model_root)
+    spec_json = run_spec_json(spec)
+    plan_json = json.dumps(plan_to_dict(plan), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    labels = (*_labels(plan, served_model_name=served_model_name, gpus=spec.needs_gpus), (RUN_SPEC_LABEL, spec_json))
     values = {
         "ezrunner_version": ezrunner_version(),
         "model_id": model.repo_id,
@@ -179,16 +181,16 @@ def render(*, plan: Plan) -> BuildSpec:
         "base_image": base_image,
         "model_root": model_root,
         "layers": [layer.name for layer in layers],
-        "port": port,
-        "start_period_s": _start_period_s(model.total_bytes),
-        "healthcheck_json": json.dumps(["python3", "-c", probe]),
-        "entrypoint_json": json.dumps(entrypoint),
+        "port": spec.port,
+        "start_period_s": spec.start_period_s,
+        "healthcheck_json": json.dumps(list(spec.healthcheck)),
+        "entrypoint_json": json.dumps(entrypoint(spec)),
         "labels": [(key, _dockerfile_string(value)) for key, value in labels],
-        **engine.template_values(plan=plan, served_model_name=served_model_name),
+        "ezrunner_dir": EZRUNNER_CONTEXT_DIR,
+        **engine.template_values(plan=plan, served_model_name=served_model_name, model_dir=model_root),
         "served_model_name": served_model_name,
     }
     template = _environment().get_template(engine.template)
-    run_flags = ("--gpus", "all", "--ipc=host") if gpus else ()
     return BuildSpec(
         dockerfile=template.render(include_model=True, **values),
         runtime_dockerfile=template.render(include_model=False, **values),
@@ -197,10 +199,11 @@ def render(*, plan: Plan) -> BuildSpec:
         served_model_name=served_model_name,
         layers=layers,
         labels=labels,
-        port=port,
-        health_path=engine.health_path,
-        gpus=gpus,
-        run_flags=run_flags,
+        run_spec=spec,
+        context_files=(
+            (f"{EZRUNNER_CONTEXT_DIR}/plan.json", plan_json.encode()),
+            (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
+        ),
     )
 
 
@@ -255,7 +258,7 @@ def render_load_script(
             archive_name=archive_name,
             parts=list(parts),
             compression=compression,
-            run_flags=" ".join(shlex.quote(f) for f in spec.run_flags),
+            run_flags=" ".join(shlex.quote(f) for f in container_flags(spec.run_spec)),
             served_model_name=spec.served_model_name,
         )
     )

@@ -14,6 +14,8 @@ from docker import DockerClient
 from core import docker_io
 from core.errors import ArtifactInvalidError, HealthTimeoutError
 from core.events import Event, EventSink, ignore_events
+from core.planning import Device
+from core.runspec import run_spec_from_labels
 
 Network = Literal["bridge", "host", "none"]
 
@@ -71,7 +73,6 @@ def run_archive(
     network: Network = "bridge",
     name: str | None = None,
     timeout_s: float = 1800,
-    gpus: bool | None = None,
     on_event: EventSink = ignore_events,
 ) -> RunningServer:
     verify_archive(archive=archive, on_event=on_event)
@@ -86,7 +87,13 @@ def run_archive(
     host_port = port or _env_port(client, image_ref)
     # The image's entrypoint listens on $PORT: make it the host port, so host and bridge networks agree.
     env = {"PORT": str(host_port)}
-    needs_gpus = labels.get("io.ezrunner.gpus") == "all" if gpus is None else gpus
+    spec = run_spec_from_labels(labels)
+    device: Device
+    if spec is not None:
+        device, ipc_host = spec.default.device, spec.ipc_host
+    else:  # packed before run specs: only the GPU label says how to start it
+        device = "cuda" if labels.get("io.ezrunner.gpus") == "all" else "cpu"
+        ipc_host = True
     container_name = name or "ezrunner-" + image_ref.split("/", 1)[-1].split(":", 1)[0]
     on_event(Event(stage="run", message=f"Starting {container_name}"))
     container_id = docker_io.run_container(
@@ -95,7 +102,8 @@ def run_archive(
         name=container_name,
         port=host_port,
         network=network,
-        gpus=needs_gpus,
+        device=device,
+        ipc_host=ipc_host,
         env=env,
     )
     if network == "none":

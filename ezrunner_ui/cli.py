@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core import hubs
+from core.engines import engine_names
 from core.errors import EzRunnerError, InvalidOptionsError
 from core.events import Event
 from core.hardware import Target, describe_target, detect_local, target_summary
@@ -48,7 +49,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="branch, tag or commit (default: the hub's default branch)")
     _add_target_args(p)
     g = p.add_argument_group("plan options")
-    g.add_argument("--engine", choices=["auto", "vllm", "transformers"], default="auto")
+    g.add_argument("--engine", choices=["auto", *engine_names()], default="auto")
     g.add_argument("--tensor-parallel-size", "--tp", type=int, dest="tensor_parallel_size")
     g.add_argument("--max-model-len", type=int)
     g.add_argument("--gpu-memory-utilization", type=float)

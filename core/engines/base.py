@@ -1,122 +1,50 @@
-"""The one Engine protocol (vLLM, transformers; llama.cpp later) and the CUDA ↔ driver rules they share."""
+"""The one Engine protocol: what the planner, the renderer and the runner need to know about a server.
+
+Each engine is one module under ``core/engines/`` (its planning, pinned images, Dockerfile template and
+run spec) and one line in ``core.engines.ENGINES``. Engines never import ``core/plan.py``: the planner
+sits above them and only chooses among them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Protocol
 
+from core.engines.shared import PlanRequest
 from core.hardware import Target
-
-if TYPE_CHECKING:
-    from core.plan import EngineName, Plan
-
-# Minimum Linux x86_64 driver for each CUDA toolkit (GA release), from NVIDIA's CUDA Toolkit release notes,
-# table "CUDA Toolkit and Corresponding Driver Versions". Minor-version compatibility lets a 12.x build run
-# on any driver >= 525 with reduced features (no newer-PTX JIT), which is why messages call the GA number
-# the safe one.
-CUDA_MIN_DRIVER: dict[str, str] = {
-    "11.8": "520.61.05",
-    "12.0": "525.60.13",
-    "12.1": "530.30.02",
-    "12.2": "535.54.03",
-    "12.3": "545.23.06",
-    "12.4": "550.54.14",
-    "12.5": "555.42.02",
-    "12.6": "560.28.03",
-    "12.8": "570.26",
-    "12.9": "575.51.03",
-    "13.0": "580.65.06",
-}
-# The driver branch that opens each CUDA major family through minor-version compatibility (NVIDIA CUDA
-# compatibility guide: "CUDA 13.x >= 580, CUDA 12.x >= 525, CUDA 11.x >= 450").
-CUDA_FAMILY_MIN_DRIVER_BRANCH: dict[int, int] = {11: 450, 12: 525, 13: 580}
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    """``"12.8"`` → (12, 8); ``"570.124.06"`` → (570, 124, 6); non-numeric parts stop the parse."""
-    parts: list[int] = []
-    for piece in text.strip().split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
-def highest_cuda_for_driver(driver_version: str) -> str | None:
-    """The newest CUDA in ``CUDA_MIN_DRIVER`` whose GA driver this driver meets (None: older than all)."""
-    driver = version_tuple(driver_version)
-    best: str | None = None
-    for cuda, needed in CUDA_MIN_DRIVER.items():
-        if driver >= version_tuple(needed) and (best is None or version_tuple(cuda) > version_tuple(best)):
-            best = cuda
-    return best
-
-
-@dataclass(frozen=True)
-class DriverCheck:
-    """Whether the target's driver can start an image built on ``image_cuda``."""
-
-    ok: bool | None  # None: the target did not say which driver it has
-    image_cuda: str
-    min_driver: str
-    target_cuda: str | None  # the highest CUDA the target's driver supports, as known or derived
-    driver_version: str | None
-
-
-def check_driver(*, target: Target, image_cuda: str) -> DriverCheck:
-    """Compare the target's supported CUDA (NVML's answer, or derived from the driver version) with the
-    CUDA version an image was built on."""
-    min_driver = CUDA_MIN_DRIVER.get(image_cuda, "")
-    target_cuda = target.cuda_version
-    if target_cuda is None and target.driver_version:
-        target_cuda = highest_cuda_for_driver(target.driver_version)
-        if target_cuda is None:
-            target_cuda = "11.7"  # older than every entry in the table
-    if target_cuda is None:
-        ok: bool | None = None
-    else:
-        ok = version_tuple(target_cuda)[:2] >= version_tuple(image_cuda)[:2]
-    return DriverCheck(
-        ok=ok,
-        image_cuda=image_cuda,
-        min_driver=min_driver,
-        target_cuda=target_cuda,
-        driver_version=target.driver_version,
-    )
-
-
-def driver_branch(driver_version: str | None) -> int | None:
-    """``"550.54.15"`` → 550."""
-    if not driver_version:
-        return None
-    parts = version_tuple(driver_version)
-    return parts[0] if parts else None
+from core.hubs.base import ModelInfo
+from core.planning import EngineDraft, Options, Plan
+from core.runspec import RunSpec
 
 
 class Engine(Protocol):
-    """What the planner and the renderer need to know about one inference server."""
-
-    name: EngineName
+    name: str  # the registry key, what --engine takes: "vllm", "transformers", "llama.cpp"
+    label: str  # for people: "vLLM 0.33.0"
     template: str  # Dockerfile template under templates/
-    port: int  # default listen port (Options.port overrides it)
-    health_path: str  # GET returns 200 once the model is loaded
-    image_cuda_version: str | None  # CUDA the default GPU base image is built on; None: CPU only
-    min_compute_capability: tuple[int, int] | None  # lowest NVIDIA GPU generation the image has kernels for
+    port: int  # default listen port inside the container (Options.port overrides it)
+    health_path: str  # GET answers 200 once the model is loaded
+    formats: frozenset[str]  # model formats it serves ("safetensors", "gguf")
 
-    def default_base_image(self, *, target: Target, device: Literal["cuda", "cpu"] | None = None) -> str:
+    def refusal(self, *, model: ModelInfo, target: Target, options: Options) -> str | None:
+        """Why this engine cannot serve ``model`` on ``target`` at all (None: it can try, even if the plan
+        then does not fit). The sentence is shown when the user forces this engine."""
+        ...
+
+    def plan(self, *, request: PlanRequest) -> EngineDraft:
+        """Plan the model on the target: device, parallelism, context, memory per device, reasons."""
+        ...
+
+    def default_base_image(self, *, plan: Plan) -> str:
         """The pinned image to build FROM when the user gives no ``--base-image``."""
         ...
 
-    def serve_argv(self, *, plan: Plan, model_dir: str, served_model_name: str) -> list[str]:
-        """The command that starts the server inside the image, without ``--port``: the renderer appends
-        ``--port "${PORT}"`` so the port stays overridable at ``docker run -e PORT=…``."""
+    def image_cuda_version(self, *, base_image: str) -> str | None:
+        """The CUDA toolkit ``base_image`` is built on, when it is one of this engine's pinned images."""
         ...
 
-    def needs_gpu_runtime(self, *, plan: Plan) -> bool:
-        """Whether ``docker run`` needs ``--gpus`` (the NVIDIA container runtime) for this plan."""
+    def run_spec(self, *, plan: Plan, image: str, served_model_name: str, model_dir: str) -> RunSpec:
+        """How the image starts its server for this plan (see ``core.runspec``)."""
         ...
 
-    def template_values(self, *, plan: Plan, served_model_name: str) -> dict[str, Any]:
+    def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
         """Extra values the engine's Dockerfile template uses."""
         ...

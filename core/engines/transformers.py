@@ -1,10 +1,27 @@
-"""``transformers serve`` (OpenAI-compatible): CPU targets, small or old GPUs, models vLLM cannot fit."""
+"""``transformers serve`` (OpenAI-compatible): CPU targets, small or old GPUs, models vLLM cannot fit.
+Its planning (one device, no preallocated pool), its images and its run spec."""
 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
+from core.engines.shared import (
+    MIN_SERVABLE_CONTEXT,
+    Layout,
+    PlanRequest,
+    PoolDraft,
+    choose_dtype,
+    choose_max_model_len,
+    cpu_slot,
+    driver_warning,
+    finish_budgets,
+    make_layout,
+    more_room_text,
+    profile_description,
+    python_healthcheck,
+    start_period_s,
+)
 from core.engines.versions import (
     TORCH_CPU_VERSION,
     TRANSFORMERS_CPU_BASE_IMAGE,
@@ -13,23 +30,52 @@ from core.engines.versions import (
     TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY,
     TRANSFORMERS_VERSION,
 )
-from core.hardware import Target
+from core.hardware import Gpu, Target
+from core.hubs.base import ModelInfo
+from core.planning import EngineDraft, Note, Options, Plan, PlanWarning
+from core.runspec import Profile, RunSpec
+from core.sizing import (
+    TRANSFORMERS_CPU_RUNTIME_BYTES,
+    TRANSFORMERS_GPU_RUNTIME_BYTES,
+    activation_bytes,
+    cuda_visible_bytes,
+    gib,
+    loaded_weights_bytes,
+)
 
-if TYPE_CHECKING:
-    from core.plan import EngineName, Plan
+TRANSFORMERS_GPU_USABLE_FRACTION = 0.95  # no preallocation: only leave room for the CUDA allocator's slack
 
 
 class TransformersEngine:
-    name: EngineName = "transformers"
+    name = "transformers"
+    label = f"transformers serve {TRANSFORMERS_VERSION}"
     template = "transformers.Dockerfile.j2"
     port = 8000
     health_path = "/health"  # transformers/cli/serving/server.py registers GET /health
-    image_cuda_version: str | None = TRANSFORMERS_GPU_IMAGE_CUDA_VERSION
-    min_compute_capability: tuple[int, int] | None = TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY
+    formats = frozenset({"safetensors"})
 
-    def default_base_image(self, *, target: Target, device: Literal["cuda", "cpu"] | None = None) -> str:
-        cpu = device == "cpu" if device is not None else target.is_cpu_only
-        return TRANSFORMERS_CPU_BASE_IMAGE if cpu else TRANSFORMERS_GPU_BASE_IMAGE
+    def refusal(self, *, model: ModelInfo, target: Target, options: Options) -> str | None:
+        if model.format != "safetensors":
+            return (
+                f"transformers serve loads safetensors weights; {model.repo_id} is a {model.format.upper()} model "
+                "(use the llama.cpp engine)."
+            )
+        if options.tensor_parallel_size is not None and options.tensor_parallel_size > 1:
+            return (
+                f"transformers serve runs on one device, so tensor_parallel_size {options.tensor_parallel_size} "
+                "cannot be honoured (drop --tensor-parallel-size, or choose the vllm engine to split the model "
+                "across GPUs)."
+            )
+        return None
+
+    def plan(self, *, request: PlanRequest) -> EngineDraft:
+        return _plan_transformers(sizing=request).finish(sizing=request)
+
+    def default_base_image(self, *, plan: Plan) -> str:
+        return TRANSFORMERS_CPU_BASE_IMAGE if plan.device == "cpu" else TRANSFORMERS_GPU_BASE_IMAGE
+
+    def image_cuda_version(self, *, base_image: str) -> str | None:
+        return TRANSFORMERS_GPU_IMAGE_CUDA_VERSION if base_image == TRANSFORMERS_GPU_BASE_IMAGE else None
 
     def serve_argv(self, *, plan: Plan, model_dir: str, served_model_name: str) -> list[str]:
         # transformers 5.23 `serve`: the positional model is preloaded and the server is pinned to it; requests
@@ -47,10 +93,31 @@ class TransformersEngine:
             "0.0.0.0",
         ]
 
-    def needs_gpu_runtime(self, *, plan: Plan) -> bool:
-        return plan.device == "cuda"
+    def run_spec(self, *, plan: Plan, image: str, served_model_name: str, model_dir: str) -> RunSpec:
+        profile = Profile(
+            name="default",
+            device=plan.device,
+            argv=tuple(self.serve_argv(plan=plan, model_dir=model_dir, served_model_name=served_model_name)),
+            gpus_per_node=1 if plan.device != "cpu" else 0,
+            max_model_len=plan.max_model_len,
+            description=profile_description(plan),
+        )
+        return RunSpec(
+            engine=self.name,
+            image=image,
+            served_model_name=served_model_name,
+            port=plan.options.port,
+            port_flag="--port",
+            health_path=self.health_path,
+            metrics_path=None,
+            healthcheck=python_healthcheck(health_path=self.health_path, port=plan.options.port),
+            start_period_s=start_period_s(plan.model.total_bytes),
+            profiles=(profile,),
+            default_profile=profile.name,
+            ipc_host=plan.device != "cpu",  # torch's CUDA IPC and DataLoader workers use /dev/shm
+        )
 
-    def template_values(self, *, plan: Plan, served_model_name: str) -> dict[str, Any]:
+    def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
         # The GPU base image already has a CUDA torch; on the CPU image pip must take torch's CPU wheel, or it
         # would pull the multi-gigabyte CUDA build from PyPI.
         packages = [f"transformers[serving]=={TRANSFORMERS_VERSION}"]
@@ -72,3 +139,132 @@ class TransformersEngine:
 def hf_cache_folder(repo_id: str) -> str:
     """The folder huggingface_hub uses for ``repo_id`` in its cache (``models--org--name``)."""
     return "models--" + repo_id.replace("/", "--")
+
+
+def gpu_slot(gpu: Gpu, position: int) -> tuple[int | None, int, int]:
+    index = gpu.index if gpu.index is not None else position
+    return index, gpu.memory_bytes, int(cuda_visible_bytes(gpu.memory_bytes) * TRANSFORMERS_GPU_USABLE_FRACTION)
+
+
+def _plan_transformers(*, sizing: PlanRequest) -> PoolDraft:
+    """One GPU when the model fits there (with the engine's CUDA image), else the CPU and system RAM."""
+    shape, model, target, options = sizing.shape, sizing.model, sizing.target, sizing.options
+    gpu_draft: PoolDraft | None = None
+    usable_gpus = [
+        (i, g)
+        for i, g in enumerate(target.gpus)
+        if g.compute_capability >= TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY
+    ]
+    if usable_gpus:
+        position, gpu = max(usable_gpus, key=lambda pg: pg[1].memory_bytes)
+        dtype, dtype_notes, dtype_warnings = choose_dtype(
+            options=options, shape=shape, device="cuda", gpus=[gpu]
+        )
+        weights = loaded_weights_bytes(weights=model.weights, shape=shape, dtype=dtype)
+        overhead = TRANSFORMERS_GPU_RUNTIME_BYTES + activation_bytes(shape=shape)
+        layout = make_layout(
+            sizing=sizing,
+            device="cuda",
+            tp=1,
+            slots=[gpu_slot(gpu, position)],
+            weights=weights,
+            overhead=overhead,
+            dtype=dtype,
+        )
+        if layout.pool_tokens >= min(sizing.context, MIN_SERVABLE_CONTEXT):
+            gpu_draft = PoolDraft("transformers", "cuda", dtype, weights, layout, None, (1,))
+            gpu_draft.reasons.append(
+                Note(
+                    "transformers_one_gpu",
+                    f"transformers serve runs the model on one GPU ({gpu.name}); it does not split a model "
+                    "across GPUs.",
+                    {"gpu": gpu.name},
+                )
+            )
+            gpu_draft.reasons.extend(dtype_notes)
+            gpu_draft.warnings.extend(dtype_warnings)
+    if gpu_draft is not None:
+        draft = gpu_draft
+    else:
+        dtype, dtype_notes, dtype_warnings = choose_dtype(
+            options=options, shape=shape, device="cpu", gpus=()
+        )
+        weights = loaded_weights_bytes(weights=model.weights, shape=shape, dtype=dtype)
+        overhead = TRANSFORMERS_CPU_RUNTIME_BYTES + activation_bytes(shape=shape)
+        slot = cpu_slot(target)
+        layout = make_layout(
+            sizing=sizing, device="cpu", tp=1, slots=[slot], weights=weights, overhead=overhead, dtype=dtype
+        )
+        if not target.ram_bytes:  # unknown RAM: plan the full context and say it was not checked
+            layout = Layout("cpu", 1, (slot,), weights, overhead, layout.kv_dtype_bytes, sizing.context)
+        draft = PoolDraft("transformers", "cpu", dtype, weights, layout, None, (1,))
+        if target.gpus:
+            draft.reasons.append(
+                Note(
+                    "transformers_cpu_fallback",
+                    "The model does not fit in one GPU's memory, so transformers serve runs it on the CPU "
+                    "from system RAM (much slower).",
+                    {},
+                )
+            )
+        draft.reasons.extend(dtype_notes)
+        draft.warnings.extend(dtype_warnings)
+        draft.warnings.append(
+            PlanWarning(
+                "cpu_is_slow",
+                "On a CPU, expect a few tokens per second for a 7B model and much less for larger ones. "
+                "A GPU, or a smaller model, answers many times faster.",
+                {},
+            )
+        )
+        if not target.ram_bytes:
+            draft.warnings.append(
+                PlanWarning(
+                    "ram_unknown",
+                    f"The target's RAM is unknown, so the plan could not check that {gib(weights)} "
+                    "GiB of weights "
+                    f"plus {gib(overhead)} GiB of runtime fit. Describe the server's RAM to check.",
+                    {"weights_bytes": weights},
+                )
+            )
+    if shape.quantization:
+        draft.warnings.append(
+            PlanWarning(
+                "quantized_needs_kernels",
+                f"This checkpoint is pre-quantized ({shape.quantization.label}); transformers needs that "
+                f"method's kernels{' and a GPU' if draft.device == 'cpu' else ''}, and may fail to load it. "
+                "The unquantized (bfloat16) variant of the model is the safe choice here.",
+                {"quantization": shape.quantization.label},
+            )
+        )
+    hardware = "give the server more RAM" if draft.device == "cpu" else "use a GPU with more memory"
+    more_text = more_room_text(model=model, shape=shape, hardware=hardware)
+    max_len = choose_max_model_len(
+        draft=draft, sizing=sizing, options=options, more_room={}, more_room_text=more_text
+    )
+    if draft.layout.pool_bytes <= 0 and (draft.device == "cuda" or target.ram_bytes):
+        where = "system RAM" if draft.device == "cpu" else "GPU memory"
+        draft.warnings.append(
+            PlanWarning(
+                "weights_do_not_fit",
+                f"The weights need {gib(draft.weights_bytes)} GiB plus "
+                f"{gib(draft.layout.overhead_per_slot)} GiB "
+                f"of runtime, but only {gib(draft.layout.slots[0][2])} GiB of {where} is usable. To run it, "
+                f"{more_text}.",
+                {"weights_bytes": draft.weights_bytes},
+            )
+        )
+    if draft.device == "cuda":
+        driver_warning(
+            draft=draft,
+            target=target,
+            options=options,
+            image=TRANSFORMERS_GPU_BASE_IMAGE,
+            image_cuda=TRANSFORMERS_GPU_IMAGE_CUDA_VERSION,
+            advice=(
+                " (a data-center R525+ driver may work through CUDA minor-version compatibility), or pass an "
+                "older --base-image, or run on the CPU."
+            ),
+        )
+    finish_budgets(draft=draft, sizing=sizing, max_len=max_len)
+    return draft

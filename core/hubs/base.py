@@ -13,6 +13,7 @@ from core.events import EventSink
 from core.refs import ModelRef
 
 HubName = Literal["hf", "ms", "local"]
+ModelFormat = Literal["safetensors", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class ModelInfo:
     license: str | None = None
     gated: bool = False
     answered_by: str = ""  # human words for who answered ("ModelScope", "Hugging Face", "local folder")
+    format: ModelFormat = "safetensors"  # what the packed weights are
 
     @property
     def total_bytes(self) -> int:

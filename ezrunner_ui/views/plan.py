@@ -11,6 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.engines import engine_names
 from core.errors import EzRunnerError
 from core.plan import Options, Plan
 from core.render import BuildSpec, render
@@ -21,7 +22,7 @@ from ezrunner_ui.ui_errors import show_error
 GIB = 1 << 30
 PART_COLOURS = ["#2563eb", "#93c5fd", "#f59e0b"]  # weights, KV cache, overhead
 CAPACITY_COLOUR = "#111827"
-ENGINES = ("auto", "vllm", "transformers")
+ENGINES = ("auto", *engine_names())
 DTYPES = (None, "auto", "bfloat16", "float16", "float32")
 # widget key → Options field; the widgets are seeded from state.options and written back each run
 OPTION_WIDGETS = {

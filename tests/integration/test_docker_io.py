@@ -314,7 +314,7 @@ def test_run_wait_healthy_exec_and_remove(
         name=name,
         port=free_port,
         network="host",
-        gpus=False,
+        device="cpu",
         env={"GREETING": "hello-from-env"},
         command=["python3", "-m", "http.server", str(free_port), "--bind", "127.0.0.1"],
         labels=docker_scratch.labels,

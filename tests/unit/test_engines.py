@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
 from core.engines import ENGINES, engine_for
-from core.engines.base import CUDA_MIN_DRIVER, check_driver, highest_cuda_for_driver, version_tuple
+from core.engines.cuda import CUDA_MIN_DRIVER, check_driver, highest_cuda_for_driver, version_tuple
 from core.engines.transformers import TransformersEngine
 from core.engines.versions import (
     TORCH_CPU_VERSION,
@@ -52,16 +53,28 @@ def test_vllm_image_is_pinned_to_a_release_tag() -> None:
     # the pinned minimum driver is NVIDIA's number for the image's CUDA
     assert CUDA_MIN_DRIVER[VLLM_IMAGE_CUDA_VERSION] == VLLM_MIN_DRIVER_VERSION
     engine = engine_for("vllm")
-    assert engine.image_cuda_version == VLLM_IMAGE_CUDA_VERSION
-    assert engine.default_base_image(target=Target(gpus=(H100,))) == VLLM_IMAGE
+    assert engine.image_cuda_version(base_image=VLLM_IMAGE) == VLLM_IMAGE_CUDA_VERSION
+    assert engine.image_cuda_version(base_image=VLLM_IMAGE_CUDA_12) == "12.9"
+    assert engine.image_cuda_version(base_image="my.mirror/vllm:custom") is None
+    p = plan(model=model_info("Qwen2.5-0.5B"), target=Target(gpus=(H100,), cuda_version="13.0"))
+    assert engine.default_base_image(plan=p) == VLLM_IMAGE
 
 
 def test_transformers_base_image_follows_the_device() -> None:
-    engine = engine_for("transformers")
-    assert engine.default_base_image(target=Target()) == TRANSFORMERS_CPU_BASE_IMAGE
-    assert engine.default_base_image(target=Target(gpus=(H100,))) == TRANSFORMERS_GPU_BASE_IMAGE
+    model = model_info("Qwen2.5-0.5B")
+    cpu = plan(model=model, target=Target(ram_bytes=16 * GIB))
+    assert cpu.base_image == TRANSFORMERS_CPU_BASE_IMAGE
+    gpu = plan(model=model, target=Target(gpus=(H100,), cuda_version="13.0"), options=Options(engine="transformers"))
+    assert gpu.base_image == TRANSFORMERS_GPU_BASE_IMAGE
     # a GPU server whose model only fits in RAM runs on the CPU image
-    assert engine.default_base_image(target=Target(gpus=(H100,)), device="cpu") == TRANSFORMERS_CPU_BASE_IMAGE
+    small_gpu = replace(H100, memory_bytes=1 * GIB)
+    in_ram = plan(
+        model=model_info("Qwen2.5-7B-Instruct"),
+        target=Target(gpus=(small_gpu,), cuda_version="13.0", ram_bytes=64 * GIB),
+        options=Options(engine="transformers"),
+    )
+    assert in_ram.device == "cpu"
+    assert in_ram.base_image == TRANSFORMERS_CPU_BASE_IMAGE
 
 
 def test_vllm_serve_argv_carries_every_planned_value() -> None:
@@ -69,9 +82,10 @@ def test_vllm_serve_argv_carries_every_planned_value() -> None:
         model=model_info("Llama-3.1-8B-Instruct"),
         target=Target(gpus=(RTX_4090,), cuda_version="13.0"),
     )
-    argv = engine_for("vllm").serve_argv(
-        plan=p, model_dir="/models/Llama-3.1-8B-Instruct", served_model_name="llama"
+    spec = engine_for("vllm").run_spec(
+        plan=p, image="ezrunner/x:1", model_dir="/models/Llama-3.1-8B-Instruct", served_model_name="llama"
     )
+    argv = list(spec.default.argv)
     assert argv[:3] == ["vllm", "serve", "/models/Llama-3.1-8B-Instruct"]
 
     def flag(name: str) -> str:
@@ -83,22 +97,28 @@ def test_vllm_serve_argv_carries_every_planned_value() -> None:
     assert flag("--gpu-memory-utilization") == "0.9"
     assert flag("--dtype") == "bfloat16"
     assert flag("--host") == "0.0.0.0"
-    assert "--port" not in argv  # the renderer appends --port "${PORT}" (Options.port is its default)
-    assert engine_for("vllm").needs_gpu_runtime(plan=p)
-    assert engine_for("vllm").template_values(plan=p, served_model_name="org/model") == {"vllm_version": VLLM_VERSION}
+    assert "--port" not in argv  # the entrypoint appends --port "${PORT}" (Options.port is its default)
+    assert spec.port_flag == "--port" and spec.port == 8000
+    assert spec.needs_gpus and spec.ipc_host
+    assert spec.default.device == "cuda" and spec.default.gpus_per_node == 1
+    assert spec.served_model_name == "llama" and spec.metrics_path == "/metrics"
+    values = engine_for("vllm").template_values(plan=p, served_model_name="org/model", model_dir="/m")
+    assert values == {"vllm_version": VLLM_VERSION}
 
 
 def test_transformers_serve_argv_on_cpu() -> None:
     p = plan(model=model_info("Qwen2.5-0.5B"), target=Target(ram_bytes=16 * GIB))
     engine = engine_for(p.engine)
-    argv = engine.serve_argv(plan=p, model_dir="/models/Qwen2.5-0.5B", served_model_name="qwen")
+    spec = engine.run_spec(plan=p, image="ezrunner/x:1", model_dir="/models/Qwen2.5-0.5B", served_model_name="qwen")
+    argv = list(spec.default.argv)
     # the hub id, resolved offline through the HF-cache snapshot the template links to model_dir
     assert argv[:3] == ["transformers", "serve", "qwen"]
     assert argv[argv.index("--device") + 1] == "cpu"
     assert argv[argv.index("--dtype") + 1] == "bfloat16"
     assert "--port" not in argv
-    assert not engine.needs_gpu_runtime(plan=p)
-    values = engine.template_values(plan=p, served_model_name="org/model")
+    assert not spec.needs_gpus and not spec.ipc_host
+    assert spec.metrics_path is None
+    values = engine.template_values(plan=p, served_model_name="org/model", model_dir="/m")
     assert values["transformers_version"] == TRANSFORMERS_VERSION
     assert values["hf_cache_repo"] == "/home/ezrunner/.cache/huggingface/hub/models--org--model"
     assert values["snapshot"] == p.model.commit
@@ -116,10 +136,12 @@ def test_transformers_on_a_gpu_needs_the_gpu_runtime() -> None:
         options=Options(engine="transformers"),
     )
     assert p.device == "cuda"
-    assert engine_for("transformers").needs_gpu_runtime(plan=p)
-    pip = engine_for("transformers").template_values(plan=p, served_model_name="org/model")["pip_packages"]
+    engine = engine_for("transformers")
+    spec = engine.run_spec(plan=p, image="ezrunner/x:1", model_dir="/m", served_model_name="m")
+    assert spec.needs_gpus and spec.default.device == "cuda"
+    pip = engine.template_values(plan=p, served_model_name="org/model", model_dir="/m")["pip_packages"]
     assert pip == f"'transformers[serving]=={TRANSFORMERS_VERSION}'"  # the CUDA base image has torch
-    argv = engine_for("transformers").serve_argv(plan=p, model_dir="/m", served_model_name="m")
+    argv = list(spec.default.argv)
     assert argv[argv.index("--device") + 1] == "cuda"
 
 

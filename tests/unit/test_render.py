@@ -16,6 +16,7 @@ from core.hardware import Target
 from core.hubs.base import ModelFile, ModelInfo
 from core.plan import Options, Plan, plan
 from core.render import BuildSpec, render, render_load_script, validate_image_ref
+from core.runspec import container_flags, run_spec_from_labels
 from core.sizing import GIB
 from tests.unit.test_plan import gpus
 from tests.unit.test_sizing import H100, L4, model_info
@@ -83,7 +84,8 @@ def test_runtime_dockerfile_is_the_dockerfile_without_model_layers(case: str) ->
     spec = render(plan=CASES[case]())
     full = [line for line in spec.dockerfile.splitlines() if not line.startswith("COPY layers/")]
     runtime = spec.runtime_dockerfile.splitlines()
-    assert "COPY" not in spec.runtime_dockerfile
+    assert "COPY layers/" not in spec.runtime_dockerfile
+    assert "COPY ezrunner/ /etc/ezrunner/" in spec.runtime_dockerfile  # the plan travels in the engine layers
     assert [line for line in full if line and not line.startswith("#")] == [
         line for line in runtime if line and not line.startswith("#")
     ]
@@ -115,7 +117,13 @@ def test_vllm_dockerfile_carries_the_plan() -> None:
     assert labels["io.ezrunner.model.commit"] == COMMIT
     assert labels["org.opencontainers.image.revision"] == COMMIT
     assert json.loads(labels["io.ezrunner.plan"])["max_model_len"] == p.max_model_len
-    assert spec.gpus and spec.run_flags == ("--gpus", "all", "--ipc=host")
+    assert spec.gpus and container_flags(spec.run_spec) == ["--gpus", "all", "--ipc=host"]
+    # the run spec and plan are baked in: a label and two files the Dockerfile copies
+    baked = run_spec_from_labels(labels)
+    assert baked == spec.run_spec
+    files = dict(spec.context_files)
+    assert json.loads(files["ezrunner/run-spec.json"]) == json.loads(labels["io.ezrunner.run-spec"])
+    assert json.loads(files["ezrunner/plan.json"])["max_model_len"] == p.max_model_len
     assert spec.run_command() == (
         "docker run -d --name llama-3.1-8b-instruct --gpus all --ipc=host -p 8000:8000 " + spec.image_tag
     )

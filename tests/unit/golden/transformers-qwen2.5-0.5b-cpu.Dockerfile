@@ -27,6 +27,8 @@ RUN mkdir -p /home/ezrunner/.cache/huggingface/hub/models--org--Qwen2.5-0.5B/sna
  && printf '%s' 0123456789abcdef0123456789abcdef01234567 > /home/ezrunner/.cache/huggingface/hub/models--org--Qwen2.5-0.5B/refs/main \
  && chown -R 10001:10001 /home/ezrunner/.cache
 
+# The plan and the run spec as JSON: `ezrunner` commands read them back from the image or the archive.
+COPY ezrunner/ /etc/ezrunner/
 # Model files, after the engine layers: a flag change rebuilds in seconds, and capped layers let a new
 # revision share the shards that did not change.
 COPY layers/00-meta/ /models/Qwen2.5-0.5B/
@@ -51,4 +53,5 @@ LABEL io.ezrunner.engine="transformers"
 LABEL io.ezrunner.served-model-name="org/Qwen2.5-0.5B"
 LABEL io.ezrunner.gpus="none"
 LABEL io.ezrunner.plan="{\"dtype\":\"bfloat16\",\"engine\":\"transformers\",\"gpu_memory_utilization\":null,\"kv_cache_bytes_per_token\":12288,\"max_model_len\":32768,\"target\":\"\",\"tensor_parallel_size\":1,\"weights_bytes\":988065536}"
+LABEL io.ezrunner.run-spec="{\"default_profile\":\"default\",\"engine\":\"transformers\",\"env\":[],\"health_path\":\"/health\",\"healthcheck\":[\"python3\",\"-c\",\"import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9000'), timeout=4)\"],\"image\":\"ezrunner/qwen2.5-0.5b:0123456789ab-transformers\",\"ipc_host\":false,\"metrics_path\":null,\"port\":9000,\"port_flag\":\"--port\",\"profiles\":[{\"argv\":[\"transformers\",\"serve\",\"org/Qwen2.5-0.5B\",\"--device\",\"cpu\",\"--dtype\",\"bfloat16\",\"--host\",\"0.0.0.0\"],\"data_parallel_size\":1,\"description\":\"CPU only, 32 GiB RAM, CPU, 32,768 tokens\",\"device\":\"cpu\",\"env\":[],\"gpus_per_node\":0,\"max_model_len\":32768,\"name\":\"default\",\"nodes\":1,\"pipeline_parallel_size\":1,\"tensor_parallel_size\":1}],\"served_model_name\":\"org/Qwen2.5-0.5B\",\"start_period_s\":184,\"user\":\"10001:10001\",\"version\":1}"
 

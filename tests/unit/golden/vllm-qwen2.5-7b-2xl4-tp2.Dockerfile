@@ -18,6 +18,8 @@ RUN (getent passwd 10001 >/dev/null || useradd --uid 10001 --user-group --create
  && mkdir -p /home/ezrunner/.cache/huggingface \
  && chown -R 10001:10001 /home/ezrunner
 
+# The plan and the run spec as JSON: `ezrunner` commands read them back from the image or the archive.
+COPY ezrunner/ /etc/ezrunner/
 # Model files, after the engine layers: a flag change rebuilds in seconds, and capped layers let a new
 # revision share the shards that did not change.
 COPY layers/00-meta/ /models/Qwen2.5-7B-Instruct/
@@ -45,4 +47,5 @@ LABEL io.ezrunner.engine="vllm"
 LABEL io.ezrunner.served-model-name="org/Qwen2.5-7B-Instruct"
 LABEL io.ezrunner.gpus="all"
 LABEL io.ezrunner.plan="{\"dtype\":\"bfloat16\",\"engine\":\"vllm\",\"gpu_memory_utilization\":0.9,\"kv_cache_bytes_per_token\":57344,\"max_model_len\":16384,\"target\":\"\",\"tensor_parallel_size\":2,\"weights_bytes\":15231233024}"
+LABEL io.ezrunner.run-spec="{\"default_profile\":\"default\",\"engine\":\"vllm\",\"env\":[],\"health_path\":\"/health\",\"healthcheck\":[\"python3\",\"-c\",\"import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4)\"],\"image\":\"ezrunner/qwen2.5-7b-instruct:0123456789ab-vllm\",\"ipc_host\":true,\"metrics_path\":\"/metrics\",\"port\":8000,\"port_flag\":\"--port\",\"profiles\":[{\"argv\":[\"vllm\",\"serve\",\"/models/Qwen2.5-7B-Instruct\",\"--served-model-name\",\"org/Qwen2.5-7B-Instruct\",\"--tensor-parallel-size\",\"2\",\"--max-model-len\",\"16384\",\"--dtype\",\"bfloat16\",\"--gpu-memory-utilization\",\"0.9\",\"--host\",\"0.0.0.0\"],\"data_parallel_size\":1,\"description\":\"2 × NVIDIA L4 (driver 580.82.07, CUDA 13.0), CUDA, 16,384 tokens\",\"device\":\"cuda\",\"env\":[],\"gpus_per_node\":2,\"max_model_len\":16384,\"name\":\"default\",\"nodes\":1,\"pipeline_parallel_size\":1,\"tensor_parallel_size\":2}],\"served_model_name\":\"org/Qwen2.5-7B-Instruct\",\"start_period_s\":252,\"user\":\"10001:10001\",\"version\":1}"
 

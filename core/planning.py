@@ -1,0 +1,129 @@
+"""The plan's value types, shared by the planner (``core/plan.py``) and every engine (``core/engines/``).
+
+A leaf module: it imports only the error, hardware and model value types, so engines can build plans
+without importing the planner that chooses among them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.hardware import Target
+from core.hubs.base import ModelFile, ModelInfo
+
+# Where the server computes: an NVIDIA GPU (CUDA), an AMD GPU (ROCm), any GPU through Vulkan, or the CPU.
+Device = Literal["cuda", "rocm", "vulkan", "cpu"]
+GPU_DEVICES: tuple[Device, ...] = ("cuda", "rocm", "vulkan")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user may force; None means "let the planner decide"."""
+
+    engine: str = "auto"  # "auto" or an engine name from core.engines.ENGINES
+    tensor_parallel_size: int | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None  # None: the engine's default
+    dtype: str | None = None  # "auto", "bfloat16", "float16", "float32"
+    port: int = 8000
+    base_image: str | None = None  # overrides the engine's pinned base image
+    quant: str | None = None  # GGUF quantization to pack ("Q4_K_M"); for safetensors: convert to it
+    kv_cache_type: str | None = None  # llama.cpp KV cache type ("f16", "q8_0", "q4_0")
+    parallel: int | None = None  # llama.cpp slots (concurrent sequences)
+
+
+@dataclass(frozen=True)
+class Note:
+    """A reason or warning: ``code`` + ``params`` let the UI translate; ``text`` is the English sentence."""
+
+    code: str
+    text: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanWarning(Note):
+    """A risk with a way out. ``change`` is the Options delta a "fix" button applies (may be empty)."""
+
+    change: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """Planned memory use of one GPU (or of system RAM for a CPU target, ``index`` None)."""
+
+    index: int | None
+    weights_bytes: int
+    kv_cache_bytes: int  # what the planned max_model_len needs (all slots, for llama.cpp)
+    overhead_bytes: int  # CUDA context, activations / compute buffers, non-torch allocations
+    capacity_bytes: int  # usable: total × gpu_memory_utilization (or the engine's usable share)
+    total_bytes: int  # physical
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another engine the planner weighed for this model and target, in one line."""
+
+    engine: str
+    fits: bool
+    max_model_len: int
+    summary: str  # "vLLM: fits, 32,768 tokens, 14 sequences at once"
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelInfo  # ``files`` are exactly what will be packed (one GGUF quantization, for instance)
+    target: Target
+    options: Options
+    engine: str
+    base_image: str
+    tensor_parallel_size: int
+    max_model_len: int
+    dtype: str
+    gpu_memory_utilization: float | None
+    fits: bool
+    weights_bytes: int  # whole model, as loaded
+    kv_cache_bytes_per_token: int  # whole model, before any TP split
+    per_gpu: tuple[GpuBudget, ...]
+    reasons: tuple[Note, ...]
+    warnings: tuple[PlanWarning, ...]
+    device: Device = "cuda"
+    context_length: int = 0  # the model's own context
+    # Tokens of KV cache the tightest device holds after the safety margin: max_model_len ≤ this when fits.
+    kv_cache_tokens: int = 0
+    valid_tensor_parallel_sizes: tuple[int, ...] = ()
+    # Engine-specific values the engine's run spec reads (JSON types only), e.g. llama.cpp's GPU layers.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    alternatives: tuple[Alternative, ...] = ()
+
+
+@dataclass
+class EngineDraft:
+    """What an engine's ``plan()`` returns to the planner before the planner adds its own notes."""
+
+    engine: str
+    device: Device
+    dtype: str
+    weights_bytes: int
+    tensor_parallel_size: int
+    max_model_len: int
+    kv_cache_bytes_per_token: int
+    kv_cache_tokens: int
+    gpu_memory_utilization: float | None
+    budgets: tuple[GpuBudget, ...] = ()
+    valid_tps: tuple[int, ...] = ()
+    reasons: list[Note] = field(default_factory=list)
+    warnings: list[PlanWarning] = field(default_factory=list)
+    hard_failures: list[str] = field(default_factory=list)  # codes of warnings that make fits False
+    settings: dict[str, Any] = field(default_factory=dict)
+    files: tuple[ModelFile, ...] | None = None  # narrows ModelInfo.files (the chosen GGUF variant)
+
+    @property
+    def fits(self) -> bool:
+        return not self.hard_failures
