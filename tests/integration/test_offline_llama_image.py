@@ -216,3 +216,27 @@ def test_health_turns_unhealthy_when_the_server_dies(
     assert last["Output"].strip() == f"ezrunner-probe: 127.0.0.1:{free_port}: Connection refused"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{free_port}/health", timeout=5)
+
+
+def test_quantizes_with_no_network_as_user_10001(
+    docker_client: DockerClient, docker_scratch: DockerScratch, offline_llama_image: str, gguf_dir: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)  # written by uid 10001
+    log = docker_client.containers.run(
+        offline_llama_image,
+        ["llama-quantize", f"{MODEL_DIR}/{MODEL_FILE}", "/out/tiny-llama-q8_0.gguf", "Q8_0", "1"],
+        name=docker_scratch.container_name("quantize"),
+        labels=docker_scratch.labels,
+        network_mode="none",
+        user="10001:10001",
+        volumes={str(gguf_dir): {"bind": MODEL_DIR, "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}},
+        stdout=True,
+        stderr=True,
+    ).decode(errors="replace")
+    quantized = out / "tiny-llama-q8_0.gguf"
+    assert quantized.read_bytes()[:4] == b"GGUF", log
+    # Q8_0 stores 8.5 bits per weight where f16 stores 16; the tokenizer metadata is the same in both
+    assert quantized.stat().st_size < 0.7 * (gguf_dir / MODEL_FILE).stat().st_size, log
