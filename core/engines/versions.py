@@ -45,3 +45,10 @@ TRANSFORMERS_GPU_MIN_COMPUTE_CAPABILITY = (7, 0)
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_PYTHON_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 LLAMA_CPP_BUILD = 11312
+
+# --- llama.cpp offline image (scripts/offline-base-images llama.cpp) ---
+# Debian bookworm minbase + libgomp1, llama-server and llama-quantize of build LLAMA_CPP_BUILD compiled for
+# a portable x86-64 CPU (GGML_NATIVE=OFF), and the static health-check probe scripts/probe/ezrunner-probe.c.
+LLAMA_CPP_OFFLINE_IMAGE = f"ezrunner/llama.cpp-cpu:b{LLAMA_CPP_BUILD}"
+# The image's HEALTHCHECK (exec form, no shell): GET http://127.0.0.1:$PORT/health, exit 0 only on HTTP 200.
+LLAMA_CPP_OFFLINE_PROBE = "/usr/local/bin/ezrunner-probe"
