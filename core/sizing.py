@@ -242,6 +242,8 @@ class ModelShape:
     num_experts_per_token: int | None = None
     moe_intermediate_size: int | None = None  # one expert's intermediate size
     vision: VisionTowerShape | None = None
+    # cos/sin table vLLM builds per RoPE variant: positions × rotary dim elements (see rope_cache_bytes)
+    rope_cache_elements: int = 0
     # Sentences about what was assumed (an unknown quantization method, a window wider than the context).
     notes: tuple[str, ...] = ()
 
@@ -441,8 +443,50 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
         num_experts_per_token=_int(get("num_experts_per_tok")) or _int(get("experts_per_token")),
         moe_intermediate_size=moe_intermediate if experts else None,
         vision=_vision_tower(config.get("vision_config")),
+        rope_cache_elements=_rope_cache_elements(
+            cfg=cfg, get=get, model_type=model_type, head_dim=head_dim, context=context, kinds=kinds
+        ),
         notes=tuple(notes),
     )
+
+
+def _rope_positions(*, rope: object, context: int) -> int:
+    """Rows of vLLM's cos/sin cache for one RoPE variant (model_executor/layers/rotary_embedding): linear,
+    dynamic-NTK and YaRN scaling build ``max_position × factor`` rows (YaRN from its original length),
+    llama3 / longrope / plain RoPE build ``max_position`` rows."""
+    if not isinstance(rope, Mapping):
+        return context
+    kind = str(rope.get("rope_type") or rope.get("type") or "default")
+    factor = rope.get("factor")
+    if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 1:
+        return context
+    if kind in ("linear", "dynamic"):
+        return int(context * factor)
+    if kind == "yarn":
+        original = _int(rope.get("original_max_position_embeddings")) or context
+        return int(original * factor)
+    return context
+
+
+def _rope_cache_elements(
+    *,
+    cfg: Mapping[str, Any],
+    get: Callable[[str], Any],
+    model_type: str | None,
+    head_dim: int,
+    context: int | None,
+    kinds: tuple[LayerKind, ...],
+) -> int:
+    if not context or (kinds and not any(k in ATTENTION_KINDS for k in kinds)):
+        return 0
+    partial = get("partial_rotary_factor")
+    rotary = _int(cfg.get("qk_rope_head_dim")) or head_dim
+    if isinstance(partial, float) and 0 < partial < 1:
+        rotary = int(head_dim * partial)
+    rows = _rope_positions(rope=get("rope_scaling"), context=context)
+    if model_type == "gemma3_text":
+        rows += context  # local layers: a second, unscaled table (rope_local_base_freq)
+    return rows * rotary
 
 
 def _layer_layout(
@@ -679,6 +723,13 @@ def mtp_weights_bytes(*, shape: ModelShape, loaded_bytes: int) -> int:
     return shape.mtp_layers * per_layer
 
 
+def rope_cache_bytes(*, shape: ModelShape, dtype_bytes: int) -> int:
+    """vLLM's RoPE cos/sin cache, built for the config's full context whatever max_model_len is, on every
+    GPU and counted in "Model loading took" (Llama-4-Scout: 10,485,760 positions × 128 × 2 B = 2.5 GiB;
+    Gemma 3's linear ×8 global table: 1,048,576 × 256 × 2 B = 0.5 GiB)."""
+    return shape.rope_cache_elements * dtype_bytes
+
+
 def embedding_bytes(*, shape: ModelShape, dtype_bytes: int) -> int:
     """The input embedding plus, when untied, the output head (both vocab × hidden, kept in 16 bit by
     every quantization scheme EZ Runner knows)."""
@@ -708,7 +759,8 @@ def weights_per_gpu_bytes(
 
     Tensor parallelism splits every layer and the vocabulary; pipeline parallelism gives each stage its
     layers, the first stage the embedding and the last one the output head (its own copy when tied, as the
-    two live on different GPUs). MXFP4 experts are padded per rank to ``MXFP4_INTERMEDIATE_ALIGNMENT``."""
+    two live on different GPUs). MXFP4 experts are padded per rank to ``MXFP4_INTERMEDIATE_ALIGNMENT``.
+    Every GPU also holds the RoPE cache (``rope_cache_bytes``)."""
     tp, pp = max(1, tensor_parallel_size), max(1, pipeline_parallel_size)
     total = loaded_weights_bytes(weights=weights, shape=shape, dtype=dtype)
     if shape.quantization is not None and shape.quantization.method == "mxfp4" and tp > 1:
@@ -718,8 +770,9 @@ def weights_per_gpu_bytes(
             padded = ceil_div(per_rank, MXFP4_INTERMEDIATE_ALIGNMENT) * MXFP4_INTERMEDIATE_ALIGNMENT
             experts = _elements_and_bytes(weights).get("U8", (0, 0))[1] * MXFP4_LOADED_EXPANSION
             total += int(experts * (padded - per_rank) / per_rank)
+    rope = rope_cache_bytes(shape=shape, dtype_bytes=TORCH_DTYPE_BYTES[dtype])
     if pp == 1:
-        return ceil_div(total, tp)
+        return ceil_div(total, tp) + rope
     embed_bytes = 2 if shape.quantization is not None else TORCH_DTYPE_BYTES[dtype]
     one = shape.vocab_size * shape.hidden_size * embed_bytes
     body = max(0, total - embedding_bytes(shape=shape, dtype_bytes=embed_bytes))
@@ -730,7 +783,7 @@ def weights_per_gpu_bytes(
         stage += one if index == 0 else 0
         stage += one if index == pp - 1 else 0
         largest = max(largest, stage)
-    return ceil_div(largest, tp)
+    return ceil_div(largest, tp) + rope
 
 
 def unpacked_parameter_count(*, weights: WeightStats, shape: ModelShape) -> int:
