@@ -53,6 +53,12 @@ CUDA_TOTAL_BYTES: dict[str, int] = {
 }
 # For a card not in the table: NVML total less the largest reservation seen above (A100 80GB: 768 MiB).
 UNKNOWN_GPU_RESERVED_BYTES = 768 * MIB
+# Memory in use when vLLM takes its start-up snapshot, outside the gpu_memory_utilization budget but checked
+# against it ("Free memory on device … is less than desired GPU memory utilization"): the CUDA context
+# ("worker init memory snapshot: … cuda_memory=0.51GiB" at TP 1) and, with tensor parallelism, NCCL set up
+# before the snapshot (free 77.12-77.66 instead of 78.68 GiB at TP 2-4; llm-d-planner v0.19.0 H100 logs).
+CUDA_CONTEXT_BYTES = int(0.51 * GIB)
+TENSOR_PARALLEL_STARTUP_BYTES = int(1.56 * GIB)
 # vLLM's page size in tokens (vllm/config/cache.py DEFAULT_BLOCK_SIZE); hybrid models raise it (see below).
 DEFAULT_BLOCK_SIZE = 16
 # Attention block sizes of hybrid (attention + state) models are rounded up to this many tokens
@@ -89,6 +95,8 @@ class VllmConstants:
     non_torch_tensor_parallel_bytes: Constant
     cudagraph_single_gpu_bytes: Constant
     cudagraph_tensor_parallel_bytes: Constant
+    cudagraph_bytes_per_graph: Constant
+    cudagraph_bytes_per_graph_tensor_parallel: Constant
     safety_bytes: Constant
     cudagraph_subtracted: bool  # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS defaults to 1
     tokens_from_concurrency: bool  # "GPU KV cache size" = int(max_concurrency × max_model_len)
@@ -110,6 +118,8 @@ class VllmConstants:
             self.non_torch_tensor_parallel_bytes,
             self.cudagraph_single_gpu_bytes,
             self.cudagraph_tensor_parallel_bytes,
+            self.cudagraph_bytes_per_graph,
+            self.cudagraph_bytes_per_graph_tensor_parallel,
             self.safety_bytes,
         )
 
@@ -180,6 +190,10 @@ VLLM_MEMORY_TABLE: tuple[VllmConstants, ...] = (
         cudagraph_tensor_parallel_bytes=Constant(
             "cudagraph_tensor_parallel_bytes", 0, "B", "not subtracted before 0.21"
         ),
+        cudagraph_bytes_per_graph=Constant("cudagraph_bytes_per_graph", 0, "B", "not subtracted before 0.21"),
+        cudagraph_bytes_per_graph_tensor_parallel=Constant(
+            "cudagraph_bytes_per_graph_tensor_parallel", 0, "B", "not subtracted before 0.21"
+        ),
         safety_bytes=_SAFETY,
         cudagraph_subtracted=False,
         tokens_from_concurrency=False,
@@ -219,6 +233,12 @@ VLLM_MEMORY_TABLE: tuple[VllmConstants, ...] = (
         ),
         cudagraph_tensor_parallel_bytes=Constant(
             "cudagraph_tensor_parallel_bytes", 0, "B", "estimated but not subtracted (env default 0 in 0.19.0)"
+        ),
+        cudagraph_bytes_per_graph=Constant(
+            "cudagraph_bytes_per_graph", 0, "B", "estimated but not subtracted (env default 0 in 0.19.0)"
+        ),
+        cudagraph_bytes_per_graph_tensor_parallel=Constant(
+            "cudagraph_bytes_per_graph_tensor_parallel", 0, "B", "estimated but not subtracted (env default 0)"
         ),
         safety_bytes=_SAFETY,
         cudagraph_subtracted=False,
@@ -263,18 +283,31 @@ VLLM_MEMORY_TABLE: tuple[VllmConstants, ...] = (
         ),
         cudagraph_single_gpu_bytes=Constant(
             "cudagraph_single_gpu_bytes",
-            1.5 * GIB,
-            "B",
-            "'Estimated CUDA graph memory' at TP 1: 0.5-1.4 GiB on 22 H100 runs (0.19.0), 0.52 GiB RTX A5000 "
-            "(LMCache#3430, 0.21.0), ~0.97 GiB A100 (0.31.0), 1.56 GiB GB10 (0.27.1); one 2.35 GiB outlier "
-            "(A100 40GB, 0.19.1) is left to the safety margin",
+            0.25 * GIB,
+            "B first capture + cudagraph_bytes_per_graph per captured graph",
+            "'Estimated PIECEWISE/FULL CUDA graph memory: 96-262 MiB first-capture + (51-1) × 4-26 MiB per-graph' ("
+            + _LLMD_0_19
+            + "); totals at TP 1: 0.5-1.4 GiB on H100 (102 graphs), 0.52 GiB RTX A5000 (LMCache#3430, 0.21.0), "
+            "~0.97 GiB A100 (0.31.0); one 2.35 GiB outlier (A100 40GB, 0.19.1) is left to the safety margin",
         ),
         cudagraph_tensor_parallel_bytes=Constant(
             "cudagraph_tensor_parallel_bytes",
-            2.0 * GIB,
-            "B",
-            "'Estimated CUDA graph memory' at TP >= 2: 0.57-1.92 GiB (" + _LLMD_0_19 + "), 1.58-1.97 GiB in "
-            "0.2x TP 2 logs (vllm#50722: 2.22 GiB at TP 4 with a speculative drafter)",
+            0.5 * GIB,
+            "B first capture + cudagraph_bytes_per_graph_tensor_parallel per captured graph",
+            "'Estimated CUDA graph memory' at TP >= 2: 0.57-1.92 GiB with 102 graphs (" + _LLMD_0_19 + "); "
+            "1.58-1.97 GiB in 0.2x TP 2 logs",
+        ),
+        cudagraph_bytes_per_graph=Constant(
+            "cudagraph_bytes_per_graph",
+            12 * MIB,
+            "B per graph at TP 1",
+            "upper end of the per-graph estimates at TP 1 (4-8 MiB FULL, 8-12 MiB PIECEWISE, " + _LLMD_0_19 + ")",
+        ),
+        cudagraph_bytes_per_graph_tensor_parallel=Constant(
+            "cudagraph_bytes_per_graph_tensor_parallel",
+            14 * MIB,
+            "B per graph at TP >= 2",
+            "Llama-3.1-8B TP 2: 96 MiB + 50 × 26 MiB PIECEWISE, 132 MiB + 50 × 6 MiB FULL (" + _LLMD_0_19 + ")",
         ),
         safety_bytes=_SAFETY,
         cudagraph_subtracted=True,
@@ -312,6 +345,7 @@ class VllmMemoryProfile:
     activation_peak_bytes: int
     non_torch_bytes: int
     cudagraph_bytes: int
+    startup_free_bytes: int  # free memory vLLM's start-up check will see (total − CUDA context − NCCL)
     expected_kv_pool_bytes: int  # what vLLM will report as "Available KV cache memory"
     safety_bytes: int
     kv_pool_bytes: int  # what EZ Runner promises: expected − safety (never above vLLM's)
@@ -325,6 +359,19 @@ class VllmMemoryProfile:
     defaults_assumed: tuple[str, ...]  # batch limits taken from vLLM's defaults, as sentences
     kv_groups: tuple[KvCacheGroup, ...]
     constants_used: tuple[Constant, ...] = field(default=())
+
+    @property
+    def starts(self) -> bool:
+        """False when the start-up check refuses gpu_memory_utilization (free memory below requested)."""
+        return self.startup_free_bytes >= self.requested_bytes
+
+    def as_vllm_prints(self) -> tuple[str, str]:
+        """The promised pool in vLLM 0.33's own words (gpu_worker.py and kv_cache_utils.py log lines)."""
+        return (
+            f"Available KV cache memory: {self.kv_pool_bytes / GIB:.2f} GiB",
+            f"GPU KV cache size: {self.pool_tokens:,} tokens, Maximum concurrency for {self.max_model_len:,} "
+            f"tokens per request: {self.max_concurrency:.2f}x",
+        )
 
     @property
     def fits_one_request(self) -> bool:
@@ -397,6 +444,20 @@ def default_batch_limits(
     if gpu_total_bytes >= 70 * GIB and "a100" not in name and not small_gb10:
         return (8192 if api else 16384), 1024
     return (2048 if api else 8192), 256
+
+
+def cudagraph_capture_counts(*, max_num_seqs: int, max_num_batched_tokens: int) -> tuple[int, int]:
+    """(PIECEWISE, FULL) graphs vLLM captures by default (config/vllm.py _set_cudagraph_sizes, v0.33.0): sizes
+    1, 2, 4, multiples of 8 below 256, multiples of 16 up to min(2 × max_num_seqs, 512); FULL decode graphs
+    only up to max_num_seqs. 1024 sequences: 51 + 51 graphs; 256: 51 + 35."""
+
+    def count(limit: int) -> int:
+        sizes = [n for n in (1, 2, 4) if n <= limit]
+        sizes += list(range(8, min(limit + 1, 256), 8)) + list(range(256, limit + 1, 16))
+        return len(sizes)
+
+    largest = min(2 * max_num_seqs, 512, max_num_batched_tokens)
+    return count(largest), count(min(max_num_seqs, largest))
 
 
 def kv_dtype_bytes(*, kv_cache_dtype: str, model_dtype: str) -> int:
@@ -618,9 +679,12 @@ def vllm_memory_profile(
     )
     cudagraph = 0
     if constants.cudagraph_subtracted and not enforce_eager:
-        cudagraph = int(
-            (constants.cudagraph_tensor_parallel_bytes if multi else constants.cudagraph_single_gpu_bytes).value
-        )
+        graphs = sum(cudagraph_capture_counts(max_num_seqs=seqs, max_num_batched_tokens=tokens))
+        if multi:
+            first, each = constants.cudagraph_tensor_parallel_bytes, constants.cudagraph_bytes_per_graph_tensor_parallel
+        else:
+            first, each = constants.cudagraph_single_gpu_bytes, constants.cudagraph_bytes_per_graph
+        cudagraph = int(first.value + graphs * each.value)
     expected = requested - weights_per_gpu_bytes - activation - non_torch - cudagraph
     safety = int(constants.safety_bytes.value)
     promised = max(0, expected - safety)
@@ -644,6 +708,7 @@ def vllm_memory_profile(
         gpu_total_bytes=total,
         gpu_memory_utilization=util,
         requested_bytes=requested,
+        startup_free_bytes=total - CUDA_CONTEXT_BYTES - (TENSOR_PARALLEL_STARTUP_BYTES if multi else 0),
         weights_bytes=weights_per_gpu_bytes,
         activation_peak_bytes=activation,
         non_torch_bytes=non_torch,

@@ -20,6 +20,7 @@ from core.engines.vllm_memory import (
     VllmMemoryProfile,
     constants_for,
     cuda_total_bytes,
+    cudagraph_capture_counts,
     default_batch_limits,
     kv_dtype_bytes,
     kv_pool_capacity,
@@ -346,7 +347,8 @@ def test_pool_is_requested_minus_every_term_minus_the_safety() -> None:
     assert p.expected_kv_pool_bytes == p.requested_bytes - terms
     assert p.kv_pool_bytes == p.expected_kv_pool_bytes - p.safety_bytes
     assert p.safety_bytes == int(0.5 * GIB)
-    assert p.cudagraph_bytes == int(1.5 * GIB)  # subtracted since 0.21
+    # subtracted since 0.21: first capture + one estimate per graph (51 PIECEWISE + 51 FULL at 1024 seqs)
+    assert p.cudagraph_bytes == int(0.25 * GIB + 102 * 12 * 2**20)
     assert p.max_num_batched_tokens == 8192 and p.max_num_seqs == 1024
     assert len(p.defaults_assumed) == 2 and "default" in p.defaults_assumed[0]
     names = {c.name for c in p.constants_used}
@@ -356,7 +358,29 @@ def test_pool_is_requested_minus_every_term_minus_the_safety() -> None:
 def test_cuda_graphs_are_not_subtracted_before_0_21_or_when_eager() -> None:
     assert _profile("llama-3.1-8b-h100-tp1", version="0.19.0").cudagraph_bytes == 0
     assert _profile("llama-3.1-8b-h100-tp1", enforce_eager=True).cudagraph_bytes == 0
-    assert _profile("llama-3.1-8b-h100-tp2", tensor_parallel_size=2).cudagraph_bytes == int(2.0 * GIB)
+    tp2 = _profile("llama-3.1-8b-h100-tp2", tensor_parallel_size=2)
+    assert tp2.cudagraph_bytes == int(0.5 * GIB + 102 * 14 * 2**20)
+    few = _profile("llama-3.1-8b-h100-tp1", max_num_seqs=32)  # sizes up to 64 PIECEWISE, 32 FULL
+    assert few.cudagraph_bytes == int(0.25 * GIB + (11 + 7) * 12 * 2**20)
+
+
+@pytest.mark.parametrize(("seqs", "counts"), [(1024, (51, 51)), (256, (51, 35)), (32, (11, 7)), (1, (2, 1))])
+def test_cudagraph_capture_sizes_follow_max_num_seqs(seqs: int, counts: tuple[int, int]) -> None:
+    assert cudagraph_capture_counts(max_num_seqs=seqs, max_num_batched_tokens=8192) == counts
+
+
+def test_start_up_check_refuses_a_utilization_above_the_free_memory() -> None:
+    assert _profile("llama-3.1-8b-h100-tp1", gpu_memory_utilization=0.98).starts  # 77.6 of 78.68 GiB free
+    tp2 = _profile("llama-3.1-8b-h100-tp2", tensor_parallel_size=2, gpu_memory_utilization=0.98)
+    assert not tp2.starts  # NCCL took ~1.5 GiB before the snapshot: vLLM would refuse to start
+
+
+def test_profile_says_its_pool_as_vllm_prints_it() -> None:
+    p = _profile("llama-3.1-8b-a100-80gb", max_model_len=131072)
+    available, size = p.as_vllm_prints()
+    assert available == f"Available KV cache memory: {p.kv_pool_bytes / GIB:.2f} GiB"
+    assert size.startswith(f"GPU KV cache size: {p.pool_tokens:,} tokens, Maximum concurrency for 131,072 tokens")
+    assert size.endswith(f"{p.max_concurrency:.2f}x")
 
 
 def test_activation_follows_batch_limits_and_vocabulary_not_model_size() -> None:
