@@ -153,10 +153,10 @@ _SAFETY = Constant(
     "safety_bytes",
     0.5 * GIB,
     "B",
-    "absolute margin under vLLM's pool: the largest under-prediction of a non-KV term in the fixture logs "
-    "(Llama-3.1-8B in float32: peak 0.03 GiB above the model; granite's non-torch 0.46 vs 0.27 GiB) plus the "
-    "0.01 GiB rounding of the logged GiB figures, doubled because the CUDA-graph estimate of a release without "
-    "logs can only be bounded",
+    "absolute margin under vLLM's pool, because the errors are of fixed size (a 2 GiB pool and a 60 GiB pool "
+    "miss by the same few hundred MiB): before the margin, the pool of the 27 fixture logs is at most 0.10 GiB "
+    "above vLLM's (Qwen3-8B, A100 40GB, 0.19.1) and 0.01 GiB is print rounding; the rest covers what no log of "
+    "0.33 can show yet (a CUDA-graph estimate above the modelled one, as the 2.35 GiB A100 40GB outlier)",
 )
 
 VLLM_MEMORY_TABLE: tuple[VllmConstants, ...] = (
