@@ -642,6 +642,11 @@ def vllm_memory_profile(
         raise PlanError("vLLM needs at least one GPU to size its memory.", hint="Describe the target's GPUs.")
     if max_model_len <= 0:
         raise PlanError(f"max_model_len {max_model_len} is not positive.", hint="Pass the planned context length.")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise PlanError(
+            f"gpu_memory_utilization {gpu_memory_utilization} is outside (0, 1].",
+            hint="vLLM takes a fraction of each GPU's memory, such as 0.9.",
+        )
     constants = constants_for(version)
     totals = list(gpu_total_bytes) if gpu_total_bytes else [cuda_total_bytes(g) for g in gpus]
     total = min(totals)
@@ -728,7 +733,3 @@ def vllm_memory_profile(
         constants_used=constants.constants(),
     )
 
-
-def gib_text(value: float) -> str:
-    """Bytes as vLLM prints them: GiB with two decimals."""
-    return f"{value / GIB:.2f}"

@@ -447,3 +447,9 @@ def test_the_issue_example_qwen3_32b_on_one_h100_is_not_over_promised() -> None:
     # the promise stays under vLLM's 18,176 tokens by the safety margin (0.5 GiB = 2,048 tokens here)
     assert 0.8 * 18_176 <= plan(16000).pool_tokens < 18_176
     assert not plan(32000).fits_one_request  # as vLLM refused: lower max_model_len or add a GPU
+
+
+@pytest.mark.parametrize("utilization", [0.0, 1.2])
+def test_utilization_outside_the_unit_interval_is_refused(utilization: float) -> None:
+    with pytest.raises(PlanError, match="outside"):
+        _profile("llama-3.1-8b-h100-tp1", gpu_memory_utilization=utilization)
