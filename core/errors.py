@@ -69,6 +69,13 @@ class PlanError(EzRunnerError):
     code = "plan_failed"
 
 
+class ModelConfigError(PlanError):
+    """config.json contradicts itself (a hybrid layer layout that does not cover every layer, a state layer
+    without its state dimensions), so the model's memory cannot be sized."""
+
+    code = "model_config_invalid"
+
+
 # DOCKER, PACK AND RUN ERRORS
 
 
