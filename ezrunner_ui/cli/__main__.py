@@ -1,0 +1,5 @@
+import sys
+
+from ezrunner_ui.cli import main
+
+sys.exit(main())

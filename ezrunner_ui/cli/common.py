@@ -1,0 +1,137 @@
+"""What the subcommands share: target and plan flags, the token, sizes, JSON and progress printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from core import hubs
+from core.engines import engine_names
+from core.errors import InvalidOptionsError
+from core.events import Event
+from core.hardware import Target, describe_target, detect_local
+from core.hubs.base import ModelInfo
+from core.plan import Options, Plan, plan
+from core.refs import parse_ref
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4G' → 4 GiB, '500M' → 500 MiB, '1073741824' → bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 4G, 500M or a number of bytes")
+    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target server (default: detect this machine)")
+    g.add_argument("--gpu-name", metavar="PRESET", help="GPU preset, e.g. A100-80, H100, L4, RTX4090, T4")
+    g.add_argument("--gpus", type=int, metavar="N", help="number of GPUs (default 1 with --gpu-name/--gpu-memory)")
+    g.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory per GPU in GiB")
+    g.add_argument("--compute-capability", metavar="X.Y", help="e.g. 8.0 (A100), 9.0 (H100)")
+    g.add_argument("--driver", metavar="VER", help="NVIDIA driver version on the target, e.g. 550.54.15")
+    g.add_argument("--cpu-only", action="store_true", help="the target has no GPU")
+    g.add_argument("--ram", type=float, metavar="GIB", help="system RAM of the target in GiB")
+    g.add_argument("--cpu-cores", type=int, metavar="N", help="CPU cores of the target")
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="hf:org/name, ms:org/name, org/name (ModelScope, then Hugging Face) or a folder")
+    p.add_argument("--revision", help="branch, tag or commit (default: the hub's default branch)")
+    add_target_args(p)
+    g = p.add_argument_group("plan options")
+    g.add_argument("--engine", choices=["auto", *engine_names()], default="auto")
+    g.add_argument("--tensor-parallel-size", "--tp", type=int, dest="tensor_parallel_size")
+    g.add_argument("--max-model-len", type=int)
+    g.add_argument("--gpu-memory-utilization", type=float)
+    g.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--port", type=int, default=8000, help="port the server listens on (default 8000)")
+    g.add_argument("--base-image", help="use this engine image instead of the pinned one (mirror, pre-loaded)")
+
+
+def token() -> str | None:
+    # Never a flag: a token on the command line lands in shell history and process listings.
+    return os.environ.get("HF_TOKEN") or os.environ.get("MODELSCOPE_API_TOKEN") or None
+
+
+_GPU_FLAGS = ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver")
+_CPU_FLAGS = ("ram", "cpu_cores")
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    gpu_described = any(getattr(args, a, None) is not None for a in _GPU_FLAGS)
+    if not (gpu_described or args.cpu_only or any(getattr(args, a, None) is not None for a in _CPU_FLAGS)):
+        return detect_local()
+    return describe_target(
+        gpu_preset=args.gpu_name,
+        gpu_count=args.gpus if args.gpus is not None else 1,
+        gpu_memory_gib=args.gpu_memory,
+        compute_capability=args.compute_capability,
+        driver_version=args.driver,
+        cpu_only=args.cpu_only or not gpu_described,  # only --ram/--cpu-cores given: a CPU server
+        ram_gib=args.ram,
+        cpu_cores=args.cpu_cores,
+    )
+
+
+def options(args: argparse.Namespace) -> Options:
+    if not 1 <= args.port <= 65535:
+        raise InvalidOptionsError(f"--port {args.port} is out of range.", hint="Use a port from 1 to 65535.")
+    return Options(
+        engine=args.engine,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=args.dtype,
+        port=args.port,
+        base_image=args.base_image,
+    )
+
+
+def inspect(args: argparse.Namespace) -> ModelInfo:
+    return hubs.inspect(ref=parse_ref(args.model), revision=args.revision, token=token())
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    return plan(model=inspect(args), target=target_from_args(args), options=options(args))
+
+
+def gib(n: int | float | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+class Progress:
+    """Stage lines and a throttled percentage on stderr; build log lines as they come."""
+
+    def __init__(self) -> None:
+        self.stage = ""
+        self.message = ""
+        self.last = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if event.log:
+            print(f"    {event.log.rstrip()}", file=sys.stderr)
+        if event.stage != self.stage:
+            self.stage, self.message = event.stage, event.message
+            print(f"==> {event.stage}: {event.message}", file=sys.stderr)
+            self.last = 0.0
+        elif event.message and event.message != self.message and not event.total and not event.log:
+            self.message = event.message  # a status line within the stage (e.g. which export path)
+            print(f"    {event.message}", file=sys.stderr)
+        now = time.monotonic()
+        if event.total and now - self.last > 1.0:
+            self.last = now
+            pct = 100 * event.done / event.total
+            amount = f"{gib(event.done)} / {gib(event.total)}" if event.unit == "B" else f"{event.done}/{event.total}"
+            print(f"    {event.stage} {pct:5.1f}%  {amount}  {event.file or ''}", file=sys.stderr)
