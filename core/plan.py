@@ -111,6 +111,7 @@ def plan(*, model: ModelInfo, target: Target, options: Options | None = None) ->
         kv_cache_tokens=draft.kv_cache_tokens,
         valid_tensor_parallel_sizes=draft.valid_tps,
         settings=dict(draft.settings),
+        max_concurrency=draft.max_concurrency,
         alternatives=tuple(_alternative(name, other) for name, other in considered if name != draft.engine),
     )
     base_image = options.base_image or engine.default_base_image(plan=result)
@@ -265,6 +266,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "weights_bytes": plan.weights_bytes,
         "kv_cache_bytes_per_token": plan.kv_cache_bytes_per_token,
         "kv_cache_tokens": plan.kv_cache_tokens,
+        "max_concurrency": plan.max_concurrency,
         "per_gpu": [
             {
                 "index": b.index,

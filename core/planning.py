@@ -101,6 +101,9 @@ class Plan:
     # Engine-specific values the engine's run spec reads (JSON types only), e.g. llama.cpp's GPU layers.
     settings: Mapping[str, Any] = field(default_factory=dict)
     alternatives: tuple[Alternative, ...] = ()
+    # How many sequences of max_model_len tokens the KV cache holds at once (vLLM's "Maximum concurrency for
+    # N tokens per request"; llama.cpp's slots). None where the engine preallocates no pool.
+    max_concurrency: float | None = None
 
 
 @dataclass
@@ -123,6 +126,7 @@ class EngineDraft:
     hard_failures: list[str] = field(default_factory=list)  # codes of warnings that make fits False
     settings: dict[str, Any] = field(default_factory=dict)
     files: tuple[ModelFile, ...] | None = None  # narrows ModelInfo.files (the chosen GGUF variant)
+    max_concurrency: float | None = None
 
     @property
     def fits(self) -> bool:
