@@ -69,20 +69,24 @@ def search(
     return results
 
 
-def inspect(*, ref: ModelRef | str, revision: str | None = None, token: str | None = None) -> ModelInfo:
+def inspect(
+    *, ref: ModelRef | str, revision: str | None = None, token: str | None = None, quant: str | None = None
+) -> ModelInfo:
     """Resolve a reference to a pinned ``ModelInfo`` (files, sizes, sha256, config, weight stats)."""
     model_ref = parse_ref(ref) if isinstance(ref, str) else ref
     if model_ref.source != "auto":
         return hub_for(model_ref.source).inspect(
-            ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True)
+            ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True), quant=quant
         )
     try:
-        return hub_for("ms").inspect(ref=model_ref, revision=revision, token=_token_for("ms", token))
+        return hub_for("ms").inspect(ref=model_ref, revision=revision, token=_token_for("ms", token), quant=quant)
     except ModelNotFoundError:
         # ModelScope's default branch is master, Hugging Face's is main: translate the default only
         hf_revision = None if revision == "master" else revision
         try:
-            return hub_for("hf").inspect(ref=model_ref, revision=hf_revision, token=_token_for("hf", token))
+            return hub_for("hf").inspect(
+                ref=model_ref, revision=hf_revision, token=_token_for("hf", token), quant=quant
+            )
         except ModelNotFoundError as on_hf:
             raise ModelNotFoundError(
                 f"{model_ref.repo_id} was found neither on ModelScope nor on Hugging Face.",

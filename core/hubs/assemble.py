@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,19 +28,6 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 _NESTED_CONFIGS = ("text_config", "llm_config", "language_config", "thinker_config")
 
 _HASH_CHUNK = 8 << 20
-
-
-def read_json(path: Path, *, repo: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NoSafetensorsError(
-            f"'{repo}': {path.name} cannot be read as JSON ({error}).",
-            hint="The repo looks broken; pick another revision or variant of the model.",
-        ) from error
-    if not isinstance(value, dict):
-        raise NoSafetensorsError(f"'{repo}': {path.name} is not a JSON object.", hint="Pick another variant.")
-    return value
 
 
 def missing_config(repo: str) -> NoSafetensorsError:

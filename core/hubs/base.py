@@ -97,7 +97,11 @@ class Hub(Protocol):
 
     def search(self, *, query: str, limit: int = 20, filters: SearchFilters | None = None) -> list[ModelSummary]: ...
 
-    def inspect(self, *, ref: ModelRef, revision: str | None = None, token: str | None = None) -> ModelInfo: ...
+    def inspect(
+        self, *, ref: ModelRef, revision: str | None = None, token: str | None = None, quant: str | None = None
+    ) -> ModelInfo:
+        """Pin ``revision`` and read what planning needs; ``quant`` picks a GGUF quantization's header."""
+        ...
 
     def download(
         self,

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from threading import Event as CancelFlag
 from typing import Any
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, get_session, hf_hub_url, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -29,10 +28,12 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 from tqdm.auto import tqdm
 
 from core.errors import (
     CancelledError,
+    DownloadError,
     GatedModelError,
     HubUnreachableError,
     ModelNotFoundError,
@@ -42,16 +43,12 @@ from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,
     StopDownload,
-    build_model_info,
     estimate_bytes,
-    missing_config,
     raise_if_cancelled,
-    read_json,
     verify_download,
 )
-from core.hubs.base import HubName, ModelFile, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.safetensors_header import TensorEntry, weight_stats
-from core.hubs.selection import CONFIG_FILE, INDEX_FILE, restrict_to_index, select_files, weight_files
+from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
+from core.hubs.repo import ListedFile, RepoFacts, inspect_snapshot
 from core.refs import ModelRef
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -91,68 +88,31 @@ class HuggingFaceHub:
             )
             return [_summary(model) for model in found]
 
-    def inspect(self, *, ref: ModelRef, revision: str | None = None, token: str | None = None) -> ModelInfo:
+    def inspect(
+        self, *, ref: ModelRef, revision: str | None = None, token: str | None = None, quant: str | None = None
+    ) -> ModelInfo:
         repo = str(ref.repo_id)
         wanted = revision or "main"
         api = self._api(token)
         with hf_errors(repo=repo, revision=wanted):
             info = api.model_info(repo, revision=wanted)
             commit = str(info.sha)
-            tree = {
-                entry.path: entry
+            listing = {
+                entry.path: ListedFile(size=int(entry.size), sha256=_lfs_sha256(entry))
                 for entry in api.list_repo_tree(repo, revision=commit, recursive=True)
                 if isinstance(entry, RepoFile)
             }
-            selected = select_files(tree, repo=repo)
-            if CONFIG_FILE not in selected:
-                raise missing_config(repo)
-            with tempfile.TemporaryDirectory(prefix="ezrunner-hf-") as scratch:
-
-                def fetch(filename: str) -> Path:
-                    return Path(
-                        hf_hub_download(
-                            repo,
-                            filename,
-                            revision=commit,
-                            cache_dir=scratch,
-                            endpoint=endpoint(),
-                            token=_token(token),
-                        )
-                    )
-
-                config = read_json(fetch(CONFIG_FILE), repo=repo)
-                if INDEX_FILE in selected:
-                    selected = restrict_to_index(selected, read_json(fetch(INDEX_FILE), repo=repo), repo=repo)
-
-            def header(shard: str) -> list[TensorEntry]:
-                # huggingface_hub reads the header with HTTP Range requests (first 100 kB, then the rest)
-                meta = api.parse_safetensors_file_metadata(repo, shard, revision=commit, token=_token(token))
-                return [
-                    TensorEntry(
-                        name=name,
-                        dtype=tensor.dtype,
-                        shape=tuple(tensor.shape),
-                        nbytes=tensor.data_offsets[1] - tensor.data_offsets[0],
-                    )
-                    for name, tensor in meta.tensors.items()
-                ]
-
-            with ThreadPoolExecutor(max_workers=_HEADER_WORKERS) as pool:
-                entries = [e for shard in pool.map(header, weight_files(selected)) for e in shard]
-
-        files = [ModelFile(path=p, size=int(tree[p].size), sha256=_lfs_sha256(tree[p])) for p in selected]
-        return build_model_info(
-            ref=ModelRef(source="hf", repo_id=repo),
-            repo_id=repo,
-            revision=wanted,
-            commit=commit,
-            files=files,
-            config=config,
-            weights=weight_stats(entries),
-            license=_license(info.card_data, info.tags),
-            gated=bool(info.gated),
-            answered_by=ANSWERED_BY,
-        )
+            snapshot = _HfSnapshot(label=repo, files=listing, repo=repo, commit=commit, token=_token(token))
+            facts = RepoFacts(
+                ref=ModelRef(source="hf", repo_id=repo),
+                repo_id=repo,
+                revision=wanted,
+                commit=commit,
+                license=_license(info.card_data, info.tags),
+                gated=bool(info.gated),
+                answered_by=ANSWERED_BY,
+            )
+            return inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
 
     def download(
         self,
@@ -186,6 +146,53 @@ class HuggingFaceHub:
         progress.finish()
         verify_download(folder=Path(folder), model=model, on_event=on_event, cancel=cancel)
         return Path(folder)
+
+
+@dataclass(frozen=True)
+class _HfSnapshot:
+    """A pinned Hugging Face commit read over the hub's HTTP API (``resolve`` URLs, Range requests)."""
+
+    label: str
+    files: Mapping[str, ListedFile]
+    repo: str
+    commit: str
+    token: str | None
+
+    def _stream(self, path: str, headers: dict[str, str]) -> Any:
+        url = hf_hub_url(self.repo, path, revision=self.commit, endpoint=endpoint())
+        return get_session().stream(
+            "GET", url, headers=build_hf_headers(token=self.token, headers=headers), follow_redirects=True
+        )
+
+    def read(self, path: str, *, max_bytes: int) -> bytes:
+        with self._stream(path, {}) as response:
+            hf_raise_for_status(response)
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise DownloadError(
+                        f"{path} of hf:{self.repo} is larger than {max_bytes:,} bytes.",
+                        hint="The repo looks broken; pick another revision or variant of the model.",
+                    )
+            return bytes(data)
+
+    def read_range(self, path: str, *, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        with self._stream(path, {"Range": f"bytes={start}-{start + length - 1}"}) as response:
+            hf_raise_for_status(response)
+            if response.status_code != 206 and start:
+                raise DownloadError(
+                    f"Hugging Face ignored a Range request for {path}.",
+                    hint="Use a mirror that supports Range requests, or pack a downloaded local folder.",
+                )
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data.extend(chunk)
+                if len(data) >= length:
+                    break  # a server that ignores Range at offset 0: stop at what was asked for
+            return bytes(data[:length])
 
 
 def _progress_bar_class(progress: ByteProgress) -> type[tqdm]:

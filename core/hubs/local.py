@@ -7,20 +7,25 @@ safetensors headers (first bytes of each shard) and the small JSON files are rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from threading import Event as CancelFlag
 
 from core.errors import DownloadError, InvalidReferenceError
 from core.events import EventSink, ignore_events
-from core.hubs.assemble import build_model_info, missing_config, raise_if_cancelled, read_json
-from core.hubs.base import HubName, ModelFile, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.safetensors_header import read_local_header, weight_stats
-from core.hubs.selection import CONFIG_FILE, INDEX_FILE, restrict_to_index, select_files, weight_files
+from core.hubs.assemble import raise_if_cancelled
+from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
+from core.hubs.repo import ListedFile, RepoFacts, inspect_snapshot
 from core.refs import ModelRef
 
 ANSWERED_BY = "local folder"
+# Model folders are flat, or keep GGUF quantizations one folder down; deeper trees are not one model.
+MAX_FOLDER_DEPTH = 2
+MAX_FOLDER_FILES = 5000
 LOCAL_REVISION = "local"
 
 
@@ -30,30 +35,22 @@ class LocalFolderHub:
     def search(self, *, query: str, limit: int = 20, filters: SearchFilters | None = None) -> list[ModelSummary]:
         return []  # a folder is given by path, there is nothing to search
 
-    def inspect(self, *, ref: ModelRef, revision: str | None = None, token: str | None = None) -> ModelInfo:
+    def inspect(
+        self, *, ref: ModelRef, revision: str | None = None, token: str | None = None, quant: str | None = None
+    ) -> ModelInfo:
         folder = _folder(ref)
-        label = str(folder)
-        # top-level entries only; symlinks are followed (a Hugging Face cache snapshot is all symlinks)
-        sizes = {entry.name: entry.stat().st_size for entry in os.scandir(folder) if entry.is_file()}
-        selected = select_files(sizes, repo=label)
-        if CONFIG_FILE not in selected:
-            raise missing_config(label)
-        config = read_json(folder / CONFIG_FILE, repo=label)
-        if INDEX_FILE in selected:
-            selected = restrict_to_index(selected, read_json(folder / INDEX_FILE, repo=label), repo=label)
-        entries = [e for shard in weight_files(selected) for e in read_local_header(folder / shard)]
-        return build_model_info(
+        snapshot = FolderSnapshot.of(folder)
+        facts = RepoFacts(
             ref=ModelRef(source="local", path=folder),
             repo_id=folder.name,
             revision=LOCAL_REVISION,
-            commit=folder_digest(folder, selected),
-            files=[ModelFile(path=p, size=sizes[p]) for p in selected],
-            config=config,
-            weights=weight_stats(entries),
+            commit="",  # set below: a digest of exactly the files that will be packed
             license=None,
             gated=False,
             answered_by=ANSWERED_BY,
         )
+        info = inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
+        return replace(info, commit=folder_digest(folder, [f.path for f in info.files]))
 
     def download(
         self,
@@ -73,6 +70,54 @@ class LocalFolderHub:
                 hint="Inspect the folder again, then pack it.",
             )
         return folder
+
+
+@dataclass(frozen=True)
+class FolderSnapshot:
+    """A model folder on this machine, read like a hub repository (symlinks followed: a Hugging Face cache
+    snapshot is all symlinks)."""
+
+    label: str
+    files: Mapping[str, ListedFile]
+    folder: Path
+
+    @classmethod
+    def of(cls, folder: Path) -> FolderSnapshot:
+        files: dict[str, ListedFile] = {}
+        pending = [(folder, 0)]
+        while pending:
+            directory, depth = pending.pop()
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue  # .git, .cache and editor droppings are never model files
+                    with contextlib.suppress(OSError):
+                        if entry.is_file():
+                            relative = Path(entry.path).relative_to(folder).as_posix()
+                            files[relative] = ListedFile(size=entry.stat().st_size)
+                        elif entry.is_dir() and depth + 1 < MAX_FOLDER_DEPTH:
+                            pending.append((Path(entry.path), depth + 1))
+                    if len(files) > MAX_FOLDER_FILES:
+                        raise InvalidReferenceError(
+                            f"{folder} holds more than {MAX_FOLDER_FILES:,} files: it does not look like one model.",
+                            hint="Point at the folder that holds config.json (or the .gguf files) of one model.",
+                        )
+        return cls(label=str(folder), files=dict(sorted(files.items())), folder=folder)
+
+    def read(self, path: str, *, max_bytes: int) -> bytes:
+        with (self.folder / path).open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise DownloadError(
+                f"{path} in {self.folder} is larger than {max_bytes:,} bytes.",
+                hint="Check that the folder holds a model exported with save_pretrained.",
+            )
+        return data
+
+    def read_range(self, path: str, *, start: int, length: int) -> bytes:
+        with (self.folder / path).open("rb") as handle:
+            handle.seek(start)
+            return handle.read(max(length, 0))
 
 
 def folder_digest(folder: Path, paths: list[str]) -> str:

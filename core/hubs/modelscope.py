@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from threading import Event as CancelFlag
@@ -49,21 +48,11 @@ from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,
     StopDownload,
-    build_model_info,
-    missing_config,
     raise_if_cancelled,
-    read_json,
     verify_download,
 )
-from core.hubs.base import HubName, ModelFile, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.safetensors_header import (
-    FIRST_READ_BYTES,
-    TensorEntry,
-    header_length,
-    parse_header,
-    weight_stats,
-)
-from core.hubs.selection import CONFIG_FILE, INDEX_FILE, restrict_to_index, select_files, weight_files
+from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
+from core.hubs.repo import ListedFile, RepoFacts, inspect_snapshot
 from core.refs import ModelRef
 
 DEFAULT_REVISION = "master"
@@ -104,7 +93,9 @@ class ModelScopeHub:
                 page += 1
         return found[:limit]
 
-    def inspect(self, *, ref: ModelRef, revision: str | None = None, token: str | None = None) -> ModelInfo:
+    def inspect(
+        self, *, ref: ModelRef, revision: str | None = None, token: str | None = None, quant: str | None = None
+    ) -> ModelInfo:
         repo = str(ref.repo_id)
         wanted = revision or DEFAULT_REVISION
         api = _api(token)
@@ -114,44 +105,23 @@ class ModelScopeHub:
             known = {str(item.get("Revision")) for item in [*branches, *tags]}
             if wanted not in known and not _SHA.fullmatch(wanted):
                 raise _revision_missing(repo, wanted, known)
-            listing = {
+            entries = {
                 str(entry.get("Path") or entry.get("Name")): entry
                 for entry in api.legacy.list_repo_files(repo, _MODEL, revision=wanted, recursive=True)
                 if (entry.get("Type") or "blob") != "tree"
             }
-            selected = select_files(listing, repo=repo)
-            if CONFIG_FILE not in selected:
-                raise missing_config(repo)
-            with tempfile.TemporaryDirectory(prefix="ezrunner-ms-") as scratch:
-
-                def fetch(filename: str) -> Path:
-                    entry = listing[filename]
-                    return api.download_file(
-                        repo, _MODEL, filename, revision=wanted, local_dir=scratch,
-                        expected_sha256=entry.get("Sha256") or None, file_size=_size(entry),
-                    )  # fmt: skip
-
-                config = read_json(fetch(CONFIG_FILE), repo=repo)
-                if INDEX_FILE in selected:
-                    selected = restrict_to_index(selected, read_json(fetch(INDEX_FILE), repo=repo), repo=repo)
-
-            with ThreadPoolExecutor(max_workers=_HEADER_WORKERS) as pool:
-                shards = pool.map(lambda shard: _remote_header(api, repo, wanted, shard), weight_files(selected))
-                entries = [e for shard in shards for e in shard]
-
-        files = [ModelFile(path=p, size=_size(listing[p]), sha256=(listing[p].get("Sha256") or None)) for p in selected]
-        return build_model_info(
-            ref=ModelRef(source="ms", repo_id=repo),
-            repo_id=repo,
-            revision=wanted,
-            commit=_commit(listing, wanted),
-            files=files,
-            config=config,
-            weights=weight_stats(entries),
-            license=repo_info.license or None,
-            gated=bool(repo_info.gated),
-            answered_by=ANSWERED_BY,
-        )
+            listing = {path: ListedFile(size=_size(e), sha256=e.get("Sha256") or None) for path, e in entries.items()}
+            snapshot = _MsSnapshot(label=repo, files=listing, api=api, repo=repo, revision=wanted)
+            facts = RepoFacts(
+                ref=ModelRef(source="ms", repo_id=repo),
+                repo_id=repo,
+                revision=wanted,
+                commit=_commit(entries, wanted),
+                license=repo_info.license or None,
+                gated=bool(repo_info.gated),
+                answered_by=ANSWERED_BY,
+            )
+            return inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
 
     def download(
         self,
@@ -199,33 +169,43 @@ def _callback_class(progress: ByteProgress) -> type[ProgressCallback]:
     return ForwardingCallback
 
 
-def _remote_header(api: HubApi, repo: str, revision: str, shard: str) -> list[TensorEntry]:
-    """Read a shard's header with Range requests through the client's download stream."""
-    first = _read_range(api, repo, revision, shard, start=0, length=FIRST_READ_BYTES)
-    length = header_length(first[:8], file=shard)
-    raw = first[8 : 8 + length]
-    if len(raw) < length:
-        raw += _read_range(api, repo, revision, shard, start=8 + len(raw), length=length - len(raw))
-    if len(raw) < length:
-        raise _truncated(shard)
-    return parse_header(raw, file=shard)
+@dataclass(frozen=True)
+class _MsSnapshot:
+    """A ModelScope revision read through the client's download stream (Range requests for headers)."""
 
+    label: str
+    files: Mapping[str, ListedFile]
+    api: HubApi
+    repo: str
+    revision: str
 
-def _read_range(api: HubApi, repo: str, revision: str, path: str, *, start: int, length: int) -> bytes:
-    response = api.legacy.download_stream(
-        repo, _MODEL, path, revision, headers={"Range": f"bytes={start}-{start + length - 1}"}
-    )
-    try:
-        if response.status_code != 206 and start:
-            raise _truncated(path)  # Range ignored: never stream the weights to find a header
-        data = bytearray()
-        for chunk in response.iter_content(chunk_size=64 * 1024):
-            data.extend(chunk)
-            if len(data) >= length:
-                break
-        return bytes(data[:length])
-    finally:
-        response.close()
+    def read(self, path: str, *, max_bytes: int) -> bytes:
+        data = self._get(path, headers={}, limit=max_bytes + 1)
+        if len(data) > max_bytes:
+            raise DownloadError(
+                f"{path} of ms:{self.repo} is larger than {max_bytes:,} bytes.",
+                hint="The repo looks broken; pick another revision or variant of the model.",
+            )
+        return data
+
+    def read_range(self, path: str, *, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._get(path, headers={"Range": f"bytes={start}-{start + length - 1}"}, limit=length, start=start)
+
+    def _get(self, path: str, *, headers: dict[str, str], limit: int, start: int = 0) -> bytes:
+        response = self.api.legacy.download_stream(self.repo, _MODEL, path, self.revision, headers=headers)
+        try:
+            if headers and response.status_code != 206 and start:
+                raise _truncated(path)  # Range ignored: never stream the weights to find a header
+            data = bytearray()
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                data.extend(chunk)
+                if len(data) >= limit:
+                    break
+            return bytes(data[:limit])
+        finally:
+            response.close()
 
 
 def _truncated(path: str) -> DownloadError:

@@ -1,0 +1,159 @@
+"""One way to turn any model repository into a ``ModelInfo``, whichever hub holds it.
+
+Each hub supplies only its transport, a ``RepoSnapshot``: the listing of one pinned commit, whole reads of
+small files and range reads of big ones. What is packed, which config and index are read, how weight
+headers are read (safetensors JSON headers, GGUF headers) is decided here, once, for Hugging Face,
+ModelScope and local folders alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from core.errors import NoSafetensorsError
+from core.hubs.assemble import build_model_info, missing_config
+from core.hubs.base import ModelFile, ModelInfo
+from core.hubs.safetensors_header import (
+    FIRST_READ_BYTES,
+    MAX_HEADER_BYTES,
+    TensorEntry,
+    header_length,
+    parse_header,
+    weight_stats,
+)
+from core.hubs.selection import CONFIG_FILE, INDEX_FILE, restrict_to_index, select_files, weight_files
+from core.refs import ModelRef
+
+# config.json and the shard index are small; anything bigger is not what it claims to be.
+MAX_JSON_BYTES = 16 << 20
+HEADER_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    size: int
+    sha256: str | None = None  # the hub's LFS sha256, where it gives one
+
+
+class RepoSnapshot(Protocol):
+    """A pinned commit of one repository, as one hub's client reads it."""
+
+    @property
+    def label(self) -> str:
+        """"org/name" or the folder path, for messages."""
+        ...
+
+    @property
+    def files(self) -> Mapping[str, ListedFile]:
+        """Every file of the commit, by its "/"-separated path."""
+        ...
+
+    def read(self, path: str, *, max_bytes: int) -> bytes:
+        """The whole (small) file; more than ``max_bytes`` is an error, not a big read."""
+        ...
+
+    def read_range(self, path: str, *, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer only at the end of the file); never the whole file."""
+        ...
+
+
+@dataclass(frozen=True)
+class RepoFacts:
+    """What the hub says about the repository besides its files."""
+
+    ref: ModelRef
+    repo_id: str
+    revision: str
+    commit: str
+    license: str | None
+    gated: bool
+    answered_by: str
+
+
+def read_json_file(snapshot: RepoSnapshot, path: str) -> dict[str, Any]:
+    size = snapshot.files[path].size
+    if size > MAX_JSON_BYTES:
+        raise NoSafetensorsError(
+            f"'{snapshot.label}': {path} is {size:,} bytes, far more than a JSON config holds.",
+            hint="The repo looks broken; pick another revision or variant of the model.",
+        )
+    raw = snapshot.read(path, max_bytes=MAX_JSON_BYTES)
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise NoSafetensorsError(
+            f"'{snapshot.label}': {path} cannot be read as JSON ({error}).",
+            hint="The repo looks broken; pick another revision or variant of the model.",
+        ) from error
+    if not isinstance(value, dict):
+        raise NoSafetensorsError(
+            f"'{snapshot.label}': {path} is not a JSON object.", hint="Pick another revision or variant."
+        )
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def safetensors_header(snapshot: RepoSnapshot, path: str) -> list[TensorEntry]:
+    """A shard's tensor entries from two range reads at most: the first 100 kB, then the rest."""
+    size = snapshot.files[path].size
+    first = snapshot.read_range(path, start=0, length=min(FIRST_READ_BYTES, max(size, 8)))
+    length = header_length(first[:8], file=path)
+    if 8 + length > size:
+        raise NoSafetensorsError(
+            f"'{path}' says its header is {length:,} bytes long, but the file has only {size:,}.",
+            hint="The file is truncated or not safetensors; pick another revision or re-download it.",
+        )
+    raw = first[8 : 8 + length]
+    if len(raw) < length:
+        raw += snapshot.read_range(path, start=8 + len(raw), length=min(length - len(raw), MAX_HEADER_BYTES))
+    if len(raw) < length:
+        raise NoSafetensorsError(
+            f"'{path}' ended inside its header ({len(raw):,} of {length:,} bytes).",
+            hint="The file is truncated; pick another revision or re-download it.",
+        )
+    return parse_header(raw, file=path)
+
+
+def inspect_snapshot(
+    *,
+    snapshot: RepoSnapshot,
+    facts: RepoFacts,
+    gguf_inspector: Callable[..., ModelInfo] | None = None,
+    quant: str | None = None,
+) -> ModelInfo:
+    """The ``ModelInfo`` of a pinned repository: safetensors weights when it has them at the top level (and
+    no GGUF quantization was asked for), else its GGUF files through ``gguf_inspector``."""
+    paths = list(snapshot.files)
+    top_safetensors = any(p.endswith(".safetensors") and "/" not in p for p in paths)
+    has_gguf = any(p.lower().endswith(".gguf") for p in paths)
+    if gguf_inspector is not None and has_gguf and (quant is not None or not top_safetensors):
+        return gguf_inspector(snapshot=snapshot, facts=facts, quant=quant)
+    selected = select_files(paths, repo=snapshot.label)
+    if CONFIG_FILE not in selected:
+        raise missing_config(snapshot.label)
+    config = read_json_file(snapshot, CONFIG_FILE)
+    if INDEX_FILE in selected:
+        selected = restrict_to_index(selected, read_json_file(snapshot, INDEX_FILE), repo=snapshot.label)
+    shards = weight_files(selected)
+    with ThreadPoolExecutor(max_workers=HEADER_WORKERS) as pool:
+        entries = [e for shard in pool.map(lambda s: safetensors_header(snapshot, s), shards) for e in shard]
+    files = [ModelFile(path=p, size=snapshot.files[p].size, sha256=snapshot.files[p].sha256) for p in selected]
+    return build_model_info(
+        ref=facts.ref,
+        repo_id=facts.repo_id,
+        revision=facts.revision,
+        commit=facts.commit,
+        files=files,
+        config=config,
+        weights=weight_stats(entries),
+        license=facts.license,
+        gated=facts.gated,
+        answered_by=facts.answered_by,
+    )
