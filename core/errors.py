@@ -137,3 +137,15 @@ class LlamaCppSourceError(EzRunnerError):
     """The pinned llama.cpp source (for the converter and the offline image) could not be had."""
 
     code = "llamacpp_source_unavailable"
+
+
+class ConverterMissingError(EzRunnerError):
+    """The workstation lacks the Python packages llama.cpp's GGUF converter imports."""
+
+    code = "converter_missing"
+
+
+class ConversionError(EzRunnerError):
+    """llama.cpp's converter or llama-quantize failed on this model."""
+
+    code = "conversion_failed"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["check", "pull", "download", "verify", "stage", "build", "export", "load", "run", "done"]
+Stage = Literal["check", "pull", "download", "convert", "verify", "stage", "build", "export", "load", "run", "done"]
 
 
 @dataclass(frozen=True)

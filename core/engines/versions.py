@@ -52,3 +52,25 @@ LLAMA_CPP_BUILD = 11312
 LLAMA_CPP_OFFLINE_IMAGE = f"ezrunner/llama.cpp-cpu:b{LLAMA_CPP_BUILD}"
 # The image's HEALTHCHECK (exec form, no shell): GET http://127.0.0.1:$PORT/health, exit 0 only on HTTP 200.
 LLAMA_CPP_OFFLINE_PROBE = "/usr/local/bin/ezrunner-probe"
+
+# --- llama.cpp official server images (ggml-org), pinned to the same build ---
+# Tags from the source's .github/workflows/docker.yml: "server" + "-<backend>" + "-b<build>"; the CUDA 12 image
+# is built FROM nvidia/cuda:12.8.1 (cuda_version "12.8.1"), the CUDA 13 one FROM 13.4.1, ROCm 7.2.1
+# (.devops/rocm.Dockerfile ROCM_VERSION), Vulkan on Ubuntu 24.04 (.devops/vulkan.Dockerfile). All put
+# llama-server in /app and set LLAMA_ARG_HOST=0.0.0.0; their HEALTHCHECK uses curl (installed there).
+LLAMA_CPP_IMAGE_REPO = "ghcr.io/ggml-org/llama.cpp"
+LLAMA_CPP_CPU_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-b{LLAMA_CPP_BUILD}"
+LLAMA_CPP_CUDA_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-cuda-b{LLAMA_CPP_BUILD}"
+LLAMA_CPP_CUDA_IMAGE_CUDA_VERSION = "12.8"
+LLAMA_CPP_CUDA13_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-cuda13-b{LLAMA_CPP_BUILD}"
+LLAMA_CPP_CUDA13_IMAGE_CUDA_VERSION = "13.4"
+LLAMA_CPP_ROCM_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-rocm-b{LLAMA_CPP_BUILD}"
+LLAMA_CPP_ROCM_VERSION = "7.2.1"
+LLAMA_CPP_VULKAN_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-vulkan-b{LLAMA_CPP_BUILD}"
+# The CUDA image's CUDA_DOCKER_ARCH=default builds ggml-cuda's default architecture list, which starts at
+# compute capability 5.0 (ggml/src/ggml-cuda/CMakeLists.txt): Maxwell and newer, V100 and T4 included.
+LLAMA_CPP_CUDA_MIN_COMPUTE_CAPABILITY = (5, 0)
+# gfx targets the ROCm image is compiled for (.devops/rocm.Dockerfile ROCM_DOCKER_ARCH).
+LLAMA_CPP_ROCM_GFX_TARGETS = (
+    "gfx908", "gfx90a", "gfx942", "gfx1030", "gfx1100", "gfx1101", "gfx1102", "gfx1150", "gfx1151", "gfx1200", "gfx1201",
+)  # fmt: skip
