@@ -130,3 +130,10 @@ class LlamaCppSourceError(EzRunnerError):
     """The pinned llama.cpp source (for the converter and the offline image) could not be had."""
 
     code = "llamacpp_source_unavailable"
+
+
+class InvalidGgufError(EzRunnerError):
+    """A GGUF file or file set that llama.cpp cannot use: a broken or hostile header, missing split parts,
+    or an architecture the pinned llama.cpp build does not know."""
+
+    code = "invalid_gguf"
