@@ -498,6 +498,8 @@ def _allocate(nodes: Sequence[_Node], *, alignment: int) -> int:
                 # views and external tensors are not the allocator's own (ggml-alloc.c:637-641)
                 if candidate.view_of is not None or candidate.external or candidate.is_output or not own[parent]:
                     continue
+                if candidate.nbytes != node.nbytes:  # ggml_are_same_layout (ggml-alloc.c:648-651)
+                    continue
                 if children[parent] == 1 and views[parent] == 0:
                     address[index] = address[parent]
                     own[parent] = False
@@ -693,12 +695,13 @@ def _build_graph(spec: _GraphSpec) -> list[_Node]:
 
 def _dense_ffn(g: _Graph, x: int, n_embd: int, n_ff: int, rows: int, *, gated: bool) -> int:
     f32 = 4
-    up = g.add(n_ff * rows * f32, [x])
     if gated:
+        # the graph lists the gate before up: the GLU's first source is visited first (ggml.c ggml_visit_parents)
         gate = g.add(n_ff * rows * f32, [x])
+        up = g.add(n_ff * rows * f32, [x])
         act = g.add(n_ff * rows * f32, [gate, up])  # swiglu/geglu_split: not in place
     else:
-        act = g.add(n_ff * rows * f32, [up], inplace=True)
+        act = g.add(n_ff * rows * f32, [g.add(n_ff * rows * f32, [x])], inplace=True)
     return g.add(n_embd * rows * f32, [act])
 
 
@@ -717,8 +720,8 @@ def _moe(g: _Graph, spec: _GraphSpec, x: int, rows: int) -> int:
         total = g.add(rows * f32, [total], inplace=True)  # clamp
         weights = g.view(g.add(k * rows * f32, [flat, total], inplace=True))  # div (src0 is a view: new)
     x3 = g.view(x)
-    up = g.add(ff * k * rows * f32, [x3, selected])
     gate = g.add(ff * k * rows * f32, [x3, selected])
+    up = g.add(ff * k * rows * f32, [x3, selected])
     act = g.add(ff * k * rows * f32, [gate, up])
     experts = g.add(e * k * rows * f32, [act, selected])
     experts = g.add(e * k * rows * f32, [experts, weights], inplace=True)
@@ -849,7 +852,9 @@ def compute_buffer_bytes(
     shape = context_shape(n_ctx=n_ctx, n_parallel=n_parallel, kv_unified=kv_unified, n_batch=n_batch, n_ubatch=n_ubatch)
     calibration = COMPUTE_CALIBRATION[backend]
     sizes = []
-    for n_tokens in (shape.n_ubatch, shape.n_seq):
+    # graph_reserve rounds the token count up to a multiple of n_seq_max (src/llama-context.cpp:2528-2531)
+    for tokens in (shape.n_ubatch, shape.n_seq):
+        n_tokens = -(-tokens // shape.n_seq) * shape.n_seq
         spec = _graph_spec(header=header, shape=shape, flash_attn=flash_attn, cache_type_k=cache_type_k,
                            cache_type_v=cache_type_v, swa_full=swa_full, n_tokens=n_tokens)
         sizes.append(_allocate(_build_graph(spec), alignment=_ALIGNMENT[backend]))
