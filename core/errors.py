@@ -149,3 +149,10 @@ class ConversionError(EzRunnerError):
     """llama.cpp's converter or llama-quantize failed on this model."""
 
     code = "conversion_failed"
+
+
+class InvalidGgufError(EzRunnerError):
+    """A GGUF file or file set that llama.cpp cannot use: a broken or hostile header, missing split parts,
+    or an architecture the pinned llama.cpp build does not know."""
+
+    code = "invalid_gguf"
