@@ -72,5 +72,6 @@ LLAMA_CPP_VULKAN_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-vulkan-b{LLAMA_CPP_BUIL
 LLAMA_CPP_CUDA_MIN_COMPUTE_CAPABILITY = (5, 0)
 # gfx targets the ROCm image is compiled for (.devops/rocm.Dockerfile ROCM_DOCKER_ARCH).
 LLAMA_CPP_ROCM_GFX_TARGETS = (
-    "gfx908", "gfx90a", "gfx942", "gfx1030", "gfx1100", "gfx1101", "gfx1102", "gfx1150", "gfx1151", "gfx1200", "gfx1201",
+    "gfx908", "gfx90a", "gfx942", "gfx1030", "gfx1100", "gfx1101",
+    "gfx1102", "gfx1150", "gfx1151", "gfx1200", "gfx1201",
 )  # fmt: skip
