@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from core.hubs.base import ModelFile
 
 DEFAULT_LAYER_CAP_BYTES = 4 << 30
-WEIGHT_SUFFIXES = (".safetensors",)
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
 @dataclass(frozen=True)

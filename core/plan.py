@@ -22,9 +22,9 @@ from core.engines.shared import (
 )
 from core.engines.versions import VLLM_IMAGE_CUDA_VERSION, VLLM_MIN_COMPUTE_CAPABILITY
 from core.engines.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, tensor_parallel_problem, valid_tensor_parallel_sizes
-from core.errors import InvalidOptionsError
+from core.errors import EzRunnerError, InvalidOptionsError
 from core.hardware import Target
-from core.hubs.base import ModelInfo
+from core.hubs.base import ModelInfo, WeightStats
 from core.planning import Alternative, EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
 from core.sizing import GIB, model_shape, normalise_dtype
 
@@ -160,10 +160,42 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
         return draft
 
     vllm_label = engine_for("vllm").label
+    llama = engine_for("llama.cpp")
+    model = request.model
+    if model.format == "gguf":
+        why = Note(
+            "engine_gguf",
+            f"Engine {llama.label}: the model is GGUF, which llama.cpp serves (vLLM and transformers serve "
+            "packs are made from safetensors).",
+            {"engine": "llama.cpp"},
+        )
+        draft = attempt("llama.cpp", why)
+        _vllm_instead(draft=draft, request=request)
+        return draft, considered
+    llama_refusal = llama.refusal(model=model, target=target, options=options)
     if target.is_cpu_only:
         why = Note(
             "engine_cpu",
             "Engine transformers serve: the target has no GPU, and vLLM's official image needs an NVIDIA GPU.",
+            {"engine": "transformers"},
+        )
+        draft = attempt("transformers", why)
+        if llama_refusal is None:
+            draft.warnings.append(_gguf_route(model=model))
+        return draft, considered
+    if any(g.vendor != "nvidia" for g in gpus):
+        if llama_refusal is None:
+            why = Note(
+                "engine_non_nvidia",
+                f"Engine {llama.label}: {gpu_label(gpus)} is not an NVIDIA GPU; llama.cpp runs on it "
+                "(ROCm or Vulkan), vLLM's official image does not. The model is converted to GGUF when packed.",
+                {"engine": "llama.cpp", "gpus": gpu_label(gpus)},
+            )
+            return attempt("llama.cpp", why), considered
+        why = Note(
+            "engine_cpu",
+            "Engine transformers serve on the CPU: the GPUs are not NVIDIA GPUs, and llama.cpp cannot take this "
+            f"model ({llama_refusal}).",
             {"engine": "transformers"},
         )
         return attempt("transformers", why), considered
@@ -176,6 +208,17 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
                 f"GPUs (compute capability {cc[0]}.{cc[1]} < {need}).",
                 hint="Drop --tensor-parallel-size to run with transformers on one GPU.",
             )
+        if llama_refusal is None:
+            why = Note(
+                "engine_old_gpu_llamacpp",
+                f"Engine {llama.label}: {gpu_label(gpus)} has compute capability {cc[0]}.{cc[1]}, and {vllm_label} "
+                f"(CUDA {VLLM_IMAGE_CUDA_VERSION}) supports {need} and newer; llama.cpp's CUDA image runs there "
+                "and decodes many times faster than transformers serve. The model is converted to GGUF when packed.",
+                {"engine": "llama.cpp", "compute_capability": f"{cc[0]}.{cc[1]}", "vllm_minimum": need},
+            )
+            draft = attempt("llama.cpp", why)
+            if draft.fits:
+                return draft, considered
         why = Note(
             "engine_old_gpu",
             f"Engine transformers serve: {gpu_label(gpus)} has compute capability {cc[0]}.{cc[1]}, and "
@@ -216,6 +259,53 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
         ),
     )
     return vllm_draft, considered
+
+
+def _gguf_route(*, model: ModelInfo) -> PlanWarning:
+    return PlanWarning(
+        "gguf_route",
+        "On a CPU, llama.cpp with a GGUF quantization of this model answers several times faster than "
+        f"transformers serve and needs far less RAM: pack a GGUF repository of it (search for '{model.name} GGUF'), "
+        "or let the pack convert it (engine llama.cpp).",
+        {"model": model.repo_id},
+        {"engine": "llama.cpp"},
+    )
+
+
+def _vllm_instead(*, draft: EngineDraft, request: PlanRequest) -> None:
+    """For a GGUF on NVIDIA GPUs that vLLM supports: say what vLLM would give with the safetensors weights."""
+    target, model = request.target, request.model
+    gpus = target.gpus
+    if not gpus or any(g.vendor != "nvidia" for g in gpus):
+        return
+    if min_compute_capability(gpus) < VLLM_MIN_COMPUTE_CAPABILITY:
+        return
+    header = model.gguf.header if model.gguf is not None else None
+    if header is None:
+        return
+    unquantized = dataclasses.replace(
+        model, format="safetensors", gguf=None, weights=WeightStats(parameters_by_dtype={"BF16": header.n_elements})
+    )
+    vllm_request = dataclasses.replace(request, model=unquantized, options=Options(port=request.options.port))
+    try:
+        vllm = engine_for("vllm").plan(request=vllm_request)
+    except EzRunnerError:
+        return
+    if not vllm.fits or vllm.kv_cache_tokens < 4 * max(draft.max_model_len, 1):
+        return
+    base = header.metadata.get("general.base_model.0.repo_url") or header.metadata.get("general.basename")
+    sequences = vllm.kv_cache_tokens // max(vllm.max_model_len, 1)
+    draft.warnings.append(
+        PlanWarning(
+            "vllm_would_serve_more",
+            f"This target could run the unquantized model under vLLM: {vllm.max_model_len:,} tokens of context and "
+            f"about {sequences} such sequences at once (KV cache {vllm.kv_cache_tokens:,} tokens), where llama.cpp "
+            f"here serves {int(draft.max_concurrency or 1)} slot(s) of {draft.max_model_len:,}. For many users, pack "
+            f"the safetensors repository{f' ({base})' if isinstance(base, str) else ''} of the model with vLLM.",
+            {"vllm_max_model_len": vllm.max_model_len, "vllm_kv_tokens": vllm.kv_cache_tokens,
+             "base_model": base if isinstance(base, str) else None},
+        )
+    )
 
 
 # JSON VIEW

@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from core.engines.base import Engine
+from core.engines.llamacpp import LlamaCppEngine
 from core.engines.transformers import TransformersEngine
 from core.engines.vllm import VllmEngine
 from core.errors import InvalidOptionsError
 
-ENGINES: Mapping[str, Engine] = {engine.name: engine for engine in (VllmEngine(), TransformersEngine())}
+ENGINES: Mapping[str, Engine] = {
+    engine.name: engine for engine in (VllmEngine(), LlamaCppEngine(), TransformersEngine())
+}
 
 
 def engine_for(name: str) -> Engine:

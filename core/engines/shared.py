@@ -404,7 +404,7 @@ def server_text(*, gpus_needed: int | None, gpu_name: str) -> str:
 
 def driver_warning(
     *,
-    draft: PoolDraft,
+    draft: PoolDraft | EngineDraft,
     target: Target,
     options: Options,
     image: str,

@@ -10,6 +10,7 @@ from threading import Event as CancelFlag
 from typing import Any, Literal, Protocol
 
 from core.events import EventSink
+from core.gguf import GgufHeader, GgufListing, GgufVariant
 from core.refs import ModelRef
 
 HubName = Literal["hf", "ms", "local"]
@@ -64,6 +65,28 @@ class WeightStats:
 
 
 @dataclass(frozen=True)
+class GgufRepo:
+    """The GGUF side of a repository: every quantization it offers and the headers that were read.
+
+    A hub reads one variant's header (``reference``; the others share its tensors and metadata and differ
+    in tensor bytes, which their file sizes give); a local folder reads them all."""
+
+    listing: GgufListing
+    headers: Mapping[str, GgufHeader]  # variant key -> its header
+    reference: str  # the variant whose header stands in for those not read
+
+    def variant(self, key: str) -> GgufVariant:
+        for variant in self.listing.variants:
+            if variant.key == key:
+                return variant
+        raise KeyError(key)
+
+    @property
+    def header(self) -> GgufHeader:
+        return self.headers[self.reference]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Everything planning needs; nothing below ``plan()`` asks the hub again."""
 
@@ -81,6 +104,7 @@ class ModelInfo:
     gated: bool = False
     answered_by: str = ""  # human words for who answered ("ModelScope", "Hugging Face", "local folder")
     format: ModelFormat = "safetensors"  # what the packed weights are
+    gguf: GgufRepo | None = None  # the GGUF variants, when format is "gguf"
 
     @property
     def total_bytes(self) -> int:

@@ -48,7 +48,8 @@ from core.hubs.assemble import (
     verify_download,
 )
 from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.repo import ListedFile, RepoFacts, inspect_snapshot
+from core.hubs.repo import inspect_snapshot
+from core.hubs.snapshot import ListedFile, RepoFacts
 from core.refs import ModelRef
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

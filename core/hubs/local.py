@@ -19,7 +19,8 @@ from core.errors import DownloadError, InvalidReferenceError
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import raise_if_cancelled
 from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
-from core.hubs.repo import ListedFile, RepoFacts, inspect_snapshot
+from core.hubs.repo import inspect_snapshot
+from core.hubs.snapshot import ListedFile, RepoFacts
 from core.refs import ModelRef
 
 ANSWERED_BY = "local folder"
@@ -49,7 +50,7 @@ class LocalFolderHub:
             gated=False,
             answered_by=ANSWERED_BY,
         )
-        info = inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
+        info = inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant, read_all_gguf_headers=True)
         return replace(info, commit=folder_digest(folder, [f.path for f in info.files]))
 
     def download(

@@ -9,14 +9,13 @@ ModelScope and local folders alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from core.errors import NoSafetensorsError
 from core.hubs.assemble import build_model_info, missing_config
 from core.hubs.base import ModelFile, ModelInfo
+from core.hubs.gguf_repo import inspect_gguf
 from core.hubs.safetensors_header import (
     FIRST_READ_BYTES,
     MAX_HEADER_BYTES,
@@ -26,52 +25,11 @@ from core.hubs.safetensors_header import (
     weight_stats,
 )
 from core.hubs.selection import CONFIG_FILE, INDEX_FILE, restrict_to_index, select_files, weight_files
-from core.refs import ModelRef
+from core.hubs.snapshot import RepoFacts, RepoSnapshot
 
 # config.json and the shard index are small; anything bigger is not what it claims to be.
 MAX_JSON_BYTES = 16 << 20
 HEADER_WORKERS = 8
-
-
-@dataclass(frozen=True)
-class ListedFile:
-    size: int
-    sha256: str | None = None  # the hub's LFS sha256, where it gives one
-
-
-class RepoSnapshot(Protocol):
-    """A pinned commit of one repository, as one hub's client reads it."""
-
-    @property
-    def label(self) -> str:
-        """"org/name" or the folder path, for messages."""
-        ...
-
-    @property
-    def files(self) -> Mapping[str, ListedFile]:
-        """Every file of the commit, by its "/"-separated path."""
-        ...
-
-    def read(self, path: str, *, max_bytes: int) -> bytes:
-        """The whole (small) file; more than ``max_bytes`` is an error, not a big read."""
-        ...
-
-    def read_range(self, path: str, *, start: int, length: int) -> bytes:
-        """``length`` bytes from ``start`` (fewer only at the end of the file); never the whole file."""
-        ...
-
-
-@dataclass(frozen=True)
-class RepoFacts:
-    """What the hub says about the repository besides its files."""
-
-    ref: ModelRef
-    repo_id: str
-    revision: str
-    commit: str
-    license: str | None
-    gated: bool
-    answered_by: str
 
 
 def read_json_file(snapshot: RepoSnapshot, path: str) -> dict[str, Any]:
@@ -125,16 +83,16 @@ def inspect_snapshot(
     *,
     snapshot: RepoSnapshot,
     facts: RepoFacts,
-    gguf_inspector: Callable[..., ModelInfo] | None = None,
     quant: str | None = None,
+    read_all_gguf_headers: bool = False,
 ) -> ModelInfo:
     """The ``ModelInfo`` of a pinned repository: safetensors weights when it has them at the top level (and
-    no GGUF quantization was asked for), else its GGUF files through ``gguf_inspector``."""
+    no GGUF quantization was asked for), else its GGUF files (``read_all_gguf_headers`` for cheap reads)."""
     paths = list(snapshot.files)
     top_safetensors = any(p.endswith(".safetensors") and "/" not in p for p in paths)
     has_gguf = any(p.lower().endswith(".gguf") for p in paths)
-    if gguf_inspector is not None and has_gguf and (quant is not None or not top_safetensors):
-        return gguf_inspector(snapshot=snapshot, facts=facts, quant=quant)
+    if has_gguf and (quant is not None or not top_safetensors):
+        return inspect_gguf(snapshot=snapshot, facts=facts, quant=quant, read_all=read_all_gguf_headers)
     selected = select_files(paths, repo=snapshot.label)
     if CONFIG_FILE not in selected:
         raise missing_config(snapshot.label)
