@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any
 
 import httpx2
@@ -38,6 +37,7 @@ from core.errors import (
     ModelNotFoundError,
     RevisionNotFoundError,
 )
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,

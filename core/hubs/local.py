@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from threading import Event as CancelFlag
 
 from core.errors import DownloadError, InvalidReferenceError
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import build_model_info, missing_config, raise_if_cancelled, read_json
 from core.hubs.base import HubName, ModelFile, ModelInfo, ModelSummary, SearchFilters

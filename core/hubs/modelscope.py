@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any
 
 import requests
@@ -45,6 +44,7 @@ from core.errors import (
     ModelNotFoundError,
     RevisionNotFoundError,
 )
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,
