@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.workload import LABELS, MODEL_ROOT, choose_base, dockerfile, write_context, write_weights
-from core import docker_io
+from core.docker import api as docker_api
 from core.layer_cache import cached_runtime_layers, runtime_layers
 from core.layers import plan_layers
 
@@ -119,8 +119,8 @@ def _fast_rep(*, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 
 def _classic_rep(*, context: Path, workdir: Path, compress: str) -> dict[str, Any]:
-    client = docker_io.connect()
-    docker_io.remove_image(ref=CLASSIC_TAG, force=True, client=client)  # so the COPY steps are not cached
+    client = docker_api.connect()
+    docker_api.remove_image(ref=CLASSIC_TAG, force=True, client=client)  # so the COPY steps are not cached
     out = workdir / ("classic.tar" + (".zst" if compress == "zstd" else ""))
     dockerd = _dockerd_pid()
     self_before, daemon_before = _io(), _io(dockerd) if dockerd else {}
@@ -128,10 +128,10 @@ def _classic_rep(*, context: Path, workdir: Path, compress: str) -> dict[str, An
 
     def run() -> Any:
         started = time.perf_counter()
-        docker_io.build_image(context_dir=context, tag=CLASSIC_TAG, labels=LABELS, client=client)
+        docker_api.build_image(context_dir=context, tag=CLASSIC_TAG, labels=LABELS, client=client)
         times["build_seconds"] = time.perf_counter() - started
-        written = docker_io.save_image(
-            ref=CLASSIC_TAG, out=out, compress="zstd" if compress == "zstd" else None, client=client
+        written = docker_api.save_image(
+            ref=CLASSIC_TAG, out=out, compress="zstd" if compress == "zstd" else "none", client=client
         )
         times["seconds"] = time.perf_counter() - started
         return written
@@ -141,7 +141,7 @@ def _classic_rep(*, context: Path, workdir: Path, compress: str) -> dict[str, An
     process_bytes = self_after.get("write_bytes", 0) - self_before.get("write_bytes", 0)
     process_bytes += daemon_after.get("write_bytes", 0) - daemon_before.get("write_bytes", 0)
     out.unlink()
-    docker_io.remove_image(ref=CLASSIC_TAG, force=True, client=client)
+    docker_api.remove_image(ref=CLASSIC_TAG, force=True, client=client)
     return {
         **times,
         "size_on_disk": written.size,
@@ -155,7 +155,7 @@ def _median(values: list[float]) -> float:
 
 
 def run_size(*, size_gib: float, reps: int, workdir: Path, base: str, compress: str) -> dict[str, Any]:
-    client = docker_io.connect()
+    client = docker_api.connect()
     model_dir = workdir / f"weights-{size_gib:g}g"
     print(f"\n## {size_gib:g} GiB of weights", flush=True)
     started = time.perf_counter()
@@ -165,7 +165,7 @@ def run_size(*, size_gib: float, reps: int, workdir: Path, base: str, compress: 
 
     runtime_context = write_context(folder=workdir / "runtime-context", text=dockerfile(base=base, layer_names=None))
     started = time.perf_counter()
-    runtime_id = docker_io.build_image(context_dir=runtime_context, tag=RUNTIME_TAG, labels=LABELS, client=client)
+    runtime_id = docker_api.build_image(context_dir=runtime_context, tag=RUNTIME_TAG, labels=LABELS, client=client)
     runtime_build = time.perf_counter() - started
     cache_dir = workdir / "layer-cache"
     cached = cached_runtime_layers(image_id=runtime_id, cache_dir=cache_dir) is not None
@@ -246,7 +246,7 @@ def run_size(*, size_gib: float, reps: int, workdir: Path, base: str, compress: 
 
 
 def _machine(base: str) -> dict[str, Any]:
-    client = docker_io.connect()
+    client = docker_api.connect()
     mem = next(
         (
             int(line.split()[1]) * 1024
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    client = docker_io.connect()
+    client = docker_api.connect()
     base = choose_base(client=client, requested=args.base)
     runtime_guess = int(client.images.get(base).attrs.get("Size") or 0)
     free = shutil.disk_usage(args.workdir).free

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.archive import names
 from core.hardware import default_data_dir
 from core.render import find_load_script
 
@@ -151,7 +152,7 @@ class History:
         if files and record.archive:
             archive = Path(record.archive)
             candidates = [archive, *(Path(p) for p in record.parts)]
-            candidates += [archive.with_name(archive.name + s) for s in (".sha256", ".parts.sha256")]
+            candidates += [names.checksum_path(archive), names.parts_checksum_path(archive)]
             load_script = find_load_script(archive)
             if load_script is not None:
                 candidates.append(load_script)

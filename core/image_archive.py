@@ -5,7 +5,8 @@ cached, seconds); this module then writes the final docker-archive tar itself: t
 ``core.layer_cache``, then one layer per ``plan_layers`` layer streamed straight from the model files,
 then the image config and ``manifest.json``. Each weight byte is read once and written once; the layer
 digests (diff_ids) and the archive's sha256 are computed on the way, in hashing threads that overlap the
-I/O. The exact archive size is known before the first byte is written, from the tar headers alone.
+I/O. The exact archive size is known before the first byte is written, from the tar headers alone. The
+bytes reach the disk through ``core.archive.writer.PartsWriter`` (zstd, parts, ``.partial`` names).
 
 What the model layers hold mirrors what ``COPY layers/<layer>/ <model_root>/`` records with the classic
 builder: ``model_root`` and its parents 0755, nested folders and files with their source modes, all
@@ -16,32 +17,29 @@ the target reuses it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 import queue
 import tarfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from core.errors import CancelledError, DiskSpaceError, ExportFailedError, InvalidOptionsError
-from core.events import Event, EventSink, ignore_events
+from core.archive.compression import Compression, check_compression
+from core.archive.writer import ArchiveFile, Chunk, Hasher, PartsWriter
+from core.errors import DiskSpaceError, ExportFailedError, InvalidOptionsError
+from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.layer_cache import RuntimeLayers
 from core.layers import WeightLayer
-
-Compression = Literal["none", "zstd"]
 
 BLOCK = 512
 #: Read size for file data; a few buffers in flight keep the hashing threads busy while the next one is read.
 CHUNK_BYTES = 4 << 20
 BUFFERS_IN_FLIGHT = 8
-#: zstd's own default level, on all cores: fast enough that the disk stays the bottleneck.
-ZSTD_LEVEL = 3
 #: A progress event at most this often (bytes of the tar stream).
 EVENT_EVERY_BYTES = 64 << 20
 #: COPY creates the model folder and its parents with this mode.
@@ -50,13 +48,6 @@ _PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
 
 # PUBLIC TYPES
-
-
-@dataclass(frozen=True)
-class ArchiveFile:
-    path: Path
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -372,189 +363,6 @@ def exact_archive_size(
 # WRITING: ONE READ, ONE WRITE, HASHES IN THREADS
 
 
-class _Chunk:
-    """Bytes handed to several consumers; the buffer goes back to the pool when the last one is done."""
-
-    __slots__ = ("_lock", "_pending", "_pool", "_slot", "view")
-
-    def __init__(self, view: memoryview, slot: int | None = None, pool: queue.SimpleQueue[int] | None = None):
-        self.view = view
-        self._slot = slot
-        self._pool = pool
-        self._pending = 1
-        self._lock = threading.Lock()
-
-    def retain(self) -> None:
-        with self._lock:
-            self._pending += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._pending -= 1
-            last = self._pending == 0
-        if last and self._pool is not None and self._slot is not None:
-            self._pool.put(self._slot)
-
-
-class _Hasher:
-    """A sha256 fed from a queue by its own thread (hashlib releases the GIL on large updates)."""
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[memoryview, _Chunk] | tuple[None, queue.SimpleQueue[str]] | None]
-        self._queue = queue.SimpleQueue()
-        self._hash = hashlib.sha256()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            view, token = item
-            if view is None:
-                assert isinstance(token, queue.SimpleQueue)
-                token.put(self._hash.hexdigest())
-                self._hash = hashlib.sha256()
-                continue
-            assert isinstance(token, _Chunk)
-            try:
-                self._hash.update(view)
-            except BaseException as error:  # pragma: no cover - hashing memory does not fail
-                self._error = error
-            finally:
-                token.release()
-
-    def feed(self, view: memoryview, chunk: _Chunk) -> None:
-        chunk.retain()
-        self._queue.put((view, chunk))
-
-    def digest(self) -> str:
-        """The hex digest of everything fed since the last call; starts a new hash."""
-        answer: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._queue.put((None, answer))
-        return answer.get()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def part_path(out: Path, index: int) -> Path:
-    """Name of part ``index`` of a split archive (the same scheme as ``core.docker_io.part_path``)."""
-    return out.with_name(f"{out.name}.part{index:03d}")
-
-
-class _Output:
-    """The bytes on disk: optional zstd, optional split into parts, ``.partial`` names renamed at the end."""
-
-    def __init__(self, out: Path, *, compress: Compression, split_bytes: int | None) -> None:
-        self.out = out
-        self.split_bytes = split_bytes
-        self._partials: list[Path] = []
-        self._part_hashes: list[str] = []
-        self._part_sizes: list[int] = []
-        self._fd: int | None = None
-        self._in_part = 0
-        self._part_hasher = _Hasher("archive-part-sha256")
-        self._whole_hasher = _Hasher("archive-sha256") if split_bytes else None
-        self._compressor: Any = None
-        if compress == "zstd":
-            try:
-                import zstandard
-            except ImportError as error:
-                raise ExportFailedError(
-                    "zstd compression needs the `zstandard` Python package, which is not installed.",
-                    hint="Run `pip install zstandard`, or pack without compression.",
-                ) from error
-            self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj()
-
-    def _final(self, index: int) -> Path:
-        return part_path(self.out, index) if self.split_bytes else self.out
-
-    def _open_next(self) -> None:
-        self._close_current()
-        final = self._final(len(self._partials))
-        partial = final.with_name(final.name + ".partial")
-        self._partials.append(partial)
-        self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._in_part = 0
-
-    def _close_current(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            self._part_hashes.append(self._part_hasher.digest())
-            self._part_sizes.append(self._in_part)
-
-    def write(self, chunk: _Chunk) -> None:
-        if self._compressor is not None:
-            compressed = self._compressor.compress(chunk.view)
-            if compressed:
-                self._write_raw(_Chunk(memoryview(compressed)))
-        else:
-            self._write_raw(chunk)
-
-    def _write_raw(self, chunk: _Chunk) -> None:
-        view = chunk.view
-        if self._whole_hasher is not None:
-            self._whole_hasher.feed(view, chunk)
-        while view:
-            if self._fd is None or (self.split_bytes and self._in_part >= self.split_bytes):
-                self._open_next()
-            assert self._fd is not None
-            room = len(view) if not self.split_bytes else min(len(view), self.split_bytes - self._in_part)
-            piece = view[:room]
-            self._part_hasher.feed(piece, chunk)
-            while piece:
-                written = os.write(self._fd, piece)
-                piece = piece[written:]
-            self._in_part += room
-            view = view[room:]
-
-    def finish(self) -> tuple[tuple[ArchiveFile, ...], str]:
-        if self._compressor is not None:
-            tail = self._compressor.flush()
-            if tail:
-                self._write_raw(_Chunk(memoryview(tail)))
-        if self._fd is None and not self._partials:
-            self._open_next()
-        self._close_current()
-        whole = self._whole_hasher.digest() if self._whole_hasher is not None else self._part_hashes[0]
-        files = []
-        for index, partial in enumerate(self._partials):
-            final = self._final(index)
-            partial.replace(final)
-            files.append(
-                ArchiveFile(path=final, size=self._part_sizes[index], sha256=self._part_hashes[index])
-            )
-        self._partials = []
-        _fsync_dir(self.out.parent)
-        return tuple(files), whole
-
-    def close(self) -> None:
-        """Stop the threads and delete what was not renamed (after an error or a cancel)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for partial in self._partials:
-            partial.unlink(missing_ok=True)
-        self._partials = []
-        self._part_hasher.close()
-        if self._whole_hasher is not None:
-            self._whole_hasher.close()
-
-
 @dataclass
 class _Progress:
     total: int
@@ -574,7 +382,7 @@ class _Stream:
     """The tar stream: feeds every byte to the output and, inside a layer, to that layer's hasher."""
 
     def __init__(
-        self, output: _Output, layer_hasher: _Hasher, progress: _Progress, cancel: threading.Event | None
+        self, output: PartsWriter, layer_hasher: Hasher, progress: _Progress, cancel: Cancel | None
     ) -> None:
         self.output = output
         self.layer_hasher = layer_hasher
@@ -587,13 +395,7 @@ class _Stream:
         for slot in range(BUFFERS_IN_FLIGHT):
             self._pool.put(slot)
 
-    def _check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise CancelledError(
-                "The pack was cancelled; no partial files were kept.", hint="Start it again when ready."
-            )
-
-    def _emit(self, chunk: _Chunk) -> None:
+    def _emit(self, chunk: Chunk) -> None:
         if self.hash_layer:
             self.layer_hasher.feed(chunk.view, chunk)
         self.output.write(chunk)
@@ -602,14 +404,17 @@ class _Stream:
 
     def bytes(self, data: bytes) -> None:
         if data:
-            self._emit(_Chunk(memoryview(data)))
+            self._emit(Chunk(memoryview(data)))
 
     def file(self, path: Path, size: int) -> None:
         """Stream exactly ``size`` bytes of ``path``, then the padding to the next block."""
         left = size
         with open(path, "rb", buffering=0) as source:
             while left:
-                self._check_cancel()
+                raise_if_cancelled(
+                    self.cancel, message="The pack was cancelled; no partial files were kept.",
+                    hint="Start it again when ready.",
+                )
                 slot = self._pool.get()
                 view = memoryview(self._buffers[slot])[: min(CHUNK_BYTES, left)]
                 count = source.readinto(view)
@@ -620,7 +425,7 @@ class _Stream:
                         hint="Wait for whatever is changing the model folder to finish, then pack again.",
                     )
                 left -= count
-                self._emit(_Chunk(view[:count], slot, self._pool))
+                self._emit(Chunk(view[:count], functools.partial(self._pool.put, slot)))
             if source.read(1):
                 raise ExportFailedError(
                     f"The model file {path} got longer while it was being packed.",
@@ -642,7 +447,7 @@ def write_image_archive(
     created: datetime | None = None,
     mtime: int = 0,
     on_event: EventSink = ignore_events,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
 ) -> ArchiveResult:
     """Write the image ``runtime`` + ``layers`` (under ``model_root``) as a docker-archive at ``out``.
 
@@ -651,8 +456,7 @@ def write_image_archive(
     ``mtime``) to get byte-identical archives. Events: stage "export", bytes of the tar stream against
     its exact size.
     """
-    if compress not in ("none", "zstd"):
-        raise InvalidOptionsError(f"Unknown compression {compress!r}.", hint="Use 'none' or 'zstd'.")
+    check_compression(compress)
     if split_bytes is not None and split_bytes <= 0:
         raise InvalidOptionsError("The part size must be positive.", hint="For example 4G or 1G.")
     plan = _plan(
@@ -666,8 +470,8 @@ def write_image_archive(
     )
     total = plan.tar_size()
     out.parent.mkdir(parents=True, exist_ok=True)
-    output = _Output(out, compress=compress, split_bytes=split_bytes)
-    layer_hasher = _Hasher("layer-sha256")
+    output = PartsWriter(out, compress=compress, split_bytes=split_bytes)
+    layer_hasher = Hasher("layer-sha256")
     progress = _Progress(total=total, on_event=on_event)
     on_event(Event(stage="export", done=0, total=total, unit="B", message=f"Writing {out.name}"))
     stream = _Stream(output, layer_hasher, progress, cancel)
@@ -703,7 +507,7 @@ def write_image_archive(
                 f"The archive has {progress.done} bytes, {total} were planned.",
                 hint="Report this; use the docker-build export path meanwhile.",
             )
-        files, whole = output.finish()
+        written = output.finish()
     except OSError as error:
         if error.errno == 28:  # ENOSPC
             raise DiskSpaceError(
@@ -719,8 +523,8 @@ def write_image_archive(
         output.close()
     on_event(Event(stage="export", done=total, total=total, unit="B", message=f"Wrote {out.name}"))
     return ArchiveResult(
-        files=files,
-        sha256=whole,
+        files=written.files,
+        sha256=written.sha256,
         tar_size=total,
         image_id=image_id,
         repo_tag=plan.repo_tag,

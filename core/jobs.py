@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.errors import CancelledError, EzRunnerError
-from core.events import Event, EventSink
+from core.events import Cancel, Event, EventSink
 
 JobState = Literal["running", "succeeded", "failed", "cancelled"]
 LOG_TAIL_LINES = 500
@@ -78,11 +78,11 @@ class Job:
     """One background run of ``work(on_event, cancel)``; thread-safe snapshots for any observer."""
 
     key: str
-    work: Callable[[EventSink, threading.Event], Any]
+    work: Callable[[EventSink, Cancel], Any]
     on_finish: Callable[[Job], None] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel: Cancel = field(default_factory=Cancel, repr=False)
     _stages: dict[str, StageProgress] = field(default_factory=dict, repr=False)
     _log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES), repr=False)
     _state: JobState = "running"
@@ -178,7 +178,7 @@ class JobRegistry:
         self,
         *,
         key: str,
-        work: Callable[[EventSink, threading.Event], Any],
+        work: Callable[[EventSink, Cancel], Any],
         on_finish: Callable[[Job], None] | None = None,
     ) -> Job:
         """Start ``work`` unless a job for ``key`` is still running; then return that one."""

@@ -25,14 +25,13 @@ import os
 import re
 import tarfile
 import tempfile
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import CancelledError, DiskSpaceError, ExportFailedError, LayerCacheUnusableError
-from core.events import Event, EventSink, ignore_events
+from core.errors import DiskSpaceError, ExportFailedError, LayerCacheUnusableError
+from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 
 _IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 _SMALL_BLOB = 1 << 20  # configs and manifests are far smaller; layers rarely are
@@ -115,7 +114,7 @@ def runtime_layers(
     image_id: str,
     cache_dir: Path,
     on_event: EventSink = ignore_events,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
 ) -> RuntimeLayers:
     """The layers of the local image ``image_id`` ("sha256:<hex>"), from the cache, filling it if needed.
 
@@ -146,7 +145,7 @@ def runtime_layers(
 class _ChunkReader(io.RawIOBase):
     """A file object over an iterator of byte chunks (docker-py's streamed ``docker save``)."""
 
-    def __init__(self, chunks: Iterable[bytes], on_read: Any, cancel: threading.Event | None) -> None:
+    def __init__(self, chunks: Iterable[bytes], on_read: Callable[[int], None], cancel: Cancel | None) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._pending = memoryview(b"")
         self._on_read = on_read
@@ -157,10 +156,10 @@ class _ChunkReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
-            if self._cancel is not None and self._cancel.is_set():
-                raise CancelledError(
-                    "The pack was cancelled; no partial files were kept.", hint="Start it again when ready."
-                )
+            raise_if_cancelled(
+                self._cancel, message="The pack was cancelled; no partial files were kept.",
+                hint="Start it again when ready.",
+            )
             chunk = next(self._chunks, None)
             if chunk is None:
                 return 0
@@ -172,7 +171,7 @@ class _ChunkReader(io.RawIOBase):
         return count
 
 
-def _fill(*, client: Any, image_id: str, cache_dir: Path, on_event: EventSink, cancel: threading.Event | None) -> None:
+def _fill(*, client: Any, image_id: str, cache_dir: Path, on_event: EventSink, cancel: Cancel | None) -> None:
     import docker.errors  # only this step talks to the engine
 
     try:

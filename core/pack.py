@@ -6,11 +6,9 @@ partial archive behind (the export writes ``*.partial`` and renames at the end).
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,23 +17,18 @@ from typing import Literal
 
 from docker import DockerClient
 
-from core import docker_io, hubs
+from core import hubs
+from core.archive import names
+from core.archive.compression import Compression
+from core.docker import api as docker_api
 from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, LayerCacheUnusableError
-from core.events import Event, EventSink, ignore_events
+from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir, target_summary
 from core.history import History
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
-from core.render import (
-    BuildSpec,
-    Compression,
-    load_script_candidates,
-    load_script_is_for,
-    render,
-    render_load_script,
-    validate_file_name,
-)
+from core.render import BuildSpec, load_script_is_for, render, render_load_script, validate_file_name
 
 ExportPath = Literal["fast", "docker-build"]
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
@@ -63,17 +56,16 @@ class Artifact:
     record_id: str | None = None  # the History record, when the pack was recorded
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise CancelledError("The pack was cancelled; no partial files were kept.", hint="Start it again when ready.")
+def _check_cancel(cancel: Cancel | None) -> None:
+    raise_if_cancelled(
+        cancel, message="The pack was cancelled; no partial files were kept.", hint="Start it again when ready."
+    )
 
 
 def output_paths(*, output: Path, compression: Compression) -> Path:
     """Normalise the archive name: ``.tar`` for plain archives, ``.tar.zst`` when compressed."""
-    name = output.name
-    if compression == "zstd" and not name.endswith(".zst"):
-        name += ".zst"
-    if not (name.endswith(".tar") or name.endswith(".tar.zst")):
+    name = names.archive_name(output.name, compression=compression)
+    if not names.is_archive_name(name):
         raise InvalidOptionsError(
             f"The output name {output.name!r} must end in .tar (or .tar.zst with --compress zstd).",
             hint="For example: -o qwen2.5-7b-instruct.tar",
@@ -137,11 +129,11 @@ def _write_sidecars(
     *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, part_sums: Sequence[str],
     compression: Compression,
 ) -> tuple[Path, Path]:
-    checksum_file = archive.with_name(archive.name + ".sha256")
+    checksum_file = names.checksum_path(archive)
     checksum_file.write_text(f"{sha256}  {archive.name}\n", encoding="utf-8")
     if len(parts) > 1:
         lines = "".join(f"{s}  {p.name}\n" for s, p in zip(part_sums, parts, strict=True))
-        archive.with_name(archive.name + ".parts.sha256").write_text(lines, encoding="utf-8")
+        names.parts_checksum_path(archive).write_text(lines, encoding="utf-8")
     script = render_load_script(
         plan=plan,
         spec=spec,
@@ -149,7 +141,7 @@ def _write_sidecars(
         parts=[p.name for p in parts] if len(parts) > 1 else (),
         compression=compression,
     )
-    shared, own = load_script_candidates(archive)
+    shared, own = names.load_script_candidates(archive)
     # Another archive's load.sh lives here: keep it and name ours after the archive.
     load_script = own if shared.exists() and not load_script_is_for(shared, archive_name=archive.name) else shared
     load_script.write_text(script, encoding="utf-8")
@@ -169,7 +161,7 @@ def pack(
     work_dir: Path | None = None,
     history: History | None = None,
     on_event: EventSink = ignore_events,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
 ) -> Artifact:
     """Download the model, build the image, export it to ``output``; return what was written.
 
@@ -227,7 +219,7 @@ class _Request:
     export_path: ExportPath | Literal["auto"]
     dockerfile: str | None
     work_dir: Path
-    cancel: threading.Event | None
+    cancel: Cancel | None
 
 
 def choose_export_path(
@@ -259,7 +251,6 @@ class _Exported:
 def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     started = time.monotonic()
     cancel = request.cancel
-    cancelled = cancel.is_set if cancel is not None else (lambda: False)
     if request.split_bytes is not None and request.split_bytes < (1 << 20):
         raise InvalidOptionsError(
             f"--split {request.split_bytes} bytes is too small.", hint="Use a size such as 4G (FAT32 sticks) or 1G."
@@ -275,7 +266,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     model = plan.model
 
     on_event(Event(stage="check", message="Checking Docker, the base image and free disk"))
-    client = docker_io.connect()
+    client = docker_api.connect()
     docker_root = Path(client.info().get("DockerRootDir", "/var/lib/docker"))
     needs = [(archive.parent, model.total_bytes)]
     if path == "docker-build":
@@ -288,8 +279,8 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
 
     # The engine image first (the build itself never pulls): a missing one is pulled with progress.
     dockerfile_text = request.dockerfile if path == "docker-build" and request.dockerfile else spec.dockerfile
-    docker_io.ensure_images(
-        refs=docker_io.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancelled, client=client
+    docker_api.ensure_images(
+        refs=docker_api.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancel, client=client
     )
     model_dir = hubs.download(model=model, token=request.token, on_event=on_event, cancel=cancel)
     _check_cancel(cancel)
@@ -344,10 +335,7 @@ class _Export:
     split_bytes: int | None
     work_dir: Path
     on_event: EventSink
-    cancel: threading.Event | None
-
-    def _cancelled(self) -> bool:
-        return self.cancel is not None and self.cancel.is_set()
+    cancel: Cancel | None
 
     def _build(self, *, include_model: bool, tag: str, dockerfile: str | None = None) -> str:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -359,16 +347,16 @@ class _Export:
             if dockerfile is not None:
                 (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
             _check_cancel(self.cancel)
-            return docker_io.build_image(
-                client=self.client, context_dir=context, tag=tag, on_event=self.on_event, cancel=self._cancelled
+            return docker_api.build_image(
+                client=self.client, context_dir=context, tag=tag, on_event=self.on_event, cancel=self.cancel
             )
 
     def docker_build(self, *, dockerfile: str | None) -> _Exported:
         """The reference path: docker build with the weights, then docker save."""
         image_id = self._build(include_model=True, tag=self.spec.image_tag, dockerfile=dockerfile)
-        written = docker_io.save_image(
+        written = docker_api.save_image(
             client=self.client, ref=self.spec.image_tag, out=self.archive, compress=self.compression,
-            split_bytes=self.split_bytes, on_event=self.on_event, cancel=self._cancelled,
+            split_bytes=self.split_bytes, on_event=self.on_event, cancel=self.cancel,
         )
         return _Exported(image_id, tuple(written.paths), written.size, written.sha256, tuple(written.part_sha256))
 
@@ -396,12 +384,12 @@ def remove_stale_pieces(*, archive: Path, keep: Sequence[Path]) -> None:
     """Delete what an earlier pack to the same name left (the whole file, or more parts than now), so
     that ``run``, ``load.sh`` and the download route never mix old pieces with new ones."""
     kept = {p.resolve() for p in keep}
-    candidates = [archive, *archive.parent.glob(glob.escape(archive.name) + ".part[0-9][0-9][0-9]")]
+    candidates = [archive, *names.numbered_parts(archive)]
     for stale in candidates:
         if stale.resolve() not in kept and stale.is_file():
             stale.unlink()
     if len(keep) <= 1:
-        archive.with_name(archive.name + ".parts.sha256").unlink(missing_ok=True)
+        names.parts_checksum_path(archive).unlink(missing_ok=True)
 
 
 def runtime_tag(spec: BuildSpec) -> str:

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
 
 import jinja2
 
+from core.archive.compression import Compression
+from core.archive.names import load_script_candidates
 from core.engines import engine_for
 from core.errors import InvalidOptionsError, InvalidReferenceError
 from core.layers import WeightLayer, plan_layers
@@ -37,9 +38,6 @@ _IMAGE_REF = re.compile(
 )
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
-
-Compression = Literal["none", "zstd"]
-
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -226,13 +224,8 @@ def load_script_is_for(script: Path, *, archive_name: str) -> bool:
     return f"ARCHIVE={shlex.quote(archive_name)}" in lines
 
 
-def load_script_candidates(archive: Path) -> tuple[Path, Path]:
-    """Where an archive's load.sh lies: ``load.sh`` beside it, or ``<stem>.load.sh`` when another
-    archive's load.sh already had that name."""
-    return archive.with_name("load.sh"), archive.with_name(archive.name.split(".tar")[0] + ".load.sh")
-
-
 def find_load_script(archive: Path) -> Path | None:
+    """The load.sh written for ``archive``, of the two names ``core.archive.names`` allows, or None."""
     for candidate in load_script_candidates(archive):
         if candidate.is_file() and load_script_is_for(candidate, archive_name=archive.name):
             return candidate

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from docker import DockerClient
 
-from core import docker_io
-from core.errors import ArtifactInvalidError, HealthTimeoutError
+from core.archive.names import archive_of
+from core.archive.reader import verify_archive
+from core.docker import api as docker_api
+from core.docker import containers as docker_containers
+from core.errors import HealthTimeoutError
 from core.events import Event, EventSink, ignore_events
 from core.planning import Device
-from core.runspec import run_spec_from_labels
-
-Network = Literal["bridge", "host", "none"]
+from core.runspec import Network, run_spec_from_labels
 
 
 @dataclass(frozen=True)
@@ -30,42 +28,6 @@ class RunningServer:
     port: int
 
 
-def verify_archive(*, archive: Path, on_event: EventSink = ignore_events) -> str:
-    """Check the archive against ``ARCHIVE.sha256`` beside it; return the digest."""
-    if archive.name.endswith(".part000"):
-        archive = archive.with_name(archive.name[: -len(".part000")])
-    parts = docker_io.archive_parts(archive)
-    checksum_file = archive.with_name(archive.name + ".sha256")
-    if not checksum_file.is_file():
-        raise ArtifactInvalidError(
-            f"{checksum_file.name} is missing beside {archive.name}, so the archive cannot be verified.",
-            hint="Copy the .sha256 file that was written with the archive.",
-        )
-    words = checksum_file.read_text(encoding="utf-8", errors="replace").split()
-    expected = words[0].lower() if words else ""
-    if not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise ArtifactInvalidError(
-            f"{checksum_file.name} does not hold a sha256 checksum.",
-            hint="Copy the .sha256 file that was written with the archive again.",
-        )
-    total = sum(p.stat().st_size for p in parts)
-    digest = hashlib.sha256()
-    done = 0
-    for part in parts:
-        with part.open("rb") as f:
-            while chunk := f.read(8 << 20):
-                digest.update(chunk)
-                done += len(chunk)
-                on_event(Event(stage="verify", done=done, total=total, unit="B", file=part.name))
-    if digest.hexdigest() != expected:
-        raise ArtifactInvalidError(
-            f"{archive.name} does not match its checksum (expected {expected[:12]}…, got "
-            f"{digest.hexdigest()[:12]}…): the copy is damaged or incomplete.",
-            hint="Copy the archive again from the machine that built it.",
-        )
-    return expected
-
-
 def run_archive(
     *,
     archive: Path,
@@ -76,11 +38,10 @@ def run_archive(
     on_event: EventSink = ignore_events,
 ) -> RunningServer:
     verify_archive(archive=archive, on_event=on_event)
-    if archive.name.endswith(".part000"):
-        archive = archive.with_name(archive.name[: -len(".part000")])
-    client = docker_io.connect()
+    archive = archive_of(archive)
+    client = docker_api.connect()
     on_event(Event(stage="load", message=f"Loading {archive.name}"))
-    refs = docker_io.load_image(client=client, tar=archive, on_event=on_event)
+    refs = docker_api.load_image(client=client, tar=archive, on_event=on_event)
     image_ref = next((r for r in refs if r.startswith("ezrunner/")), refs[0])
     labels = client.images.get(image_ref).labels or {}
     served = labels.get("io.ezrunner.served-model-name", "")
@@ -96,7 +57,7 @@ def run_archive(
         ipc_host = True
     container_name = name or "ezrunner-" + image_ref.split("/", 1)[-1].split(":", 1)[0]
     on_event(Event(stage="run", message=f"Starting {container_name}"))
-    container_id = docker_io.run_container(
+    container_id = docker_containers.run_container(
         client=client,
         image=image_ref,
         name=container_name,
@@ -110,7 +71,7 @@ def run_archive(
         _wait_docker_health(client=client, container_id=container_id, timeout_s=timeout_s, on_event=on_event)
         endpoint = None
     else:
-        docker_io.wait_healthy(
+        docker_containers.wait_healthy(
             client=client,
             container=container_id,
             url=f"http://127.0.0.1:{host_port}/health",

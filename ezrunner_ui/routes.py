@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.archive import names
 from core.history import History, PackRecord
 from core.jobs import REGISTRY, JobRegistry, JobSnapshot
 from core.render import find_load_script
@@ -49,10 +50,10 @@ def _not_found(code: str, message: str, **extra: Any) -> JSONResponse:
 
 
 def _archive_media_type(path: Path) -> str:
-    if path.name.endswith(".zst"):
+    if names.is_part_name(path.name):
+        return "application/octet-stream"  # one slice of an archive is not an archive
+    if path.name.endswith(names.ZSTD_SUFFIX):
         return "application/zstd"
-    if ".tar.part" in path.name:
-        return "application/octet-stream"  # one slice of a tar is not a tar
     return "application/x-tar"
 
 
@@ -102,7 +103,7 @@ def _artifact(record: PackRecord, *, kind: str, part: int | None) -> Response:
             )
         return _file(archive, record=record, what="archive", media_type=_archive_media_type(archive))
     if kind == "sha256":
-        return _file(archive.with_name(archive.name + ".sha256"), record=record, what="checksum file",
+        return _file(names.checksum_path(archive), record=record, what="checksum file",
                      media_type=_SIDECAR_TYPES["sha256"])
     return _file(load_script_path(archive), record=record, what="load.sh", media_type=_SIDECAR_TYPES["load.sh"])
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any, Literal
 
 from core.errors import HubUnreachableError, ModelNotFoundError
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.base import Hub, HubName, ModelInfo, ModelSummary, SearchFilters
 from core.refs import ModelRef, parse_ref

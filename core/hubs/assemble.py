@@ -6,10 +6,11 @@ import hashlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any
 
-from core.errors import CancelledError, ChecksumMismatchError, DownloadError, NoSafetensorsError
+from core import events
+from core.errors import ChecksumMismatchError, DownloadError, NoSafetensorsError
+from core.events import Cancel as CancelFlag
 from core.events import Event, EventSink
 from core.hubs.base import ModelFile, ModelInfo, WeightStats
 from core.refs import ModelRef
@@ -109,8 +110,9 @@ def estimate_bytes(parameters_by_dtype: Mapping[str, int]) -> int | None:
 
 
 def raise_if_cancelled(cancel: CancelFlag | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise CancelledError("The download was cancelled.", hint="Start it again to resume where it stopped.")
+    events.raise_if_cancelled(
+        cancel, message="The download was cancelled.", hint="Start it again to resume where it stopped."
+    )
 
 
 class StopDownload(BaseException):

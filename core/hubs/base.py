@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any, Literal, Protocol
 
+from core.events import Cancel as CancelFlag
 from core.events import EventSink
 from core.gguf import GgufHeader, GgufListing, GgufVariant
 from core.refs import ModelRef

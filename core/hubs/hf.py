@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from threading import Event as CancelFlag
 from typing import Any
 
 import httpx2
@@ -39,6 +38,7 @@ from core.errors import (
     ModelNotFoundError,
     RevisionNotFoundError,
 )
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,

@@ -13,9 +13,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from threading import Event as CancelFlag
 
 from core.errors import DownloadError, InvalidReferenceError
+from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.assemble import raise_if_cancelled
 from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters

@@ -8,16 +8,15 @@ refresh or a second tab re-attaches instead of starting a second build.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from core import docker_io
 from core import render as rendering
+from core.docker import api as docker_api
 from core.errors import EzRunnerError
-from core.events import EventSink
+from core.events import Cancel, EventSink
 from core.hardware import default_data_dir
 from core.history import History
 from core.jobs import REGISTRY, Job, JobSnapshot, StageProgress
@@ -47,7 +46,7 @@ STAGE_ORDER = ("check", "pull", "download", "verify", "stage", "build", "export"
 def docker_problem() -> EzRunnerError | None:
     """Why Docker cannot be used right now, or None when it answers."""
     try:
-        client = docker_io.connect(timeout=10)
+        client = docker_api.connect(timeout=10)
     except EzRunnerError as error:
         return error
     client.close()
@@ -65,7 +64,7 @@ def _start(the_plan: Plan, output: Path, compress: bool, split_bytes: int | None
     dockerfile = edited_dockerfile(state, generated=rendering.render(plan=the_plan).dockerfile)
     history = History()
 
-    def work(on_event: EventSink, cancel: threading.Event) -> object:
+    def work(on_event: EventSink, cancel: Cancel) -> object:
         return pack(
             plan=the_plan,
             dockerfile=dockerfile,

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from core.archive import names
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
 from core.render import container_name, find_load_script
@@ -99,7 +100,7 @@ def _files(record: PackRecord) -> None:
         )
     left, right = st.columns(2)
     left.link_button(
-        t("download.checksum", name=archive.name + ".sha256"),
+        t("download.checksum", name=names.checksum_name(archive.name)),
         artifact_url(record.id, "sha256"),
         icon=":material/verified:",
     )
@@ -110,7 +111,7 @@ def _files(record: PackRecord) -> None:
     )
     st.caption(t("download.resume_hint"))
     files = [(f"part/{i}", Path(p).name) for i, p in enumerate(parts)] if split else [("archive", archive.name)]
-    files += [("sha256", archive.name + ".sha256"), ("load.sh", load_script_name(archive))]
+    files += [("sha256", names.checksum_name(archive.name)), ("load.sh", load_script_name(archive))]
     base = _base_url()
     # -C - resumes a broken download; it cannot be combined with -J, so the file name is given with -o
     st.code(
@@ -126,9 +127,8 @@ def _commands(record: PackRecord) -> None:
     script = load_script_name(Path(record.archive or ""))
     st.subheader(t("download.on_server"))
     st.write(t("download.copy_all"))
-    check = (
-        f"sha256sum -c {shlex.quote(archive)}.parts.sha256" if split else f"sha256sum -c {shlex.quote(archive)}.sha256"
-    )
+    whole_check = f"sha256sum -c {shlex.quote(names.checksum_name(archive))}"
+    check = f"sha256sum -c {shlex.quote(names.parts_checksum_name(archive))}" if split else whole_check
     st.markdown(t("download.easy_way"))
     st.code(f"{check}\nbash {shlex.quote(script)}", language="bash")
     st.markdown(t("download.by_hand"))
@@ -137,11 +137,11 @@ def _commands(record: PackRecord) -> None:
         lines += [
             check,
             f"cat {' '.join(shlex.quote(p) for p in parts)} > {shlex.quote(archive)}",
-            f"sha256sum -c {shlex.quote(archive)}.sha256",
+            whole_check,
         ]
     else:
         lines.append(check)
-    if archive.endswith(".zst"):
+    if archive.endswith(names.ZSTD_SUFFIX):
         lines.append(f"zstd -dc {shlex.quote(archive)} | docker load")
     else:
         lines.append(f"docker load -i {shlex.quote(archive)}")

@@ -15,7 +15,7 @@ import requests
 from playwright.sync_api import Download, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from core import docker_io
+from core.docker import api as docker_api
 from core.history import History
 from ezrunner_ui.i18n import catalog
 from ezrunner_ui.routes import artifact_url
@@ -59,14 +59,14 @@ def packed_images(home: Path) -> Iterator[list[str]]:
     yield untagged
     history_file = home / "history.sqlite"
     made = [r.image_tag for r in History(history_file).list() if r.image_tag] if history_file.exists() else []
-    client = docker_io.connect()
+    client = docker_api.connect()
     try:
         for image in client.images.list():
             for tag in image.tags:
                 if any(tag == ref or tag.startswith(ref + "-") for ref in made):
-                    docker_io.remove_image(ref=tag, force=True, client=client)
+                    docker_api.remove_image(ref=tag, force=True, client=client)
         for image_id in untagged:
-            docker_io.remove_image(ref=image_id, force=True, client=client)
+            docker_api.remove_image(ref=image_id, force=True, client=client)
     finally:
         client.close()
 
@@ -197,9 +197,9 @@ def test_search_plan_build_download_and_load(
     assert download.suggested_filename == Path(record.archive).name
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha256_on_page[0]
     assert record.image_tag
-    client = docker_io.connect()
+    client = docker_api.connect()
     try:
-        if docker_io.image_exists(ref=record.image_tag, client=client):
+        if docker_api.image_exists(ref=record.image_tag, client=client):
             packed_images.append(client.images.get(record.image_tag).id)
     finally:
         client.close()

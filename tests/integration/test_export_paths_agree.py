@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from docker import DockerClient
 
-from core import docker_io, hubs
+from core import hubs
+from core.docker import api as docker_api
 from core.hardware import describe_target
 from core.pack import pack
 from core.plan import Options, plan
@@ -42,12 +43,12 @@ def test_fast_and_docker_build_paths_make_the_same_image(
         assert reference.export_path == "docker-build"
         expected_tree = image_tree(docker_client, tag)
         expected_config = image_config(docker_client, tag)
-        docker_io.remove_image(ref=tag, force=True, client=docker_client)
+        docker_api.remove_image(ref=tag, force=True, client=docker_client)
 
         fast = pack(plan=the_plan, output=tmp_path / "fast.tar", export_path="auto")
         assert fast.export_path == "fast"
-        assert not docker_io.image_exists(ref=tag, client=docker_client)  # the weights never went to Docker
-        assert tag in docker_io.load_image(tar=fast.archive, client=docker_client)
+        assert not docker_api.image_exists(ref=tag, client=docker_client)  # the weights never went to Docker
+        assert tag in docker_api.load_image(tar=fast.archive, client=docker_client)
         assert docker_client.images.get(tag).id == fast.image_id
 
         tree = image_tree(docker_client, tag)
@@ -59,4 +60,4 @@ def test_fast_and_docker_build_paths_make_the_same_image(
         assert image_config(docker_client, tag) == expected_config
     finally:
         for ref in (tag, f"{tag}-runtime"):
-            docker_io.remove_image(ref=ref, force=True, client=docker_client)
+            docker_api.remove_image(ref=ref, force=True, client=docker_client)

@@ -18,7 +18,8 @@ import requests
 from docker import DockerClient
 from docker.models.containers import Container
 
-from core import docker_io
+from core.docker import api as docker_api
+from core.docker import containers as docker_containers
 from core.engines.versions import LLAMA_CPP_BUILD, LLAMA_CPP_OFFLINE_IMAGE, LLAMA_CPP_OFFLINE_PROBE
 from core.llamacpp_source import llama_cpp_source
 from tests.fixtures.docker_plugin import OFFLINE_BASE_IMAGES, DockerScratch
@@ -75,7 +76,7 @@ def offline_llama_image(docker_client: DockerClient) -> str:
     refs = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.strip())
     ref = refs["llama.cpp"].strip()
     assert ref == LLAMA_CPP_OFFLINE_IMAGE
-    assert docker_io.image_exists(ref=ref, client=docker_client)
+    assert docker_api.image_exists(ref=ref, client=docker_client)
     return ref
 
 
@@ -181,12 +182,12 @@ def test_serves_chat_completions_as_user_10001_from_a_read_only_model(
     assert body["choices"][0]["finish_reason"] == "length"
     assert isinstance(body["choices"][0]["message"]["content"], str)
 
-    status, output = docker_io.exec_in_container(
+    status, output = docker_containers.exec_in_container(
         container=server.name, argv=[LLAMA_CPP_OFFLINE_PROBE], client=docker_client
     )
     assert (status, output.strip()) == (0, f"ezrunner-probe: 127.0.0.1:{free_port}/health: HTTP/1.1 200 OK")
     idle = unused_port(other_than=free_port)
-    status, output = docker_io.exec_in_container(
+    status, output = docker_containers.exec_in_container(
         container=server.name, argv=[LLAMA_CPP_OFFLINE_PROBE, "-p", str(idle)], client=docker_client
     )
     assert (status, output.strip()) == (1, f"ezrunner-probe: 127.0.0.1:{idle}: Connection refused")

@@ -17,7 +17,8 @@ import pytest
 import requests
 from docker import DockerClient
 
-from core import docker_io
+from core.docker import api as docker_api
+from core.docker import containers as docker_containers
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import FAKE_HUB_TOKEN, HF_GATED, HF_SHARDED, HF_SINGLE
 
@@ -63,9 +64,9 @@ def cleanup(docker_client: DockerClient) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        docker_io.remove_container(container=name, client=docker_client)
+        docker_containers.remove_container(container=name, client=docker_client)
     for name in names:
-        docker_io.remove_image(ref=name, force=True, client=docker_client)
+        docker_api.remove_image(ref=name, force=True, client=docker_client)
 
 
 def chat(base_url: str, model: str) -> dict:
@@ -120,8 +121,8 @@ def test_pack_then_run_serves_chat_completions(
     assert artifact["export_path"] == "fast"
     cleanup.append(artifact["image_tag"] + "-runtime")
     # the offline server does not have the image; `ezrunner run` verifies, loads, starts, waits
-    docker_io.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
-    assert not docker_io.image_exists(ref=artifact["image_tag"], client=docker_client)
+    docker_api.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
+    assert not docker_api.image_exists(ref=artifact["image_tag"], client=docker_client)
     name = f"ezrunner-test-{free_port}"
     cleanup.insert(0, name)
     started = json.loads(ezrunner("run", str(archive), "--network", "host", "--port", str(free_port), "--name", name,
@@ -160,7 +161,9 @@ def test_pack_then_run_serves_chat_completions(
         "print(json.load(urllib.request.urlopen(req, timeout=120))['usage']['completion_tokens'])\n"
     )
     deadline = time.monotonic() + 300
-    rc, output = docker_io.exec_in_container(container=offline, argv=["python3", "-c", query], client=docker_client)
+    rc, output = docker_containers.exec_in_container(
+        container=offline, argv=["python3", "-c", query], client=docker_client
+    )
     assert time.monotonic() < deadline
     assert rc == 0, output
     assert int(output.strip().splitlines()[-1]) > 0
@@ -179,7 +182,7 @@ def test_load_script_verifies_loads_and_starts(
     cleanup.append(artifact["image_tag"])
     parts = sorted(p.name for p in out_dir.glob("tiny.tar.zst.part*"))
     assert len(parts) > 1 and parts[0] == "tiny.tar.zst.part000"
-    docker_io.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
+    docker_api.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
     name = f"ezrunner-load-{free_port}"
     cleanup.insert(0, name)
     env = {**user_env, "PORT": str(free_port), "NAME": name, "NETWORK": "host"}
@@ -230,8 +233,8 @@ def test_hand_edited_dockerfile_falls_back_to_docker_build(
     assert artifact["export_path"] == "docker-build"
     assert "edited by hand" in artifact["export_reason"]
     assert "edited by hand" in packed.stderr  # the reason is shown while packing
-    docker_io.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
-    refs = docker_io.load_image(tar=tmp_path / "edited.tar", client=docker_client)
+    docker_api.remove_image(ref=artifact["image_tag"], force=True, client=docker_client)
+    refs = docker_api.load_image(tar=tmp_path / "edited.tar", client=docker_client)
     assert artifact["image_tag"] in refs
     assert docker_client.images.get(artifact["image_tag"]).labels["com.example.team"] == "platform"
     # the fast path refuses an edited Dockerfile instead of silently ignoring the edit

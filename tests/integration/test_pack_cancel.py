@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 from docker import DockerClient
 
-from core import docker_io, hubs
-from core.events import Event, EventSink
+from core import hubs
+from core.docker import api as docker_api
+from core.events import Cancel, Event, EventSink
 from core.hardware import describe_target
 from core.history import History
 from core.jobs import JobRegistry
@@ -38,7 +38,7 @@ def test_cancel_at_each_stage_leaves_nothing_behind(
     out.mkdir()
     history = History(tmp_path / "history.sqlite")
 
-    def work(on_event: EventSink, cancel: threading.Event) -> object:
+    def work(on_event: EventSink, cancel: Cancel) -> object:
         def watch(event: Event) -> None:
             on_event(event)
             if event.stage == stage:
@@ -56,5 +56,5 @@ def test_cancel_at_each_stage_leaves_nothing_behind(
         assert record.outcome == "cancelled"
         assert record.archive is None
     finally:
-        docker_io.remove_image(ref=f"ezrunner/tiny-llama-sharded:{the_plan.model.commit[:12]}-transformers-runtime",
+        docker_api.remove_image(ref=f"ezrunner/tiny-llama-sharded:{the_plan.model.commit[:12]}-transformers-runtime",
                                force=True, client=docker_client)

@@ -47,3 +47,24 @@ def test_one_list_of_engines() -> None:
         assert engine.name == name
         assert (CORE.parent / "templates" / engine.template).is_file()
         assert engine.formats
+
+
+# How an archive's pieces and sidecars are named, as the code would spell them in a string literal.
+_SIDECAR_SPELLINGS = (".sha256", ".parts.sha256", ".partial", ".part", ".load.sh")
+
+
+def spelled_sidecar_names(path: Path) -> list[str]:
+    """String literals (f-string pieces included) in ``path`` that start with a sidecar suffix."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(_SIDECAR_SPELLINGS):
+            found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_sidecar_file_names_are_spelled_only_in_core_archive_names() -> None:
+    names_module = CORE / "archive" / "names.py"
+    assert spelled_sidecar_names(names_module), "the test no longer sees the names where they live"
+    others = [p for folder in (CORE, CORE.parent / "ezrunner_ui") for p in folder.rglob("*.py") if p != names_module]
+    spelled = [hit for path in others for hit in spelled_sidecar_names(path)]
+    assert spelled == [], "use core.archive.names instead of spelling these names:\n" + "\n".join(spelled)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from core.archive.names import load_script_candidates
+from core.archive.reader import verify_archive
 from core.errors import ArtifactInvalidError, InvalidOptionsError, InvalidReferenceError
 from core.history import History
 from core.hubs import _token_for
 from core.pack import output_paths, remove_stale_pieces
-from core.render import find_load_script, load_script_candidates, render
-from core.run import verify_archive
+from core.render import find_load_script, render
 from tests.unit.test_render import qwen05b_on_cpu
 
 

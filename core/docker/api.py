@@ -1,86 +1,66 @@
-"""Everything that talks to the Docker engine: connect, build, save, load, run, health checks.
+"""The Docker engine's API as EZ Runner uses it: connect, images (exists, pull, size, remove), build, save, load.
 
 Every public function is keyword-only, takes an optional ``client`` (``connect()`` is called when it is
 missing) and turns docker-py and socket errors into ``core.errors`` classes whose messages say what to
-do next. Long steps report ``Event``s and stop at the next chunk when ``cancel()`` returns True,
-leaving no partial file or half-built image behind.
-
-Archives: ``write_stream`` writes any byte stream to disk (optionally zstd-compressed with the
-``zstandard`` package, optionally split into ``NAME.part000``, ``NAME.part001`` …) with its sha256;
-``read_stream`` reads such a file back as plain bytes; ``save_image`` and ``load_image`` use them, so
-``load_image`` accepts plain, zstd and split archives even on engines whose ``docker load`` predates
-zstd (Docker 20.10).
+do next. Long steps report ``Event``s and stop at the next chunk once their ``Cancel`` is set, leaving
+no partial file or half-built image behind. Containers are in ``core.docker.containers``; the archive
+bytes ``save_image`` writes and ``load_image`` reads go through ``core.archive``, so ``load_image``
+accepts plain, zstd and split archives even on engines whose ``docker load`` predates zstd (20.10).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import os
 import queue
 import re
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import requests
 from docker import DockerClient
-from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 
+from core.archive.compression import Compression
+from core.archive.reader import read_stream
+from core.archive.writer import Written, write_stream
 from core.errors import (
     ArtifactInvalidError,
     BaseImageMissingError,
     BuildFailedError,
     CancelledError,
-    ContainerConflictError,
     DiskSpaceError,
     DockerTooOldError,
     DockerUnavailableError,
     ExportFailedError,
     EzRunnerError,
-    GpuUnavailableError,
-    HealthTimeoutError,
-    PortInUseError,
 )
-from core.events import Event, EventSink, Stage, ignore_events
-from core.planning import Device
+from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 
 #: The oldest engine API we test against (Docker Engine 20.10, Debian 12's docker.io).
 MINIMUM_API_VERSION = "1.41"
 #: Seconds docker-py waits for one socket read. Large: a build step copying tens of GB of weights, or
 #: the daemon preparing a save, can be silent for minutes.
 CLIENT_TIMEOUT_S = 3600
+#: Bytes per chunk of a ``docker save`` stream.
 CHUNK_BYTES = 8 << 20
-#: zstd level 3 (zstd's default) on all cores: fast enough that the disk stays the bottleneck;
-#: bf16 weights barely compress at any level.
-ZSTD_LEVEL = 3
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: Build output lines kept for an error message (and container log lines, in ``core.docker.containers``).
 LOG_TAIL_LINES = 30
 #: Label put on what EZ Runner builds and runs, so that tests and clean-ups can find it.
 LABEL = "ezrunner"
 
 T = TypeVar("T")
-Cancel = Callable[[], bool]
-Compression = Literal["none", "zstd"] | None  # None and "none" mean the same (core.image_archive says "none")
-Network = Literal["host", "none", "bridge"]
 
 _START_HINT = (
     "Start it with `sudo systemctl start docker` (or start Docker Desktop), check that "
     "`docker info` works for your user, then try again."
 )
-
-
-def _never() -> bool:
-    return False
 
 
 # CONNECTING
@@ -92,7 +72,7 @@ def connect(*, timeout: int = CLIENT_TIMEOUT_S) -> DockerClient:
         client = docker.from_env(timeout=timeout)
     except docker.errors.DockerException as error:
         raise DockerUnavailableError(
-            f"Docker is not running or cannot be reached ({_short(error)}).", hint=_START_HINT
+            f"Docker is not running or cannot be reached ({short_error(error)}).", hint=_START_HINT
         ) from error
     api_version = client.api.api_version
     if _version_tuple(api_version) < _version_tuple(MINIMUM_API_VERSION):
@@ -109,13 +89,14 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def _short(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
+    """The first line of ``error``'s text (at most 300 characters), for a one-line message."""
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
 
 
 @contextlib.contextmanager
-def _engine_errors(action: str) -> Iterator[None]:
+def engine_errors(*, action: str) -> Iterator[None]:
     """Turn a lost connection to the engine into DockerUnavailableError; let our own errors through."""
     try:
         yield
@@ -123,7 +104,7 @@ def _engine_errors(action: str) -> Iterator[None]:
         raise
     except (requests.exceptions.ConnectionError, ConnectionError) as error:
         raise DockerUnavailableError(
-            f"Lost the connection to Docker while trying to {action} ({_short(error)}).", hint=_START_HINT
+            f"Lost the connection to Docker while trying to {action} ({short_error(error)}).", hint=_START_HINT
         ) from error
 
 
@@ -132,7 +113,7 @@ def _engine_errors(action: str) -> Iterator[None]:
 
 def image_exists(*, ref: str, client: DockerClient | None = None) -> bool:
     client = client or connect()
-    with _engine_errors(f"look for image {ref}"):
+    with engine_errors(action=f"look for image {ref}"):
         try:
             client.images.get(ref)
         except docker.errors.ImageNotFound:
@@ -154,7 +135,7 @@ def require_image(*, ref: str, client: DockerClient | None = None) -> None:
 
 
 def pull_image(
-    *, ref: str, on_event: EventSink = ignore_events, cancel: Cancel = _never, client: DockerClient | None = None
+    *, ref: str, on_event: EventSink = ignore_events, cancel: Cancel | None = None, client: DockerClient | None = None
 ) -> None:
     """Pull ``ref`` from its registry, reporting bytes as Event(stage="pull", unit="B").
 
@@ -167,8 +148,9 @@ def pull_image(
     on_event(Event(stage="pull", message=f"Pulling {ref}"))
     try:
         for chunk in client.api.pull(repository, tag=tag, stream=True, decode=True):
-            if cancel():
-                raise CancelledError(f"The pull of {ref} was cancelled.", hint="Start the pack again when ready.")
+            raise_if_cancelled(
+                cancel, message=f"The pull of {ref} was cancelled.", hint="Start the pack again when ready."
+            )
             if "error" in chunk:
                 raise _pull_failed(ref, str(chunk["error"]))
             status, layer, detail = chunk.get("status", ""), chunk.get("id"), chunk.get("progressDetail") or {}
@@ -183,7 +165,7 @@ def pull_image(
             if status and status not in ("Downloading", "Extracting"):
                 on_event(Event(stage="pull", log=f"{layer}: {status}" if layer else status))
     except docker.errors.APIError as error:
-        raise _pull_failed(ref, _short(error)) from error
+        raise _pull_failed(ref, short_error(error)) from error
     except requests.exceptions.ConnectionError as error:
         raise DockerUnavailableError(
             f"The connection to Docker broke while pulling {ref}.", hint="Check that Docker still runs, then retry."
@@ -205,7 +187,7 @@ def _pull_failed(ref: str, reason: str) -> BaseImageMissingError:
 
 
 def ensure_images(
-    *, refs: Sequence[str], on_event: EventSink = ignore_events, cancel: Cancel = _never,
+    *, refs: Sequence[str], on_event: EventSink = ignore_events, cancel: Cancel | None = None,
     client: DockerClient | None = None,
 ) -> None:
     """Pull each of ``refs`` that is not on this machine yet (the builder itself never pulls)."""
@@ -218,14 +200,14 @@ def ensure_images(
 def image_size(*, ref: str, client: DockerClient | None = None) -> int:
     """The image's size as the engine reports it (a docker save tar is slightly larger)."""
     client = client or connect()
-    with _engine_errors(f"inspect image {ref}"):
+    with engine_errors(action=f"inspect image {ref}"):
         return int(_get_image(client, ref).attrs.get("Size") or 0)
 
 
 def remove_image(*, ref: str, force: bool = False, client: DockerClient | None = None) -> None:
     """Remove an image (and its untagged parents); an image that is already gone is fine."""
     client = client or connect()
-    with _engine_errors(f"remove image {ref}"), contextlib.suppress(docker.errors.ImageNotFound):
+    with engine_errors(action=f"remove image {ref}"), contextlib.suppress(docker.errors.ImageNotFound):
         client.images.remove(ref, force=force)
 
 
@@ -286,7 +268,7 @@ def build_image(
     build_args: Mapping[str, str] | None = None,
     dockerfile: str = "Dockerfile",
     on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
+    cancel: Cancel | None = None,
     client: DockerClient | None = None,
 ) -> str:
     """Build ``context_dir`` with the classic builder, never pulling, and return the image id.
@@ -322,7 +304,7 @@ def build_image(
 
     sending = "Sending the build context to Docker"
     on_event(Event(stage="build", unit="step", message=sending, log=sending))
-    with _engine_errors(f"build {tag}"), _responses(client, "/build") as responses:
+    with engine_errors(action=f"build {tag}"), _responses(client, "/build") as responses:
         return _follow_build(
             client, start, tag=tag, on_event=on_event, cancel=cancel, hang_up=lambda: _hang_up(responses)
         )
@@ -364,7 +346,7 @@ def _follow_build(
     *,
     tag: str,
     on_event: EventSink,
-    cancel: Cancel,
+    cancel: Cancel | None,
     hang_up: Callable[[], None],
 ) -> str:
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -435,7 +417,7 @@ def _follow_build(
             raise
         clean_up()
         raise BuildFailedError(
-            f"Docker could not build {tag}: {_short(error)}\nLast build output:\n" + "\n".join(tail),
+            f"Docker could not build {tag}: {short_error(error)}\nLast build output:\n" + "\n".join(tail),
             hint="Fix the cause shown above, then retry.",
         ) from error
     finally:
@@ -451,7 +433,7 @@ def _follow_build(
 
 def _cancellable(
     start: Callable[[], Iterable[T]],
-    cancel: Cancel,
+    cancel: Cancel | None,
     *,
     on_stop: Callable[[], None],
     poll_s: float = 0.25,
@@ -496,8 +478,7 @@ def _cancellable(
     completed = False
     try:
         while True:
-            if cancel():
-                raise CancelledError("Cancelled.", hint="Nothing was kept; start again when you are ready.")
+            raise_if_cancelled(cancel, hint="Nothing was kept; start again when you are ready.")
             try:
                 kind, value = items.get(timeout=poll_s)
             except queue.Empty:
@@ -517,262 +498,6 @@ def _cancellable(
             finished.wait(timeout=2)
 
 
-# ARCHIVES: WRITE AND READ
-
-
-@dataclass(frozen=True)
-class Written:
-    """What ``write_stream`` left on disk."""
-
-    paths: tuple[Path, ...]  # one file, or the parts in order
-    size: int  # bytes on disk, all parts together
-    sha256: str  # of the bytes on disk, all parts concatenated in order
-    part_sha256: tuple[str, ...]  # one per path
-
-
-def part_path(out: Path, index: int) -> Path:
-    return out.with_name(f"{out.name}.part{index:03d}")
-
-
-def archive_parts(path: Path) -> list[Path]:
-    """The files that make up the archive ``path``: itself, or ``path.part000``, ``path.part001`` …
-
-    ``path`` may also name the first part.
-    """
-    if path.name.endswith(".part000"):
-        path = path.with_name(path.name[: -len(".part000")])
-    if path.is_file():
-        return [path]
-    parts: list[Path] = []
-    while part_path(path, len(parts)).is_file():
-        parts.append(part_path(path, len(parts)))
-    if not parts:
-        raise ArtifactInvalidError(
-            f"There is no archive at {path} (nor parts {path.name}.part000 …).",
-            hint="Check the path; for a split archive keep all the parts in one folder.",
-        )
-    return parts
-
-
-class _PartsWriter:
-    """Writes bytes to ``out`` or to its numbered parts, through ``.partial`` names renamed at the end."""
-
-    def __init__(self, out: Path, split_bytes: int | None) -> None:
-        self.out = out
-        self.split_bytes = split_bytes
-        self.partials: list[Path] = []
-        self.part_sums: list[Any] = []
-        self.total_sum = hashlib.sha256()
-        self.size = 0
-        self._file: io.BufferedWriter | None = None
-        self._in_part = 0
-
-    def _final(self, index: int) -> Path:
-        return part_path(self.out, index) if self.split_bytes else self.out
-
-    def _open_next(self) -> None:
-        self._close_current()
-        partial = self._final(len(self.partials)).with_name(self._final(len(self.partials)).name + ".partial")
-        self._file = open(partial, "wb")  # noqa: SIM115 - closed in _close_current
-        self.partials.append(partial)
-        self.part_sums.append(hashlib.sha256())
-        self._in_part = 0
-
-    def _close_current(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self._file is None or (self.split_bytes and self._in_part >= self.split_bytes):
-                self._open_next()
-            assert self._file is not None
-            room = len(view) if not self.split_bytes else min(len(view), self.split_bytes - self._in_part)
-            piece = view[:room]
-            self._file.write(piece)
-            self.part_sums[-1].update(piece)
-            self.total_sum.update(piece)
-            self._in_part += room
-            self.size += room
-            view = view[room:]
-
-    def finish(self) -> Written:
-        if self._file is None and not self.partials:
-            self._open_next()  # an empty stream still gives one (empty) file
-        self._close_current()
-        finals = [self._final(index) for index in range(len(self.partials))]
-        for partial, final in zip(self.partials, finals, strict=True):
-            partial.replace(final)
-        self.partials = []
-        _fsync_dir(self.out.parent)
-        return Written(
-            paths=tuple(finals),
-            size=self.size,
-            sha256=self.total_sum.hexdigest(),
-            part_sha256=tuple(part.hexdigest() for part in self.part_sums),
-        )
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            if self._file is not None:
-                self._file.close()
-        self._file = None
-        for partial in self.partials:
-            partial.unlink(missing_ok=True)
-        self.partials = []
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _zstandard() -> Any:
-    try:
-        import zstandard
-    except ImportError as error:
-        raise ExportFailedError(
-            "zstd compression needs the `zstandard` Python package, which is not installed.",
-            hint="Run `pip install zstandard`, or export without compression.",
-        ) from error
-    return zstandard
-
-
-def write_stream(
-    chunks: Iterable[bytes],
-    out: Path,
-    *,
-    compress: Compression = None,
-    split_bytes: int | None = None,
-    total: int | None = None,
-    stage: Stage = "export",
-    on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
-) -> Written:
-    """Write ``chunks`` to ``out`` (or ``out.part000`` … when ``split_bytes`` is set), atomically.
-
-    Files are written as ``NAME.partial``, fsynced and renamed only when the whole stream is in, so a
-    failure, a full disk or a cancel leaves nothing behind. Events count input bytes against ``total``.
-    """
-    if split_bytes is not None and split_bytes <= 0:
-        raise ValueError("split_bytes must be positive")
-    if compress not in (None, "none", "zstd"):
-        raise ValueError(f"unknown compression {compress!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = _PartsWriter(out, split_bytes)
-    compressor = _zstandard().ZstdCompressor(level=ZSTD_LEVEL, threads=-1).compressobj() if compress == "zstd" else None
-    done = 0
-    try:
-        for chunk in chunks:
-            if cancel():
-                raise CancelledError("Cancelled.", hint="The partial file was removed; start again when ready.")
-            writer.write(compressor.compress(chunk) if compressor else chunk)
-            done += len(chunk)
-            on_event(Event(stage=stage, done=done, total=max(total, done) if total else None, unit="B", file=out.name))
-        if compressor:
-            writer.write(compressor.flush())
-        written = writer.finish()
-    except BaseException as error:
-        writer.abort()
-        if isinstance(error, OSError) and error.errno == 28:  # ENOSPC
-            raise DiskSpaceError(
-                f"The disk holding {out.parent} is full ({done} bytes were written, then removed).",
-                hint="Free some space or choose another output folder, then try again.",
-            ) from error
-        if isinstance(error, OSError):
-            raise ExportFailedError(
-                f"Could not write {out}: {error.strerror or error}.",
-                hint="Check that the folder exists and is writable, then try again.",
-            ) from error
-        raise
-    on_event(Event(stage=stage, done=done, total=done, unit="B", file=out.name))
-    return written
-
-
-class _ConcatenatedReader(io.RawIOBase):
-    """The parts of an archive read one after the other, as one file."""
-
-    def __init__(self, paths: Sequence[Path], on_read: Callable[[int], None]) -> None:
-        self._paths = list(paths)
-        self._file: io.BufferedReader | None = None
-        self._on_read = on_read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while True:
-            if self._file is None:
-                if not self._paths:
-                    return 0
-                self._file = open(self._paths.pop(0), "rb")  # noqa: SIM115 - closed below or in close()
-            count = self._file.readinto(buffer)
-            if count:
-                self._on_read(count)
-                return count
-            self._file.close()
-            self._file = None
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        super().close()
-
-
-def read_stream(
-    path: Path,
-    *,
-    chunk_bytes: int = CHUNK_BYTES,
-    stage: Stage = "load",
-    on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
-) -> Iterator[bytes]:
-    """The plain bytes of an archive written by ``write_stream``: one file or its parts, zstd or not.
-
-    Events count bytes read from disk against the files' total size.
-    """
-    parts = archive_parts(path)
-    total = sum(part.stat().st_size for part in parts)
-    with parts[0].open("rb") as first:
-        compressed = first.read(4) == ZSTD_MAGIC
-    done = 0
-
-    def counted(count: int) -> None:
-        nonlocal done
-        done += count
-        on_event(Event(stage=stage, done=done, total=total, unit="B", file=parts[0].name))
-
-    raw = _ConcatenatedReader(parts, counted)
-    source: Any = _zstandard().ZstdDecompressor().stream_reader(raw, read_across_frames=True) if compressed else raw
-    try:
-        while True:
-            if cancel():
-                raise CancelledError("Cancelled.", hint="Start again when you are ready.")
-            try:
-                chunk = source.read(chunk_bytes)
-            except Exception as error:
-                if type(error).__name__ == "ZstdError":
-                    raise ArtifactInvalidError(
-                        f"{path} is not a valid zstd archive ({_short(error)}).",
-                        hint="Copy the archive again and compare its sha256 with the recorded one.",
-                    ) from error
-                raise
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        source.close()
-
-
 # SAVE AND LOAD
 
 
@@ -780,10 +505,10 @@ def save_image(
     *,
     ref: str,
     out: Path,
-    compress: Compression = None,
+    compress: Compression = "none",
     split_bytes: int | None = None,
     on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
+    cancel: Cancel | None = None,
     client: DockerClient | None = None,
 ) -> Written:
     """``docker save`` ``ref`` (with its tag) to ``out``, streamed, with sha256 and progress.
@@ -791,7 +516,7 @@ def save_image(
     Nothing is left at ``out`` unless the whole image was written.
     """
     client = client or connect()
-    with _engine_errors(f"save image {ref}"):
+    with engine_errors(action=f"save image {ref}"):
         image = _get_image(client, ref)
         size = int(image.attrs.get("Size") or 0)
         try:
@@ -800,7 +525,7 @@ def save_image(
             free = free_disk_bytes(path=out.parent)
         except Exception:  # the check is a courtesy; writing reports a full disk anyway
             free = None
-        if free is not None and size and compress in (None, "none") and free < size:
+        if free is not None and size and compress == "none" and free < size:
             raise DiskSpaceError(
                 f"Saving {ref} needs about {size / 2**30:.1f} GiB but {out.parent} has {free / 2**30:.1f} GiB free.",
                 hint="Free some space or choose another output folder.",
@@ -833,7 +558,7 @@ def save_image(
             ) as error:
                 _hang_up(responses)
                 raise ExportFailedError(
-                    f"Docker stopped while saving {ref}: {_short(error)}.",
+                    f"Docker stopped while saving {ref}: {short_error(error)}.",
                     hint="Check `docker info` and the free space of Docker's data folder, then try again.",
                 ) from error
             except BaseException:
@@ -850,14 +575,14 @@ def load_image(
     *,
     tar: Path,
     on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
+    cancel: Cancel | None = None,
     client: DockerClient | None = None,
 ) -> list[str]:
     """``docker load`` an archive (plain, zstd or split) streamed from disk; returns the refs loaded."""
     client = client or connect()
     body = read_stream(tar, stage="load", on_event=on_event, cancel=cancel)
     loaded: list[str] = []
-    with _engine_errors(f"load {tar}"):
+    with engine_errors(action=f"load {tar}"):
         try:
             for chunk in client.api.load_image(body):
                 if "error" in chunk or "errorDetail" in chunk:
@@ -873,7 +598,7 @@ def load_image(
                         on_event(Event(stage="load", message=line, log=line))
         except docker.errors.APIError as error:
             raise ArtifactInvalidError(
-                f"Docker could not load {tar}: {_short(error)}.",
+                f"Docker could not load {tar}: {short_error(error)}.",
                 hint="Check that it is a whole image archive (compare its sha256 with the one recorded).",
             ) from error
         except requests.exceptions.ConnectionError as error:
@@ -890,171 +615,3 @@ def load_image(
     return loaded
 
 
-# CONTAINERS
-
-
-def port_is_free(*, port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something could listen on ``host:port`` now (a listener on 0.0.0.0 counts as taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR: sockets lingering in TIME_WAIT do not stop a server from listening
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def run_container(
-    *,
-    image: str,
-    name: str,
-    port: int | None,
-    network: Network = "host",
-    device: Device = "cpu",
-    ipc_host: bool = True,
-    env: Mapping[str, str] | None = None,
-    command: Sequence[str] | None = None,
-    labels: Mapping[str, str] | None = None,
-    client: DockerClient | None = None,
-) -> str:
-    """Start ``image`` detached and return the container id.
-
-    ``network="host"`` shares the host's network (the server's ``port`` is the host's); ``"bridge"``
-    publishes ``port`` on 127.0.0.1 only; ``"none"`` has no network. ``device`` and ``ipc_host`` come from
-    the image's run spec: the same accelerator and shared-memory flags as ``core.runspec.container_flags``.
-    """
-    client = client or connect()
-    if port is not None and network != "none" and not port_is_free(port=port):
-        raise PortInUseError(
-            f"Port {port} on 127.0.0.1 is already in use.",
-            hint=f"Stop what listens there (`ss -ltnp 'sport = :{port}'` shows it) or choose another port.",
-        )
-    options: dict[str, Any] = {
-        "name": name,
-        "detach": True,
-        "network_mode": network,
-        "environment": dict(env or {}),
-        "labels": {LABEL: "1", **(labels or {})},
-    }
-    if network == "bridge" and port is not None:
-        options["ports"] = {f"{port}/tcp": ("127.0.0.1", port)}
-    if ipc_host:
-        options["ipc_mode"] = "host"
-    if device == "cuda":
-        options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    elif device in ("rocm", "vulkan"):
-        options["devices"] = ["/dev/kfd:/dev/kfd", "/dev/dri:/dev/dri"] if device == "rocm" else ["/dev/dri:/dev/dri"]
-        if device == "rocm":
-            options["group_add"] = ["video"]
-    gpus = device != "cpu"
-    with _engine_errors(f"start a container from {image}"):
-        try:
-            container = client.containers.run(image, list(command) if command else None, **options)
-        except docker.errors.ImageNotFound as error:
-            raise ArtifactInvalidError(
-                f"There is no image {image} on this machine.",
-                hint="Load it first with `docker load -i FILE.tar` (or the bundled load.sh).",
-            ) from error
-        except docker.errors.APIError as error:
-            explanation = str(error.explanation or error)
-            if error.status_code == 409:
-                raise ContainerConflictError(
-                    f"A container named {name} already exists.",
-                    hint=f"Remove it with `docker rm -f {name}` or choose another name.",
-                ) from error
-            if gpus and ("gpu" in explanation.lower() or "nvidia" in explanation.lower()):
-                raise GpuUnavailableError(
-                    f"Docker could not give the container GPUs: {explanation}.",
-                    hint="Install the NVIDIA Container Toolkit, run `nvidia-ctk runtime configure "
-                    "--runtime=docker`, restart Docker, and check that `nvidia-smi` works.",
-                ) from error
-            raise EzRunnerError(
-                f"Docker could not start {image}: {explanation}.", hint="Check `docker info` and try again."
-            ) from error
-    return str(container.id)
-
-
-def container_logs(*, container: str, tail: int = LOG_TAIL_LINES, client: DockerClient | None = None) -> str:
-    client = client or connect()
-    with _engine_errors(f"read the logs of {container}"):
-        try:
-            raw = client.containers.get(container).logs(tail=tail)
-        except docker.errors.NotFound:
-            return ""
-    return bytes(raw).decode("utf-8", "replace")
-
-
-def wait_healthy(
-    *,
-    container: str,
-    url: str,
-    timeout: float,
-    on_event: EventSink = ignore_events,
-    cancel: Cancel = _never,
-    interval: float = 1.0,
-    client: DockerClient | None = None,
-) -> None:
-    """Wait until ``url`` answers 200, failing early if the container stops.
-
-    Raises HealthTimeoutError with the container's last log lines when it does not become healthy.
-    """
-    client = client or connect()
-    started = time.monotonic()
-    last_problem = "no answer yet"
-    with requests.Session() as http:
-        http.trust_env = False  # the server is on this machine: never ask an HTTP(S)_PROXY for it
-        while True:
-            elapsed = time.monotonic() - started
-            if cancel():
-                raise CancelledError("Cancelled while waiting for the server to start.", hint="Start again when ready.")
-            with _engine_errors(f"check container {container}"):
-                try:
-                    state = client.api.inspect_container(container)["State"]
-                except docker.errors.NotFound as error:
-                    raise HealthTimeoutError(
-                        f"The container {container} disappeared while starting.", hint="Start it again."
-                    ) from error
-            if not state.get("Running"):
-                logs = container_logs(container=container, client=client)
-                raise HealthTimeoutError(
-                    f"The container stopped (exit code {state.get('ExitCode')}) before {url} answered.\n"
-                    f"Last log lines:\n{logs}",
-                    hint="The log lines above say why (often not enough memory): fix it and run again.",
-                )
-            try:
-                response = http.get(url, timeout=min(5.0, max(timeout - elapsed, 0.5)))
-                if response.status_code == 200:
-                    on_event(Event(stage="run", done=int(elapsed), total=int(timeout), unit="s", message="healthy"))
-                    return
-                last_problem = f"HTTP {response.status_code}"
-            except requests.exceptions.RequestException as error:
-                last_problem = type(error).__name__
-            on_event(Event(stage="run", done=int(elapsed), total=int(timeout), unit="s", message=last_problem))
-            if time.monotonic() - started >= timeout:
-                logs = container_logs(container=container, client=client)
-                raise HealthTimeoutError(
-                    f"The server did not answer at {url} within {timeout:.0f} s (last: {last_problem}).\n"
-                    f"Last log lines:\n{logs}",
-                    hint="Large models take longer to load: retry with a longer timeout, or look for an "
-                    "error in the log lines above.",
-                )
-            time.sleep(interval)
-
-
-def exec_in_container(*, container: str, argv: Sequence[str], client: DockerClient | None = None) -> tuple[int, str]:
-    """Run ``argv`` inside a running container; returns (exit code, stdout and stderr together)."""
-    client = client or connect()
-    with _engine_errors(f"run a command in {container}"):
-        try:
-            result = client.containers.get(container).exec_run(list(argv))
-        except docker.errors.NotFound as error:
-            raise EzRunnerError(f"There is no container {container}.", hint="Start it again, then retry.") from error
-    return int(result.exit_code), bytes(result.output or b"").decode("utf-8", "replace")
-
-
-def remove_container(*, container: str, client: DockerClient | None = None) -> None:
-    """Stop and remove a container; one that is already gone is fine."""
-    client = client or connect()
-    with _engine_errors(f"remove container {container}"), contextlib.suppress(docker.errors.NotFound):
-        client.api.remove_container(container, force=True, v=True)

@@ -1,7 +1,7 @@
-"""core.docker_io against the real Docker engine: build, save, load, run, health checks, errors.
+"""core.docker.api against the real Docker engine: build, save, load, pull, connect, errors.
 
-Images come from the offline base image (no registry); containers use --network host and only
-127.0.0.1. Everything a test makes is removed by the docker_scratch fixture.
+Images come from the offline base image (no registry). Everything a test makes is removed by the
+docker_scratch fixture. Containers are in test_docker_containers.py.
 """
 
 from __future__ import annotations
@@ -9,27 +9,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import socket
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker.errors
 import pytest
 from docker import DockerClient
 
-from core import docker_io
+from core.docker import api as docker_api
 from core.errors import (
     ArtifactInvalidError,
     BaseImageMissingError,
     BuildFailedError,
     CancelledError,
     DockerUnavailableError,
-    HealthTimeoutError,
-    PortInUseError,
 )
-from core.events import Event
+from core.events import Cancel, Event
 from tests.fixtures.docker_plugin import DockerScratch
 
 pytestmark = pytest.mark.docker
@@ -42,6 +39,17 @@ def _context(tmp_path: Path, dockerfile: str, files: dict[str, bytes] | None = N
     for name, content in (files or {}).items():
         (context / name).write_bytes(content)
     return context
+
+
+def cancel_when(events: list[Event], cancel: Cancel, condition: Callable[[Event], bool]) -> Callable[[Event], None]:
+    """An on_event that keeps every event and sets ``cancel`` once ``condition`` holds, as a user's click would."""
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if condition(event):
+            cancel.set()
+
+    return on_event
 
 
 def _sha256(path: Path) -> str:
@@ -90,7 +98,7 @@ def built_image(
     )
     tag = scratch.image_ref("built")
     events: list[Event] = []
-    image_id = docker_io.build_image(
+    image_id = docker_api.build_image(
         context_dir=context, tag=tag, labels=scratch.labels, on_event=events.append, client=docker_client
     )
     yield tag, image_id, events
@@ -117,7 +125,7 @@ def test_build_reports_each_step_and_every_log_line(built_image, docker_client: 
     assert any(line and line.startswith("Step 2/6 : RUN echo building-marker-line") for line in logs)
     image = docker_client.images.get(tag)
     assert image.id == image_id
-    assert image.labels[docker_io.LABEL] == "1"
+    assert image.labels[docker_api.LABEL] == "1"
 
 
 def test_build_failure_raises_with_the_step_and_last_log_lines(
@@ -127,11 +135,11 @@ def test_build_failure_raises_with_the_step_and_last_log_lines(
     tag = docker_scratch.image_ref("fails")
 
     with pytest.raises(BuildFailedError) as raised:
-        docker_io.build_image(context_dir=context, tag=tag, client=docker_client)
+        docker_api.build_image(context_dir=context, tag=tag, client=docker_client)
 
     assert "step 2/3" in str(raised.value)
     assert "failing-marker-line" in str(raised.value)
-    assert not docker_io.image_exists(ref=tag, client=docker_client)
+    assert not docker_api.image_exists(ref=tag, client=docker_client)
 
 
 def test_build_from_a_missing_base_image_says_how_to_get_it(
@@ -140,7 +148,7 @@ def test_build_from_a_missing_base_image_says_how_to_get_it(
     context = _context(tmp_path, "FROM ezrunner-test/no-such-base:1\nRUN true\n")
 
     with pytest.raises(BaseImageMissingError, match=r"docker pull ezrunner-test/no-such-base:1"):
-        docker_io.build_image(context_dir=context, tag=docker_scratch.image_ref("nobase"), client=docker_client)
+        docker_api.build_image(context_dir=context, tag=docker_scratch.image_ref("nobase"), client=docker_client)
 
 
 def test_build_cancelled_during_a_step_stops_and_keeps_nothing(
@@ -149,14 +157,15 @@ def test_build_cancelled_during_a_step_stops_and_keeps_nothing(
     context = _context(tmp_path, f"FROM {offline_base_image}\nRUN echo sleeping-now && sleep 120\nRUN true\n")
     tag = docker_scratch.image_ref("cancelled")
     events: list[Event] = []
+    cancel = Cancel()
 
     started = time.monotonic()
     with pytest.raises(CancelledError):
-        docker_io.build_image(
+        docker_api.build_image(
             context_dir=context,
             tag=tag,
-            on_event=events.append,
-            cancel=lambda: any(e.log == "sleeping-now" for e in events),
+            on_event=cancel_when(events, cancel, lambda e: e.log == "sleeping-now"),
+            cancel=cancel,
             client=docker_client,
         )
 
@@ -166,7 +175,7 @@ def test_build_cancelled_during_a_step_stops_and_keeps_nothing(
     for container_id in running:
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(container_id)
-    assert not docker_io.image_exists(ref=tag, client=docker_client)
+    assert not docker_api.image_exists(ref=tag, client=docker_client)
 
 
 def test_save_streams_the_image_to_one_file_with_its_sha256(
@@ -176,7 +185,7 @@ def test_save_streams_the_image_to_one_file_with_its_sha256(
     out = tmp_path / "out" / "image.tar"
     events: list[Event] = []
 
-    written = docker_io.save_image(ref=tag, out=out, on_event=events.append, client=docker_client)
+    written = docker_api.save_image(ref=tag, out=out, on_event=events.append, client=docker_client)
 
     assert written.paths == (out,)
     assert written.size == out.stat().st_size
@@ -184,7 +193,7 @@ def test_save_streams_the_image_to_one_file_with_its_sha256(
     assert sorted(p.name for p in out.parent.iterdir()) == ["image.tar"]
     exported = [e for e in events if e.stage == "export" and e.unit == "B"]
     assert exported[-1].done == written.size
-    assert exported[0].total is not None and exported[0].total >= docker_io.image_size(ref=tag)
+    assert exported[0].total is not None and exported[0].total >= docker_api.image_size(ref=tag)
     with tarfile.open(out) as archive:
         assert "manifest.json" in archive.getnames()
 
@@ -193,20 +202,21 @@ def test_save_cancelled_midway_leaves_no_file(built_image, docker_client: Docker
     tag, _, _ = built_image
     out_dir = tmp_path / "out"
     events: list[Event] = []
+    cancel = Cancel()
 
     with pytest.raises(CancelledError):
-        docker_io.save_image(
+        docker_api.save_image(
             ref=tag,
             out=out_dir / "image.tar",
-            on_event=events.append,
-            cancel=lambda: len(events) >= 2,
+            on_event=cancel_when(events, cancel, lambda _: len(events) >= 2),
+            cancel=cancel,
             client=docker_client,
         )
 
     assert 0 < events[-1].done < (events[-1].total or 0)
     assert list(out_dir.iterdir()) == []
     # the engine is still usable after the hang-up
-    assert docker_io.image_exists(ref=tag, client=docker_client)
+    assert docker_api.image_exists(ref=tag, client=docker_client)
 
 
 def test_save_cancelled_while_the_engine_prepares_returns_at_once(
@@ -215,14 +225,15 @@ def test_save_cancelled_while_the_engine_prepares_returns_at_once(
     tag, _, _ = built_image
     out_dir = tmp_path / "out"
     events: list[Event] = []
+    cancel = Cancel()
 
     started = time.monotonic()
     with pytest.raises(CancelledError):
-        docker_io.save_image(
+        docker_api.save_image(
             ref=tag,
             out=out_dir / "image.tar",
-            on_event=events.append,
-            cancel=lambda: bool(events),
+            on_event=cancel_when(events, cancel, lambda _: True),
+            cancel=cancel,
             client=docker_client,
         )
 
@@ -230,7 +241,7 @@ def test_save_cancelled_while_the_engine_prepares_returns_at_once(
     assert time.monotonic() - started < 5
     assert [e.message for e in events] == ["Docker is preparing"]
     assert list(out_dir.iterdir()) == []
-    assert docker_io.image_exists(ref=tag, client=docker_client)
+    assert docker_api.image_exists(ref=tag, client=docker_client)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +258,7 @@ def saved_copy(
     repository, version = tag.rsplit(":", 1)
     docker_client.images.get(source_tag).tag(repository, version)
     archive = tmp_path_factory.mktemp("saved") / "image.tar"
-    docker_io.save_image(ref=tag, out=archive, client=docker_client)
+    docker_api.save_image(ref=tag, out=archive, client=docker_client)
     yield tag, image_id, archive
     scratch.remove_all()
 
@@ -256,23 +267,27 @@ def test_load_cancelled_midway_raises_cancelled_and_loads_nothing(
     saved_copy: tuple[str, str, Path], docker_client: DockerClient
 ) -> None:
     tag, _, archive = saved_copy
-    docker_io.remove_image(ref=tag, client=docker_client)
+    docker_api.remove_image(ref=tag, client=docker_client)
     events: list[Event] = []
+    cancel = Cancel()
 
     with pytest.raises(CancelledError):
-        docker_io.load_image(tar=archive, on_event=events.append, cancel=lambda: len(events) >= 3, client=docker_client)
+        docker_api.load_image(
+            tar=archive, on_event=cancel_when(events, cancel, lambda _: len(events) >= 3), cancel=cancel,
+            client=docker_client,
+        )
 
     assert events[-1].done < archive.stat().st_size
-    assert not docker_io.image_exists(ref=tag, client=docker_client)
+    assert not docker_api.image_exists(ref=tag, client=docker_client)
 
 
 def test_load_after_remove_gives_the_image_back(saved_copy: tuple[str, str, Path], docker_client: DockerClient) -> None:
     tag, image_id, archive = saved_copy
-    docker_io.remove_image(ref=tag, client=docker_client)
-    assert not docker_io.image_exists(ref=tag, client=docker_client)
+    docker_api.remove_image(ref=tag, client=docker_client)
+    assert not docker_api.image_exists(ref=tag, client=docker_client)
     events: list[Event] = []
 
-    loaded = docker_io.load_image(tar=archive, on_event=events.append, client=docker_client)
+    loaded = docker_api.load_image(tar=archive, on_event=events.append, client=docker_client)
 
     assert loaded == [tag]
     assert docker_client.images.get(tag).id == image_id
@@ -285,13 +300,13 @@ def test_load_zstd_split_archive_that_the_engine_cannot_read_natively(
 ) -> None:
     tag = _tiny_image(docker_client, docker_scratch)
     image_id = docker_client.images.get(tag).id
-    written = docker_io.save_image(
+    written = docker_api.save_image(
         ref=tag, out=tmp_path / "tiny.tar.zst", compress="zstd", split_bytes=2048, client=docker_client
     )
     assert len(written.paths) > 1
-    docker_io.remove_image(ref=tag, client=docker_client)
+    docker_api.remove_image(ref=tag, client=docker_client)
 
-    loaded = docker_io.load_image(tar=written.paths[0], client=docker_client)
+    loaded = docker_api.load_image(tar=written.paths[0], client=docker_client)
 
     assert loaded == [tag]
     assert docker_client.images.get(tag).id == image_id
@@ -302,111 +317,12 @@ def test_load_of_a_file_that_is_not_an_image_says_so(docker_client: DockerClient
     junk.write_bytes(b"this is not a tar archive" * 100)
 
     with pytest.raises(ArtifactInvalidError):
-        docker_io.load_image(tar=junk, client=docker_client)
-
-
-def test_run_wait_healthy_exec_and_remove(
-    offline_base_image: str, docker_scratch: DockerScratch, docker_client: DockerClient, free_port: int
-) -> None:
-    name = docker_scratch.container_name("http")
-    container = docker_io.run_container(
-        image=offline_base_image,
-        name=name,
-        port=free_port,
-        network="host",
-        device="cpu",
-        env={"GREETING": "hello-from-env"},
-        command=["python3", "-m", "http.server", str(free_port), "--bind", "127.0.0.1"],
-        labels=docker_scratch.labels,
-        client=docker_client,
-    )
-    events: list[Event] = []
-
-    docker_io.wait_healthy(
-        container=container, url=f"http://127.0.0.1:{free_port}/", timeout=60, on_event=events.append
-    )
-
-    assert events[-1].message == "healthy"
-    attrs = docker_client.containers.get(container).attrs
-    assert attrs["HostConfig"]["NetworkMode"] == "host"
-    assert attrs["HostConfig"]["IpcMode"] == "host"
-    rc, output = docker_io.exec_in_container(
-        container=container, argv=["python3", "-c", "import os; print(os.environ['GREETING'])"]
-    )
-    assert (rc, output) == (0, "hello-from-env\n")
-    rc, _ = docker_io.exec_in_container(container=container, argv=["sh", "-c", "exit 7"])
-    assert rc == 7
-    # the server's port is now taken, so a second server on it is refused before it starts
-    with pytest.raises(PortInUseError):
-        docker_io.run_container(image=offline_base_image, name=docker_scratch.container_name("second"), port=free_port)
-
-    docker_io.remove_container(container=container, client=docker_client)
-    with pytest.raises(docker.errors.NotFound):
-        docker_client.containers.get(container)
-    docker_io.remove_container(container=container, client=docker_client)  # already gone is fine
-
-
-def test_run_refuses_a_port_something_listens_on(
-    offline_base_image: str, docker_scratch: DockerScratch, docker_client: DockerClient
-) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        name = docker_scratch.container_name("taken")
-
-        with pytest.raises(PortInUseError, match=str(port)):
-            docker_io.run_container(image=offline_base_image, name=name, port=port, client=docker_client)
-
-    with pytest.raises(docker.errors.NotFound):
-        docker_client.containers.get(name)
-
-
-def test_wait_healthy_times_out_with_the_container_logs(
-    offline_base_image: str, docker_scratch: DockerScratch, docker_client: DockerClient, free_port: int
-) -> None:
-    container = docker_io.run_container(
-        image=offline_base_image,
-        name=docker_scratch.container_name("silent"),
-        port=free_port,
-        command=["python3", "-c", "print('unhealthy-marker', flush=True); import time; time.sleep(120)"],
-        labels=docker_scratch.labels,
-        client=docker_client,
-    )
-
-    started = time.monotonic()
-    with pytest.raises(HealthTimeoutError) as raised:
-        docker_io.wait_healthy(container=container, url=f"http://127.0.0.1:{free_port}/health", timeout=4)
-
-    assert 4 <= time.monotonic() - started < 30
-    assert "unhealthy-marker" in str(raised.value)
-    assert "within 4 s" in str(raised.value)
-
-
-def test_wait_healthy_fails_early_when_the_container_exits(
-    offline_base_image: str, docker_scratch: DockerScratch, docker_client: DockerClient, free_port: int
-) -> None:
-    container = docker_io.run_container(
-        image=offline_base_image,
-        name=docker_scratch.container_name("exits"),
-        port=free_port,
-        command=["sh", "-c", "echo out-of-memory-marker; exit 4"],
-        labels=docker_scratch.labels,
-        client=docker_client,
-    )
-
-    started = time.monotonic()
-    with pytest.raises(HealthTimeoutError) as raised:
-        docker_io.wait_healthy(container=container, url=f"http://127.0.0.1:{free_port}/", timeout=120)
-
-    assert time.monotonic() - started < 30
-    assert "exit code 4" in str(raised.value)
-    assert "out-of-memory-marker" in str(raised.value)
+        docker_api.load_image(tar=junk, client=docker_client)
 
 
 def test_require_image_names_the_ways_to_get_a_missing_base(docker_client: DockerClient) -> None:
     with pytest.raises(BaseImageMissingError) as raised:
-        docker_io.require_image(ref="ezrunner-test/absent:1", client=docker_client)
+        docker_api.require_image(ref="ezrunner-test/absent:1", client=docker_client)
 
     message = str(raised.value)
     assert "docker pull ezrunner-test/absent:1" in message
@@ -418,16 +334,18 @@ def test_unreachable_engine_raises_docker_unavailable(monkeypatch: pytest.Monkey
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such-docker.sock")
 
     with pytest.raises(DockerUnavailableError, match="systemctl start docker"):
-        docker_io.connect()
+        docker_api.connect()
     with pytest.raises(DockerUnavailableError):
-        docker_io.image_exists(ref="anything:1")
+        docker_api.image_exists(ref="anything:1")
 
 
 def test_pull_failure_names_the_reason_and_the_offline_ways(docker_client: DockerClient) -> None:
     # .invalid never resolves (RFC 2606): the registry is unreachable, as it is behind an air gap.
     events: list[Event] = []
     with pytest.raises(BaseImageMissingError) as error:
-        docker_io.ensure_images(refs=["registry.invalid/ezrunner/none:1"], on_event=events.append, client=docker_client)
+        docker_api.ensure_images(
+            refs=["registry.invalid/ezrunner/none:1"], on_event=events.append, client=docker_client
+        )
     message = str(error.value)
     assert "could not pull the base image registry.invalid/ezrunner/none:1" in message
     assert "registry mirror" in message and "--base-image" in message and "docker load" in message
@@ -436,5 +354,7 @@ def test_pull_failure_names_the_reason_and_the_offline_ways(docker_client: Docke
 
 def test_ensure_images_leaves_present_images_alone(docker_client: DockerClient, offline_base_image: str) -> None:
     events: list[Event] = []
-    docker_io.ensure_images(refs=[offline_base_image, offline_base_image], on_event=events.append, client=docker_client)
+    docker_api.ensure_images(
+        refs=[offline_base_image, offline_base_image], on_event=events.append, client=docker_client
+    )
     assert events == []  # nothing to pull, no registry asked
