@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.errors import CancelledError, ConversionError, ConverterMissingError
-from core.events import Event, EventSink, ignore_events
+from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.llamacpp_source import llama_cpp_source
 
 #: ``pip install "ezrunner[gguf]"`` brings what the converter imports (llama.cpp's
@@ -100,7 +99,7 @@ def convert(
     quantize: QuantizeRunner | None = None,
     expected_bytes: int | None = None,
     on_event: EventSink = ignore_events,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
 ) -> Path:
     """The GGUF file for ``model_dir`` (converted now, or cached from an earlier pack)."""
     folder = conversion_dir(data_dir=data_dir, commit=commit, quant=conversion.quant)
@@ -129,7 +128,7 @@ def convert(
             result = work / conversion.output_name
             on_event(Event(stage="convert", message=f"Quantizing to {conversion.quant} with llama-quantize"))
             quantize(source=first, dest=result, quant=conversion.quant, on_event=on_event, cancel=cancel)
-        _raise_if_cancelled(cancel)
+        raise_if_cancelled(cancel, message="The conversion was cancelled.", hint="Start the pack again when ready.")
         result.replace(final)
     on_event(Event(stage="convert", done=final.stat().st_size, total=final.stat().st_size, unit="B",
                    message=f"Converted: {final.name}"))  # fmt: skip
@@ -140,7 +139,7 @@ class QuantizeRunner(Protocol):
     """Runs ``llama-quantize SOURCE DEST QUANT`` somewhere (a container, a local binary)."""
 
     def __call__(
-        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: threading.Event | None
+        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: Cancel | None
     ) -> None: ...
 
 
@@ -151,7 +150,7 @@ class LocalQuantize:
     binary: Path
 
     def __call__(
-        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: threading.Event | None
+        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: Cancel | None
     ) -> None:
         _run_watched(
             [str(self.binary), str(source), str(dest), quant], out=dest, expected_bytes=None, what="llama-quantize",
@@ -168,7 +167,7 @@ class ContainerQuantize:
     binary: str = "llama-quantize"
 
     def __call__(
-        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: threading.Event | None
+        self, *, source: Path, dest: Path, quant: str, on_event: EventSink, cancel: Cancel | None
     ) -> None:
         if source.parent != dest.parent:
             raise ValueError("source and dest must share a folder (it is mounted into the container)")
@@ -191,7 +190,7 @@ def _run_converter(
     conversion: Conversion,
     expected_bytes: int | None,
     on_event: EventSink,
-    cancel: threading.Event | None,
+    cancel: Cancel | None,
 ) -> None:
     script = str(source / "convert_hf_to_gguf.py")
     args = [str(model_dir), "--outfile", str(out), "--outtype", conversion.converter_outtype]
@@ -218,7 +217,7 @@ def _run_watched(
     env: dict[str, str] | None,
     cwd: Path,
     on_event: EventSink,
-    cancel: threading.Event | None,
+    cancel: Cancel | None,
 ) -> None:
     """Run a tool that writes ``out``, reporting its size as progress; kill it on cancel."""
     log = cwd / f".{out.name}.log"
@@ -272,11 +271,6 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _raise_if_cancelled(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise CancelledError("The conversion was cancelled.", hint="Start the pack again when ready.")
 
 
 def remove_conversion(*, data_dir: Path, commit: str, quant: str) -> None:

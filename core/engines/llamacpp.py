@@ -140,6 +140,13 @@ class LlamaCppEngine:
                 f"tensor_parallel_size {options.tensor_parallel_size} cannot be honoured (drop it: the plan splits "
                 "the layers when one GPU is too small)."
             )
+        if options.dtype not in (None, "auto"):
+            return (
+                f"llama.cpp runs the GGUF's own quantization, so dtype {options.dtype} does not apply (choose the "
+                "quantization with --quant instead)."
+            )
+        if options.gpu_memory_utilization is not None:
+            return "gpu_memory_utilization is a vLLM setting; llama.cpp allocates only what the plan sizes."
         if model.format == "safetensors":
             arch = model.architecture or "unknown"
             if arch not in CONVERTIBLE_ARCHITECTURES:

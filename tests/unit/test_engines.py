@@ -31,7 +31,7 @@ from tests.unit.test_sizing import H100, RTX_4090, model_info
 
 
 def test_engine_lookup() -> None:
-    assert set(ENGINES) == {"vllm", "transformers"}
+    assert set(ENGINES) == {"vllm", "llama.cpp", "transformers"}
     assert isinstance(engine_for("vllm"), VllmEngine)
     assert isinstance(engine_for("transformers"), TransformersEngine)
     for name, engine in ENGINES.items():
@@ -40,8 +40,9 @@ def test_engine_lookup() -> None:
         assert engine.port == 8000
     assert engine_for("vllm").template == "vllm.Dockerfile.j2"
     assert engine_for("transformers").template == "transformers.Dockerfile.j2"
-    with pytest.raises(InvalidOptionsError, match="vllm, transformers"):
-        engine_for("llama.cpp")
+    assert engine_for("llama.cpp").template == "llamacpp.Dockerfile.j2"
+    with pytest.raises(InvalidOptionsError, match="vllm, llama.cpp, transformers"):
+        engine_for("sglang")
 
 
 def test_vllm_image_is_pinned_to_a_release_tag() -> None:

@@ -321,15 +321,34 @@ def test_vllm_forced_on_a_cpu_target_is_invalid() -> None:
         )
 
 
-def test_old_gpu_gets_transformers_in_float16() -> None:
+def test_old_gpu_gets_llamacpp_with_a_conversion() -> None:
+    # V100 (7.0) is below vLLM's 7.5: llama.cpp's CUDA image runs there; the safetensors model is converted
     p = plan(
         model=model_info("Llama-3.1-8B-Instruct"), target=gpus(V100, 1, cuda="12.8", driver="570.124.06")
+    )
+    assert (p.engine, p.device, p.fits) == ("llama.cpp", "cuda", True)
+    old = reason(p, "engine_old_gpu_llamacpp")
+    assert "7.0" in old and "7.5" in old and "converted to GGUF" in old
+    assert p.settings["convert"]["quant"] == p.settings["quant"] == p.dtype
+    assert p.settings["offload"] == "gpu"
+    assert "gguf_convert" in {n.code for n in p.reasons}
+    # the packed file is the converted GGUF, not the safetensors shards
+    assert [f.path for f in p.model.files if f.path.endswith(".gguf")] == [p.settings["model_file"]]
+    assert not [f for f in p.model.files if f.path.endswith(".safetensors")]
+    # the 128k context in f16 KV (16 GiB) does not fit next to F16 weights on 32 GB: a smaller quant does
+    assert p.settings["quant"] != "F16" and p.max_model_len == 131_072
+    assert "driver_too_old" not in codes(p)  # the CUDA 12.8 image runs on a 570 driver
+
+
+def test_old_gpu_with_a_forced_dtype_keeps_transformers_in_float16() -> None:
+    p = plan(
+        model=model_info("Llama-3.1-8B-Instruct"),
+        target=gpus(V100, 1, cuda="12.8", driver="570.124.06"),
+        options=Options(engine="transformers"),
     )
     assert (p.engine, p.device, p.dtype, p.fits) == ("transformers", "cuda", "float16", True)
     assert p.base_image == TRANSFORMERS_GPU_BASE_IMAGE
     assert p.per_gpu[0].index == 0
-    old = reason(p, "engine_old_gpu")
-    assert "7.0" in old and "7.5" in old
     assert "bfloat16 needs 8.0" in reason(p, "dtype_fp16_old_gpu")
     assert "fp16_for_bf16_checkpoint" in codes(p)
     assert "driver_too_old" not in codes(p)  # the CUDA 12.8 image runs on a 570 driver
@@ -424,7 +443,9 @@ def test_forced_dtype_is_honoured_and_bf16_on_old_gpus_warns() -> None:
     assert p.dtype == "float32"
     assert p.weights_bytes == 494_032_768 * 4
     assert p.kv_cache_bytes_per_token == 12_288 * 2
-    old = plan(model=model_info("Qwen2.5-0.5B"), target=gpus(V100, 1), options=Options(dtype="bfloat16"))
+    old = plan(
+        model=model_info("Qwen2.5-0.5B"), target=gpus(V100, 1), options=Options(engine="transformers", dtype="bfloat16")
+    )
     assert warning(old, "bf16_unsupported").change == {"dtype": "float16"}
 
 
