@@ -17,14 +17,16 @@ from typing import Literal
 
 from docker import DockerClient
 
-from core import hubs
+from core import convert, hubs
 from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
+from core.engines.versions import LLAMA_CPP_OFFLINE_IMAGE, LLAMA_CPP_TOOLS_IMAGE, LLAMA_CPP_TOOLS_QUANTIZE
 from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, LayerCacheUnusableError
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir, target_summary
 from core.history import History
+from core.hubs.base import ModelFile, ModelInfo
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
@@ -261,9 +263,13 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         split_bytes = FAT32_LIMIT + 1 - (1 << 20)
     plan = request.plan
     archive = output_paths(output=request.output.resolve(), compression=request.compression)
+    conversion = conversion_of(plan)
+    if conversion is not None:
+        convert.check_converter()  # before any download: the workstation must be able to convert
     spec = render(plan=plan)
     path, reason = choose_export_path(requested=request.export_path, spec=spec, dockerfile=request.dockerfile)
     model = plan.model
+    source = download_model(plan)
 
     on_event(Event(stage="check", message="Checking Docker, the base image and free disk"))
     client = docker_api.connect()
@@ -271,8 +277,10 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     needs = [(archive.parent, model.total_bytes)]
     if path == "docker-build":
         needs.append((docker_root, model.total_bytes))  # the weights layers land in Docker's store too
-    if model.ref.source != "local":
-        needs.append((_download_cache(model.ref.source), model.total_bytes))
+    if source.ref.source != "local":
+        needs.append((_download_cache(source.ref.source), source.total_bytes))
+    if conversion is not None:
+        needs.append((default_data_dir(), model.total_bytes * 2))  # the first conversion, then the quantized file
     check_disk(needs=needs)
     on_event(Event(stage="check", message=reason))
     _check_cancel(cancel)
@@ -282,8 +290,12 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     docker_api.ensure_images(
         refs=docker_api.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancel, client=client
     )
-    model_dir = hubs.download(model=model, token=request.token, on_event=on_event, cancel=cancel)
+    model_dir = hubs.download(model=source, token=request.token, on_event=on_event, cancel=cancel)
     _check_cancel(cancel)
+    if conversion is not None:
+        model_dir, plan = _convert(plan=plan, conversion=conversion, model_dir=model_dir, client=client,
+                                   on_event=on_event, cancel=cancel)  # fmt: skip
+        spec = render(plan=plan)
 
     export = _Export(
         client=client, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
@@ -378,6 +390,58 @@ class _Export:
             cancel=self.cancel,
         )
         return _Exported(result.image_id, tuple(result.paths), result.size, result.sha256, tuple(result.part_sha256))
+
+
+def conversion_of(plan: Plan) -> convert.Conversion | None:
+    """The GGUF conversion a llama.cpp plan of a safetensors model asks for (None: nothing to convert)."""
+    settings = plan.settings.get("convert")
+    if not isinstance(settings, dict):
+        return None
+    return convert.Conversion(
+        quant=str(settings["quant"]), output_name=str(settings["output"]), pre_tokenizer=settings.get("pre_tokenizer")
+    )
+
+
+def download_model(plan: Plan) -> ModelInfo:
+    """What the hub must deliver: the packed files, or, for a conversion, the safetensors it starts from."""
+    settings = plan.settings.get("convert")
+    if not isinstance(settings, dict):
+        return plan.model
+    files = tuple(ModelFile(path=f["path"], size=int(f["size"]), sha256=f.get("sha256")) for f in settings["download"])
+    return replace(plan.model, files=files, format="safetensors", gguf=None)
+
+
+def quantize_runner(*, client: DockerClient, on_event: EventSink, cancel: Cancel | None) -> convert.QuantizeRunner:
+    """llama-quantize in the offline llama.cpp image when this engine has it, else in ggml-org's full image."""
+    if docker_api.image_exists(ref=LLAMA_CPP_OFFLINE_IMAGE, client=client):
+        return convert.ContainerQuantize(image=LLAMA_CPP_OFFLINE_IMAGE)
+    docker_api.ensure_images(refs=[LLAMA_CPP_TOOLS_IMAGE], on_event=on_event, cancel=cancel, client=client)
+    return convert.ContainerQuantize(image=LLAMA_CPP_TOOLS_IMAGE, binary=LLAMA_CPP_TOOLS_QUANTIZE)
+
+
+def _convert(
+    *, plan: Plan, conversion: convert.Conversion, model_dir: Path, client: DockerClient, on_event: EventSink,
+    cancel: Cancel | None,
+) -> tuple[Path, Plan]:
+    """Convert the downloaded safetensors; return the folder of the packed files and the plan with their
+    real sizes (the plan only estimated the GGUF's)."""
+    quantize = None if conversion.direct else quantize_runner(client=client, on_event=on_event, cancel=cancel)
+    estimated = int(plan.settings["convert"].get("estimated_bytes") or 0) or None
+    gguf = convert.convert(
+        model_dir=model_dir, conversion=conversion, data_dir=default_data_dir(), commit=plan.model.commit,
+        quantize=quantize, expected_bytes=estimated, on_event=on_event, cancel=cancel,
+    )  # fmt: skip
+    folder = gguf.parent
+    files = []
+    for packed in plan.model.files:
+        target = folder / packed.path
+        if packed.path != gguf.name and not target.exists():  # licence and model card travel with the GGUF
+            try:
+                os.link((model_dir / packed.path).resolve(), target)
+            except OSError:
+                shutil.copy2(model_dir / packed.path, target)
+        files.append(replace(packed, size=target.stat().st_size, sha256=None))
+    return folder, replace(plan, model=replace(plan.model, files=tuple(files)))
 
 
 def remove_stale_pieces(*, archive: Path, keep: Sequence[Path]) -> None:

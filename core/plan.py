@@ -173,6 +173,14 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
         _vllm_instead(draft=draft, request=request)
         return draft, considered
     llama_refusal = llama.refusal(model=model, target=target, options=options)
+    if options.quant is not None and llama_refusal is None:
+        why = Note(
+            "engine_quant",
+            f"Engine {llama.label}: a GGUF quantization ({options.quant}) was asked for; the pack converts the "
+            "model to it.",
+            {"engine": "llama.cpp", "quant": options.quant},
+        )
+        return attempt("llama.cpp", why), considered
     if target.is_cpu_only:
         why = Note(
             "engine_cpu",

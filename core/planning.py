@@ -32,6 +32,9 @@ class Options:
     quant: str | None = None  # GGUF quantization to pack ("Q4_K_M"); for safetensors: convert to it
     kv_cache_type: str | None = None  # llama.cpp KV cache type ("f16", "q8_0", "q4_0")
     parallel: int | None = None  # llama.cpp slots (concurrent sequences)
+    # A safetensors model converted to GGUF at pack time: the pre-tokenizer llama.cpp's converter cannot
+    # recognise by itself ("llama-bpe", "qwen2", "gpt-2", ...)
+    gguf_pre_tokenizer: str | None = None
 
 
 @dataclass(frozen=True)

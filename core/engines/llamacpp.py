@@ -631,8 +631,14 @@ def _draft(*, fit: Fit, request: PlanRequest, device: Device, budget: _Budget, r
         "gguf_bytes": candidate.bytes_on_disk,
     }
     if candidate.converted:
-        s["convert"] = {"quant": candidate.quant, "output": candidate.model_file,
-                        "estimated_bytes": candidate.bytes_on_disk}  # fmt: skip
+        s["convert"] = {
+            "quant": candidate.quant,
+            "output": candidate.model_file,
+            "estimated_bytes": candidate.bytes_on_disk,
+            "pre_tokenizer": request.options.gguf_pre_tokenizer,
+            # what the pack downloads and converts (the plan's files are the GGUF it packs)
+            "download": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in request.model.files],
+        }
     if plan_device == "cpu":
         s["n_gpu_layers"] = 0
     return EngineDraft(

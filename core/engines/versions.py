@@ -67,6 +67,10 @@ LLAMA_CPP_CUDA13_IMAGE_CUDA_VERSION = "13.4"
 LLAMA_CPP_ROCM_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-rocm-b{LLAMA_CPP_BUILD}"
 LLAMA_CPP_ROCM_VERSION = "7.2.1"
 LLAMA_CPP_VULKAN_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:server-vulkan-b{LLAMA_CPP_BUILD}"
+# The "full" CPU image carries llama-quantize (/app/llama-quantize): a pack that converts and quantizes a
+# model runs it there when the offline image (which has it too) is not on this machine.
+LLAMA_CPP_TOOLS_IMAGE = f"{LLAMA_CPP_IMAGE_REPO}:full-b{LLAMA_CPP_BUILD}"
+LLAMA_CPP_TOOLS_QUANTIZE = "/app/llama-quantize"
 # The CUDA image's CUDA_DOCKER_ARCH=default builds ggml-cuda's default architecture list, which starts at
 # compute capability 5.0 (ggml/src/ggml-cuda/CMakeLists.txt): Maxwell and newer, V100 and T4 included.
 LLAMA_CPP_CUDA_MIN_COMPUTE_CAPABILITY = (5, 0)

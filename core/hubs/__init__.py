@@ -142,6 +142,25 @@ def model_to_dict(info: ModelInfo) -> dict[str, Any]:
             "lm_head_bytes": info.weights.lm_head_bytes,
         },
         "config": dict(info.config),
+        "format": info.format,
+        "gguf": None
+        if info.gguf is None
+        else {
+            "reference": info.gguf.reference,
+            "variants": [
+                {
+                    "key": v.key,
+                    "quant": v.quant,
+                    "size": v.total_size,
+                    "files": [f.path for f in v.files],
+                    "split_count": v.split_count,
+                    "complete": v.complete,
+                    "missing": list(v.missing),
+                }
+                for v in info.gguf.listing.variants
+            ],
+            "projectors": [{"path": p.path, "size": p.size} for p in info.gguf.listing.projectors],
+        },
     }
 
 

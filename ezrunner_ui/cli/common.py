@@ -54,6 +54,13 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--port", type=int, default=8000, help="port the server listens on (default 8000)")
     g.add_argument("--base-image", help="use this engine image instead of the pinned one (mirror, pre-loaded)")
+    g = p.add_argument_group("llama.cpp / GGUF options")
+    g.add_argument("--quant", metavar="NAME", help="GGUF quantization to pack, e.g. Q4_K_M (a GGUF repo's, or the "
+                   "target of a conversion); default: the most bits per weight that fits")
+    g.add_argument("--kv-cache-type", choices=["f16", "bf16", "q8_0", "q4_0"], help="llama.cpp KV cache type")
+    g.add_argument("--parallel", type=int, metavar="N", help="llama.cpp slots: requests decoded at once")
+    g.add_argument("--gguf-pre-tokenizer", metavar="NAME",
+                   help="for a conversion whose tokenizer llama.cpp's converter does not recognise, e.g. llama-bpe")
 
 
 def token() -> str | None:
@@ -92,11 +99,16 @@ def options(args: argparse.Namespace) -> Options:
         dtype=args.dtype,
         port=args.port,
         base_image=args.base_image,
+        quant=args.quant,
+        kv_cache_type=args.kv_cache_type,
+        parallel=args.parallel,
+        gguf_pre_tokenizer=args.gguf_pre_tokenizer,
     )
 
 
 def inspect(args: argparse.Namespace) -> ModelInfo:
-    return hubs.inspect(ref=parse_ref(args.model), revision=args.revision, token=token())
+    quant = getattr(args, "quant", None)
+    return hubs.inspect(ref=parse_ref(args.model), revision=args.revision, token=token(), quant=quant)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

@@ -41,7 +41,7 @@ def test_engine_lookup() -> None:
     assert engine_for("vllm").template == "vllm.Dockerfile.j2"
     assert engine_for("transformers").template == "transformers.Dockerfile.j2"
     assert engine_for("llama.cpp").template == "llamacpp.Dockerfile.j2"
-    with pytest.raises(InvalidOptionsError, match="vllm, llama.cpp, transformers"):
+    with pytest.raises(InvalidOptionsError, match=r"vllm, llama\.cpp, transformers"):
         engine_for("sglang")
 
 
