@@ -65,8 +65,9 @@ class Conversion:
 
     @property
     def converter_outtype(self) -> str:
-        """The converter's --outtype: the quant itself, or Q8_0 as the source llama-quantize starts from."""
-        return DIRECT_OUTTYPES.get(self.quant.upper(), "q8_0" if self.quant.upper().startswith("Q") else "f16")
+        """The converter's --outtype: the quant itself, or F16 as the source llama-quantize starts from (it
+        refuses to requantize an already quantized file)."""
+        return DIRECT_OUTTYPES.get(self.quant.upper(), "f16")
 
 
 def missing_converter_modules() -> list[str]:
