@@ -888,10 +888,12 @@ def memory_estimate(*, header: GgufHeader, settings: LlamaCppSettings, gpu_share
                     backend: Backend = "cuda") -> MemoryEstimate:
     """Everything llama-server allocates for ``settings``: per GPU and in host memory.
 
-    With GPUs the compute buffer is put on the GPU of the output layer (where the bulk of the graph runs when
-    offloaded) and the host keeps a small one for the CPU part; with layers left on the host it also gets a CPU
-    compute buffer. Host memory does not include the server's prompt cache (``--cache-ram``) or context
-    checkpoints of sliding-window models (``--ctx-checkpoints``); :func:`server_arguments` bounds them.
+    Every GPU that holds layers (or the output head) is given the whole single-backend compute buffer: each runs
+    its part of the graph in its own buffer, whose peak is at most the whole graph's (an upper bound until a GPU
+    calibration says more; pipeline parallelism across GPUs keeps extra copies of the graph inputs). With layers
+    left on the host the host gets a CPU compute buffer too, else only the part the CPU runs. Host memory does
+    not include the server's prompt cache (``--cache-ram``) or context checkpoints of sliding-window models
+    (``--ctx-checkpoints``); :func:`server_arguments` bounds them.
     """
     model = header.model
     shape = context_shape(n_ctx=settings.n_ctx, n_parallel=settings.n_parallel, kv_unified=settings.kv_unified,
@@ -911,11 +913,12 @@ def memory_estimate(*, header: GgufHeader, settings: LlamaCppSettings, gpu_share
         _compute_for(header, settings, "cpu") if host_layers or not offloaded else _host_side_compute(model=model,
                                                                                                      shape=shape)
     )
+    used_gpus = {d for d in (*placement.layer_devices, placement.output_device) if d != _HOST}
     gpus = tuple(
         DeviceMemory(
             weights=placement.gpu_bytes[i],
             kv_cache=kv_gpus[i],
-            compute=gpu_compute if i == max(placement.output_device, 0) else 0,
+            compute=gpu_compute if i in used_gpus else 0,
         )
         for i in range(len(shares))
     )
@@ -938,9 +941,12 @@ def _compute_for(header: GgufHeader, settings: LlamaCppSettings, backend: Backen
 
 
 def _host_side_compute(*, model: GgufModel, shape: ContextShape) -> int:
-    """With every layer offloaded the host still gathers the token embeddings (token_embd stays in host memory)
-    and holds the graph inputs: about two embedding rows per token."""
-    return 2 * (model.embedding_length or 0) * shape.n_ubatch * 4 + shape.n_ubatch * 32
+    """The CPU's share of the graph when every layer is offloaded: token_embd stays in host memory, so the
+    get_rows that gathers the embeddings runs there, next to its inputs (inp_tokens, and inp_embd, which is
+    allocated though unused; llama-graph.cpp:2384-2401). From the graph, not yet checked against a GPU log."""
+    tokens = -(-shape.n_ubatch // shape.n_seq) * shape.n_seq
+    rows = 2 * (model.embedding_length or 0) * tokens * 4  # inp_embd and the gathered embeddings
+    return _pad(tokens * 4, _ALIGNMENT["cpu"]) + _pad(rows // 2, _ALIGNMENT["cpu"]) * 2
 
 
 def max_context_that_fits(
