@@ -255,6 +255,8 @@ def test_latent_attention_caches_k_only_and_shared_layers_none() -> None:
                          "deepseek2.attention.key_length_mla": 192, "deepseek2.attention.value_length_mla": 128})
     kv = kv_cache_bytes(model=mla.model, n_ctx=1024)
     assert kv.v_bytes == 0 and kv.k_bytes == 2 * 576 * 1024 * 2
+    with pytest.raises(InvalidOptionsError, match="different K"):
+        kv_cache_bytes(model=mla.model, n_ctx=1024, cache_type_k="q8_0")
 
 
 def test_quantized_v_needs_flash_attention_and_block_aligned_rows() -> None:
@@ -263,8 +265,10 @@ def test_quantized_v_needs_flash_attention_and_block_aligned_rows() -> None:
         kv_cache_bytes(model=header.model, n_ctx=1024, cache_type_v="q8_0", flash_attn=False)
     with pytest.raises(InvalidOptionsError, match="not a KV cache type"):
         kv_cache_bytes(model=header.model, n_ctx=1024, cache_type_k="q4_k")
-    odd = _header([], **{"llama.attention.key_length": 72, "llama.attention.value_length": 72})
-    with pytest.raises(InvalidOptionsError, match="multiples of 32 values; layer 0 of this model has 144"):
+    # the tiny Llama's heads of 16 values cannot hold 32-value q8_0 blocks: llama-server refuses to start
+    # ("K cache type q8_0 with block size 32 does not divide n_embd_head_k=16")
+    odd = _header([], **{"llama.attention.key_length": 16, "llama.attention.value_length": 16})
+    with pytest.raises(InvalidOptionsError, match="K cache needs heads that are multiples of 32 values; layer 0"):
         kv_cache_bytes(model=odd.model, n_ctx=1024, cache_type_k="q8_0")
 
 
