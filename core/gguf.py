@@ -286,9 +286,17 @@ class _Cursor:
     def string(self, what: str, *, limit: int = MAX_STRING_BYTES) -> str:
         return self.take(self.string_length(what, limit=limit), what).decode("utf-8", errors="replace")
 
-    def room(self) -> int:
-        """Bytes that may still follow within the header cap (and the file, when its size is known)."""
-        return self._limit - self.pos
+    def check_room(self, n: int, what: str) -> None:
+        """Refuse a count whose smallest encoding (``n`` bytes) cannot fit before looping over it."""
+        if self.pos + n <= self._limit:
+            return
+        if self._file_size is not None and self._file_size <= self._max_bytes:
+            raise _truncated(self._file, what=what, offset=self.pos, size=self._file_size)
+        raise _broken(
+            self._file,
+            f"{what} cannot fit in the {self._max_bytes >> 20} MiB a header may take (offset {self.pos})",
+            hint="A real GGUF header is a few MB; the file is damaged or not a model.",
+        )
 
 
 def read_gguf_header(
@@ -395,11 +403,7 @@ def _read_array(cursor: _Cursor, element_type: int, length: int, *, key: str, de
         raise _broken(file, f"'{key}' is an array of value type {element_type}, which GGUF does not define (0-12)")
     # every element takes at least this many bytes: refuse counts that cannot fit before looping over them
     smallest = struct.calcsize(_SCALAR_FORMATS[element_type]) if element_type in _SCALAR_FORMATS else 8
-    if length * smallest > cursor.room():
-        raise _broken(
-            file,
-            f"'{key}' claims {length} elements, more than the rest of the header can hold (offset {cursor.pos})",
-        )
+    cursor.check_room(length * smallest, f"the {length} elements of '{key}'")
     keep = length <= MAX_KEPT_ARRAY_LENGTH
     if element_type in _SCALAR_FORMATS:
         size = struct.calcsize(_SCALAR_FORMATS[element_type])

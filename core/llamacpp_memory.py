@@ -241,6 +241,12 @@ def kv_cache_bytes(
         )
     shape = context_shape(n_ctx=n_ctx, n_parallel=n_parallel, kv_unified=kv_unified, n_batch=n_batch, n_ubatch=n_ubatch)
     k_type, v_type = cache_type(cache_type_k), cache_type(cache_type_v)
+    if model.is_mla and k_type != v_type:
+        raise InvalidOptionsError(
+            f"llama.cpp refuses different K ({cache_type_k}) and V ({cache_type_v}) cache types for a latent-attention "
+            "model (src/llama-context.cpp:3835-3838).",
+            hint="Give -ctk and -ctv the same type.",
+        )
     n_layer_all = model.block_count or 0
     swa = swa_cells(model=model, shape=shape, swa_full=swa_full)
     # without flash attention V is stored transposed and every layer is padded to the widest
@@ -256,12 +262,13 @@ def kv_cache_bytes(
         k_width = model.key_length_at(il) * model.head_count_kv_at(il)
         v_width = 0 if model.is_mla else (model.value_length_at(il) * model.head_count_kv_at(il) if flash_attn
                                           else v_max)
-        for width, kind in ((k_width, k_type), (v_width, v_type)):
-            if width % kind.block_size:
+        # a quantized cache's blocks may not straddle heads (src/llama-context.cpp:3851-3870)
+        for head, kind, which in ((model.key_length_at(il), k_type, "K"), (model.value_length_at(il), v_type, "V")):
+            if head % kind.block_size and not (which == "V" and model.is_mla):
                 raise InvalidOptionsError(
-                    f"A {kind.name} cache needs rows that are multiples of {kind.block_size} values; layer {il} of "
-                    f"this model has {width}.",
-                    hint="Use an f16 or bf16 KV cache for this model.",
+                    f"A {kind.name} {which} cache needs heads that are multiples of {kind.block_size} values; "
+                    f"layer {il} of this model has heads of {head}.",
+                    hint=f"Use an f16 or bf16 {which} cache for this model.",
                 )
         k = kind_bytes(k_type, k_width) * cells * shape.n_stream
         v = kind_bytes(v_type, v_width) * cells * shape.n_stream
@@ -888,15 +895,22 @@ def memory_estimate(*, header: GgufHeader, settings: LlamaCppSettings, gpu_share
                     backend: Backend = "cuda") -> MemoryEstimate:
     """Everything llama-server allocates for ``settings``: per GPU and in host memory.
 
-    With GPUs the compute buffer is put on the GPU of the output layer (where the bulk of the graph runs when
-    offloaded) and the host keeps a small one for the CPU part; with layers left on the host it also gets a CPU
-    compute buffer. Host memory does not include the server's prompt cache (``--cache-ram``) or context
-    checkpoints of sliding-window models (``--ctx-checkpoints``); :func:`server_arguments` bounds them.
+    Every GPU that holds layers (or the output head) is given the whole single-backend compute buffer: each runs
+    its part of the graph in its own buffer, whose peak is at most the whole graph's (an upper bound until a GPU
+    calibration says more; pipeline parallelism across GPUs keeps extra copies of the graph inputs). With layers
+    left on the host the host gets a CPU compute buffer too, else only the part the CPU runs. Host memory does
+    not include the server's prompt cache (``--cache-ram``) or context checkpoints of sliding-window models
+    (``--ctx-checkpoints``); :func:`server_arguments` bounds them.
     """
     model = header.model
     shape = context_shape(n_ctx=settings.n_ctx, n_parallel=settings.n_parallel, kv_unified=settings.kv_unified,
                           n_batch=settings.n_batch, n_ubatch=settings.n_ubatch)
     shares = tuple(gpu_shares)[:1] if settings.split_mode == "none" else tuple(gpu_shares)
+    if settings.split_mode == "tensor" and not settings.flash_attn:
+        raise InvalidOptionsError(
+            "llama.cpp's tensor split mode needs flash attention (src/llama-context.cpp:3826-3829).",
+            hint="Use -fa on with -sm tensor, or the layer split mode.",
+        )
     placement = weights_placement(header=header, n_gpu_layers=settings.n_gpu_layers if shares else 0,
                                   gpu_shares=shares, split_mode=settings.split_mode)
     kv = kv_cache_bytes(model=model, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
@@ -911,11 +925,12 @@ def memory_estimate(*, header: GgufHeader, settings: LlamaCppSettings, gpu_share
         _compute_for(header, settings, "cpu") if host_layers or not offloaded else _host_side_compute(model=model,
                                                                                                      shape=shape)
     )
+    used_gpus = {d for d in (*placement.layer_devices, placement.output_device) if d != _HOST}
     gpus = tuple(
         DeviceMemory(
             weights=placement.gpu_bytes[i],
             kv_cache=kv_gpus[i],
-            compute=gpu_compute if i == max(placement.output_device, 0) else 0,
+            compute=gpu_compute if i in used_gpus else 0,
         )
         for i in range(len(shares))
     )
@@ -938,9 +953,12 @@ def _compute_for(header: GgufHeader, settings: LlamaCppSettings, backend: Backen
 
 
 def _host_side_compute(*, model: GgufModel, shape: ContextShape) -> int:
-    """With every layer offloaded the host still gathers the token embeddings (token_embd stays in host memory)
-    and holds the graph inputs: about two embedding rows per token."""
-    return 2 * (model.embedding_length or 0) * shape.n_ubatch * 4 + shape.n_ubatch * 32
+    """The CPU's share of the graph when every layer is offloaded: token_embd stays in host memory, so the
+    get_rows that gathers the embeddings runs there, next to its inputs (inp_tokens, and inp_embd, which is
+    allocated though unused; llama-graph.cpp:2384-2401). From the graph, not yet checked against a GPU log."""
+    tokens = -(-shape.n_ubatch // shape.n_seq) * shape.n_seq
+    rows = 2 * (model.embedding_length or 0) * tokens * 4  # inp_embd and the gathered embeddings
+    return _pad(tokens * 4, _ALIGNMENT["cpu"]) + _pad(rows // 2, _ALIGNMENT["cpu"]) * 2
 
 
 def max_context_that_fits(
