@@ -943,7 +943,8 @@ def tokens_that_fit(
 
 
 def activation_bytes(*, shape: ModelShape) -> int:
-    """vLLM's profiled peak activation for one GPU (see ``ACTIVATION_BYTES_REFERENCE``)."""
+    """vLLM's profiled peak activation for one GPU (see ``ACTIVATION_BYTES_REFERENCE``): the transformers
+    engine's estimate. vLLM plans take the batch-limit-aware peak of ``core.engines.vllm_memory``."""
     scaled = ACTIVATION_BYTES_REFERENCE * shape.hidden_size / ACTIVATION_REFERENCE_HIDDEN_SIZE
     return int(min(ACTIVATION_BYTES_MAX, max(ACTIVATION_BYTES_MIN, scaled)))
 

@@ -37,6 +37,7 @@ MIN_SERVABLE_CONTEXT = 2048
 # max_model_len is rounded down to a multiple of 256: a multiple of vLLM's 16-token block, and a number
 # people can read; the model's own context is kept as is when it fits.
 MAX_MODEL_LEN_MULTIPLE = 256
+# transformers only (vLLM plans promise vllm_memory's pool, which has its own safety margin).
 # Only this share of the estimated KV pool is promised to max_model_len: the llm-d-planner validation found
 # ~4 % KV error on dense models and 10-29 % on MoE/MLA ones (notes §0), and vLLM refuses to start when one
 # max_model_len request does not fit.
