@@ -81,7 +81,7 @@ _ALTERNATING_SLIDING = frozenset({"gemma2", "cohere2"})
 # decoding asks for them (vLLM deepseek_v2.py / glm4_moe.py skip `layers.{num_hidden_layers}+` weights).
 _MTP_SKIPPED_AT_LOAD = frozenset({"deepseek_v3", "deepseek_v32", "kimi_k2", "glm4_moe"})
 # vLLM's quantization methods (vllm/model_executor/layers/quantization/__init__.py, v0.33.0) that store
-# weights EZ Runner sizes from their safetensors bytes. Others are named in ModelShape.notes.
+# weights EZ Runner sizes from their safetensors bytes. Others are named in ModelShape.assumptions.
 KNOWN_QUANTIZATION_METHODS = frozenset(
     {
         "awq", "awq_marlin", "gptq", "gptq_marlin", "gptq_marlin_24", "fp8", "fbgemm_fp8", "ptpc_fp8",
@@ -144,6 +144,16 @@ _LAYER_TYPE_NAMES: Mapping[str, LayerKind] = {
 }
 # Nemotron-H `hybrid_override_pattern`: M = Mamba-2, * = attention, - = MLP, E = MoE
 _PATTERN_KINDS: Mapping[str, LayerKind] = {"M": "mamba", "*": "full", "-": "none", "E": "none"}
+
+
+@dataclass(frozen=True)
+class ShapeAssumption:
+    """Something the sizing had to assume about a config (an unknown quantization method, a window wider than
+    the context): a stable ``code`` and ``params`` for translations, and the English sentence."""
+
+    code: str
+    text: str
+    params: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -244,8 +254,13 @@ class ModelShape:
     vision: VisionTowerShape | None = None
     # cos/sin table vLLM builds per RoPE variant: positions × rotary dim elements (see rope_cache_bytes)
     rope_cache_elements: int = 0
-    # Sentences about what was assumed (an unknown quantization method, a window wider than the context).
-    notes: tuple[str, ...] = ()
+    # What was assumed (an unknown quantization method, a window wider than the context).
+    assumptions: tuple[ShapeAssumption, ...] = ()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The assumptions as English sentences."""
+        return tuple(a.text for a in self.assumptions)
 
     @property
     def is_mla(self) -> bool:
@@ -381,7 +396,7 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
         mla_latent_dim = kv_lora_rank + rope_dim
 
     context = _int(get("max_position_embeddings")) or _int(get("seq_length")) or _int(get("n_positions"))
-    notes: list[str] = []
+    notes: list[ShapeAssumption] = []
     kinds, window, chunk = _layer_layout(
         cfg=cfg, get=get, model_type=model_type, layers=layers, context=context, notes=notes
     )
@@ -411,9 +426,13 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
     scheme = quantization_scheme(config=config, quantization=quantization)
     if scheme is not None and not scheme.known:
         notes.append(
-            f"quantization_config.quant_method {scheme.method!r} is not a vLLM method EZ Runner knows; its "
-            "weights are sized from the bytes stored in the safetensors files (the fallback), which holds "
-            "only if vLLM keeps them in that form."
+            ShapeAssumption(
+                "quantization_method_unknown",
+                f"quantization_config.quant_method {scheme.method!r} is not a vLLM method EZ Runner knows; its "
+                "weights are sized from the bytes stored in the safetensors files (the fallback), which holds "
+                "only if vLLM keeps them in that form.",
+                {"method": scheme.method},
+            )
         )
     tie = get("tie_word_embeddings")
     return ModelShape(
@@ -446,7 +465,7 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
         rope_cache_elements=_rope_cache_elements(
             cfg=cfg, get=get, model_type=model_type, head_dim=head_dim, context=context, kinds=kinds
         ),
-        notes=tuple(notes),
+        assumptions=tuple(notes),
     )
 
 
@@ -496,7 +515,7 @@ def _layer_layout(
     model_type: str | None,
     layers: int,
     context: int | None,
-    notes: list[str],
+    notes: list[ShapeAssumption],
 ) -> tuple[tuple[LayerKind, ...], int | None, int | None]:
     """(kind of every layer, sliding window, attention chunk size) as vLLM builds the layers."""
     window = _int(get("sliding_window"))
@@ -514,8 +533,12 @@ def _layer_layout(
         kinds = _as_full(kinds, "sliding")  # a layout without a window
     if "sliding" in kinds and window and context and window >= context:
         notes.append(
-            f"sliding_window {window:,} is not smaller than the context ({context:,} tokens), so the window "
-            "never limits the cache: those layers are sized as full attention."
+            ShapeAssumption(
+                "sliding_window_not_smaller",
+                f"sliding_window {window:,} is not smaller than the context ({context:,} tokens), so the window "
+                "never limits the cache: those layers are sized as full attention.",
+                {"sliding_window": window, "context_length": context},
+            )
         )
         kinds = _as_full(kinds, "sliding")
     if "sliding" not in kinds:
@@ -920,7 +943,8 @@ def tokens_that_fit(
 
 
 def activation_bytes(*, shape: ModelShape) -> int:
-    """vLLM's profiled peak activation for one GPU (see ``ACTIVATION_BYTES_REFERENCE``)."""
+    """vLLM's profiled peak activation for one GPU (see ``ACTIVATION_BYTES_REFERENCE``): the transformers
+    engine's estimate. vLLM plans take the batch-limit-aware peak of ``core.engines.vllm_memory``."""
     scaled = ACTIVATION_BYTES_REFERENCE * shape.hidden_size / ACTIVATION_REFERENCE_HIDDEN_SIZE
     return int(min(ACTIVATION_BYTES_MAX, max(ACTIVATION_BYTES_MIN, scaled)))
 

@@ -24,6 +24,7 @@ from core.sizing import (
     kv_heads_per_rank,
     normalise_dtype,
     round_down,
+    state_bytes_per_sequence,
     tokens_that_fit,
     unpacked_parameter_count,
 )
@@ -36,6 +37,7 @@ MIN_SERVABLE_CONTEXT = 2048
 # max_model_len is rounded down to a multiple of 256: a multiple of vLLM's 16-token block, and a number
 # people can read; the model's own context is kept as is when it fits.
 MAX_MODEL_LEN_MULTIPLE = 256
+# transformers only (vLLM plans promise vllm_memory's pool, which has its own safety margin).
 # Only this share of the estimated KV pool is promised to max_model_len: the llm-d-planner validation found
 # ~4 % KV error on dense models and 10-29 % on MoE/MLA ones (notes §0), and vLLM refuses to start when one
 # max_model_len request does not fit.
@@ -92,6 +94,10 @@ class PoolDraft:
     hard_failures: list[str] = field(default_factory=list)  # codes of warnings that make fits False
     max_model_len: int = 0
     budgets: tuple[GpuBudget, ...] = ()
+    # The pool as the engine states it, when it is not the layout's longest sequence (vLLM: "GPU KV cache
+    # size" and "Maximum concurrency" at the planned max_model_len).
+    kv_cache_tokens: int | None = None
+    max_concurrency: float | None = None
 
     def finish(self, *, sizing: PlanRequest) -> EngineDraft:
         """The draft as the planner takes it; the notes about weights and KV cache come first."""
@@ -110,13 +116,14 @@ class PoolDraft:
             kv_cache_bytes_per_token=kv_cache_bytes_per_token(
                 shape=sizing.shape, kv_dtype_bytes=self.layout.kv_dtype_bytes
             ),
-            kv_cache_tokens=self.layout.pool_tokens,
+            kv_cache_tokens=self.layout.pool_tokens if self.kv_cache_tokens is None else self.kv_cache_tokens,
             gpu_memory_utilization=self.gpu_memory_utilization,
             budgets=self.budgets,
             valid_tps=self.valid_tps,
             reasons=[*self.reasons, *notes],
             warnings=list(self.warnings),
             hard_failures=list(self.hard_failures),
+            max_concurrency=self.max_concurrency,
         )
 
 
@@ -279,8 +286,11 @@ def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int) -> Note:
             "Every GPU holds the whole latent cache, so it is not split by tensor parallelism."
         )
     else:
+        # hybrid models: only the attention layers cache per token
+        attention = shape.attention_layers
+        layers = f"{shape.num_layers}" if attention == shape.num_layers else f"{attention} attention"
         text = (
-            f"KV cache: {whole:,} bytes per token (2 × {shape.num_layers} layers × "
+            f"KV cache: {whole:,} bytes per token (2 × {layers} layers × "
             f"{shape.num_kv_heads} KV heads "
             f"× head_dim {shape.head_dim} × {kv_dtype_bytes} bytes)"
         )
@@ -294,10 +304,32 @@ def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int) -> Note:
             f" {shape.sliding_window_layers} of {shape.num_layers} layers attend within a "
             f"{shape.sliding_window}-token window, so their cache stops growing past it."
         )
+    chunked = shape.count("chunked")
+    if chunked:
+        text += (
+            f" {chunked} of {shape.num_layers} layers attend within {shape.attention_chunk_size}-token chunks, "
+            "so their cache stops growing past one chunk."
+        )
+    state = state_bytes_per_sequence(shape=shape, dtype_bytes=kv_dtype_bytes)
+    state_per_rank = state_bytes_per_sequence(shape=shape, tensor_parallel_size=tp, dtype_bytes=kv_dtype_bytes)
+    if state:
+        kinds = " and ".join(k for k in ("linear", "mamba") if shape.count(k))
+        text += (
+            f" {shape.state_layers} {kinds} layers keep a fixed state instead: {state:,} bytes per sequence, "
+            "whatever its length"
+            + (f" ({state_per_rank:,} bytes per GPU at TP {tp})." if tp > 1 else ".")
+        )
     return Note(
         "kv_cache",
         text,
-        {"bytes_per_token": whole, "bytes_per_token_per_gpu": per_rank, "mla": shape.is_mla, "tp": tp},
+        {
+            "bytes_per_token": whole,
+            "bytes_per_token_per_gpu": per_rank,
+            "state_bytes_per_sequence": state,
+            "state_bytes_per_sequence_per_gpu": state_per_rank,
+            "mla": shape.is_mla,
+            "tp": tp,
+        },
     )
 
 

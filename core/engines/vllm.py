@@ -3,21 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from core.engines.cuda import CUDA_MIN_DRIVER
 from core.engines.shared import (
+    MAX_MODEL_LEN_MULTIPLE,
     MIN_SERVABLE_CONTEXT,
     USEFUL_CONTEXT_TOKENS,
     Layout,
     PlanRequest,
     PoolDraft,
     choose_dtype,
-    choose_max_model_len,
     driver_warning,
-    finish_budgets,
-    make_layout,
     min_compute_capability,
     more_room_text,
     profile_description,
@@ -33,24 +33,24 @@ from core.engines.versions import (
     VLLM_MIN_COMPUTE_CAPABILITY,
     VLLM_VERSION,
 )
+from core.engines.vllm_memory import (
+    VllmMemoryProfile,
+    constants_for,
+    cuda_total_bytes,
+    kv_dtype_bytes,
+    vllm_memory_profile,
+)
 from core.errors import InvalidOptionsError
 from core.hardware import Gpu, Target
 from core.hubs.base import ModelInfo
-from core.planning import EngineDraft, Note, Options, Plan, PlanWarning
+from core.planning import EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
 from core.runspec import Profile, RunSpec
-from core.sizing import (
-    ModelShape,
-    activation_bytes,
-    cuda_visible_bytes,
-    gib,
-    loaded_weights_bytes,
-    non_torch_bytes,
-)
+from core.sizing import ModelShape, gib, loaded_weights_bytes, round_down, weights_per_gpu_bytes
 
-# We always pass --gpu-memory-utilization, so the plan's numbers hold whatever the image's default is
-# (0.9 through vLLM v0.19; the newest config/cache.py reads 0.92). 0.9 leaves 10 % of each card for CUDA
-# graphs, the sampler warm-up and anything else on the GPU.
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# The pinned vLLM's own default (vllm/config/cache.py, 0.92 since 0.21), read from the memory table so that
+# the value the plan is sized with and the one it passes as --gpu-memory-utilization are one number. CUDA
+# graphs are inside this budget since 0.21 (the profile subtracts them), so the old 0.9 no longer buys room.
+DEFAULT_GPU_MEMORY_UTILIZATION = constants_for(VLLM_VERSION).default_gpu_memory_utilization.value
 
 
 class VllmEngine:
@@ -76,8 +76,7 @@ class VllmEngine:
         return None
 
     def plan(self, *, request: PlanRequest) -> EngineDraft:
-        draft = _plan_vllm(sizing=request)
-        return draft.finish(sizing=request)
+        return plan_vllm(request=request)
 
     def default_base_image(self, *, plan: Plan) -> str:
         return VLLM_IMAGE
@@ -154,38 +153,128 @@ def valid_tensor_parallel_sizes(*, shape: ModelShape, gpu_count: int) -> list[in
     return [t for t in range(1, gpu_count + 1) if tensor_parallel_problem(shape=shape, size=t) is None]
 
 
-def _vllm_layout(
-    *, sizing: PlanRequest, gpus: Sequence[Gpu], tp: int, util: float, weights: int, dtype: str
-) -> Layout:
-    slots = [
-        (g.index if g.index is not None else i, g.memory_bytes, int(cuda_visible_bytes(g.memory_bytes) * util))
-        for i, g in enumerate(gpus[:tp])
-    ]
-    overhead = non_torch_bytes(tensor_parallel_size=tp) + activation_bytes(shape=sizing.shape)
-    return make_layout(
-        sizing=sizing, device="cuda", tp=tp, slots=slots, weights=weights, overhead=overhead, dtype=dtype
+@dataclass(frozen=True)
+class _Candidate:
+    """One tensor parallel size on the first ``tp`` GPUs, sized by vLLM's start-up memory at the full context."""
+
+    tp: int
+    gpus: tuple[Gpu, ...]
+    util: float  # what the plan passes as --gpu-memory-utilization for this size
+    lowered_from: float | None  # the default, when the start-up check made the plan lower it
+    profile: VllmMemoryProfile  # at the model's full context
+    longest: int  # the longest request (at most the context) the pool holds; 0 when none does
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Everything vLLM takes of the requested memory besides weights and the promised pool."""
+        p = self.profile
+        return p.activation_peak_bytes + p.non_torch_bytes + p.cudagraph_bytes + p.safety_bytes
+
+
+@dataclass(frozen=True)
+class _Sizer:
+    """vLLM's memory for this model and dtype, on any GPUs, at any utilization and max_model_len."""
+
+    sizing: PlanRequest
+    dtype: str
+    version: str
+
+    @property
+    def default_utilization(self) -> float:
+        return constants_for(self.version).default_gpu_memory_utilization.value
+
+    def profile(self, *, gpus: Sequence[Gpu], tp: int, util: float, max_model_len: int) -> VllmMemoryProfile:
+        shape = self.sizing.shape
+        return vllm_memory_profile(
+            shape=shape,
+            weights_per_gpu_bytes=weights_per_gpu_bytes(
+                weights=self.sizing.model.weights, shape=shape, dtype=self.dtype, tensor_parallel_size=tp
+            ),
+            gpus=gpus[:tp],
+            tensor_parallel_size=tp,
+            gpu_memory_utilization=util,
+            max_model_len=max_model_len,
+            model_dtype=self.dtype,
+            version=self.version,
+        )
+
+    def starting_profile(
+        self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None, max_model_len: int
+    ) -> tuple[VllmMemoryProfile, float | None]:
+        """The profile at the forced utilization, or at the default lowered until vLLM's start-up check
+        passes (the free memory it sees must cover what it requests); and the default when it was lowered."""
+        util = forced_util or self.default_utilization
+        p = self.profile(gpus=gpus, tp=tp, util=util, max_model_len=max_model_len)
+        if forced_util is not None or p.starts:
+            return p, None
+        lowered = max(0.01, p.highest_starting_utilization)
+        return self.profile(gpus=gpus, tp=tp, util=lowered, max_model_len=max_model_len), util
+
+    def candidate(self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None) -> _Candidate:
+        context = self.sizing.context
+        p, lowered_from = self.starting_profile(gpus=gpus, tp=tp, forced_util=forced_util, max_model_len=context)
+        util = p.gpu_memory_utilization
+        return _Candidate(tp, tuple(gpus[:tp]), util, lowered_from, p, self.longest(gpus=gpus, tp=tp, util=util))
+
+    def longest(self, *, gpus: Sequence[Gpu], tp: int, util: float) -> int:
+        """The largest max_model_len (at most the context) whose one request fits the pool: vLLM refuses to
+        start below a concurrency of 1. Binary search, as a longer request never takes fewer blocks."""
+
+        def fits(length: int) -> bool:
+            return self.profile(gpus=gpus, tp=tp, util=util, max_model_len=length).fits_one_request
+
+        low, high = 0, self.sizing.context
+        if fits(high):
+            return high
+        while high - low > 1:  # fits(low) or low == 0; not fits(high)
+            middle = (low + high) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def gpus_needed(self, *, gpu: Gpu, forced_util: float | None, want: int) -> int | None:
+        """The fewest GPUs like ``gpu`` (up to 64) whose valid TP holds the weights plus one ``want``-token
+        request."""
+        for tp in range(1, 65):
+            if tensor_parallel_problem(shape=self.sizing.shape, size=tp):
+                continue
+            p, _ = self.starting_profile(gpus=[gpu] * tp, tp=tp, forced_util=forced_util, max_model_len=want)
+            if p.starts and p.fits_one_request:
+                return tp
+        return None
+
+
+def _layout(*, candidate: _Candidate, dtype: str) -> Layout:
+    slots = tuple(
+        (g.index if g.index is not None else i, g.memory_bytes, math.ceil(cuda_total_bytes(g) * candidate.util))
+        for i, g in enumerate(candidate.gpus)
+    )
+    return Layout(
+        device="cuda",
+        tensor_parallel_size=candidate.tp,
+        slots=slots,
+        weights_per_slot=candidate.profile.weights_bytes,
+        overhead_per_slot=candidate.overhead_bytes,
+        kv_dtype_bytes=kv_dtype_bytes(kv_cache_dtype="auto", model_dtype=dtype),
+        pool_tokens=candidate.longest,
     )
 
 
-def _gpus_needed(
-    *, sizing: PlanRequest, gpu: Gpu, util: float, weights: int, dtype: str, want: int
-) -> int | None:
-    """The fewest GPUs like ``gpu`` (up to 64) whose valid TP holds the weights plus ``want`` tokens."""
-    for tp in range(1, 65):
-        if tensor_parallel_problem(shape=sizing.shape, size=tp):
-            continue
-        layout = _vllm_layout(sizing=sizing, gpus=[gpu] * tp, tp=tp, util=util, weights=weights, dtype=dtype)
-        if layout.pool_tokens >= want:
-            return tp
-    return None
+def plan_vllm(*, request: PlanRequest, version: str = VLLM_VERSION) -> EngineDraft:
+    """The vLLM plan of ``request``, sized with the memory behaviour of vLLM ``version`` (the pinned release;
+    another one only to compare with logs of that release)."""
+    return _plan_vllm(sizing=request, version=version).finish(sizing=request)
 
 
-def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
+def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     target, options = sizing.target, sizing.options
     shape, model, gpus = sizing.shape, sizing.model, target.gpus
     dtype, dtype_notes, dtype_warnings = choose_dtype(options=options, shape=shape, device="cuda", gpus=gpus)
     weights = loaded_weights_bytes(weights=model.weights, shape=shape, dtype=dtype)
-    util = options.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    sizer = _Sizer(sizing=sizing, dtype=dtype, version=version)
+    forced_util = options.gpu_memory_utilization
     valid = valid_tensor_parallel_sizes(shape=shape, gpu_count=len(gpus))
     forced_tp = options.tensor_parallel_size
     if forced_tp is not None and forced_tp not in valid:
@@ -194,19 +283,18 @@ def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
             f"tensor_parallel_size {forced_tp} is not valid for this model: {problem}.",
             hint=f"Valid sizes on this target: {', '.join(map(str, valid))}.",
         )
-    layouts = {
-        t: _vllm_layout(sizing=sizing, gpus=gpus, tp=t, util=util, weights=weights, dtype=dtype)
-        for t in valid
-    }
+    candidates = {t: sizer.candidate(gpus=gpus, tp=t, forced_util=forced_util) for t in valid}
     want = min(sizing.context, USEFUL_CONTEXT_TOKENS)
-    useful = [t for t in valid if layouts[t].pool_tokens >= want]
+    useful = [t for t in valid if candidates[t].longest >= want]
     if forced_tp is not None:
         tp = forced_tp
     elif useful:
         tp = useful[0]
     else:
-        tp = max(valid, key=lambda t: (layouts[t].pool_tokens, -t))
-    layout = layouts[tp]
+        tp = max(valid, key=lambda t: (candidates[t].longest, candidates[t].profile.max_concurrency, -t))
+    chosen = candidates[tp]
+    layout = _layout(candidate=chosen, dtype=dtype)
+    util = chosen.util
     draft = PoolDraft(
         engine="vllm",
         device="cuda",
@@ -218,9 +306,9 @@ def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
     )
     # tensor parallel size: why this one
     rejected = [
-        f"TP {t} leaves room for only {layouts[t].pool_tokens:,} tokens"
-        if layouts[t].pool_bytes > 0
-        else f"TP {t} cannot hold the weights ({gib(layouts[t].weights_per_slot)} GiB per GPU)"
+        f"TP {t} leaves room for only {candidates[t].longest:,} tokens"
+        if candidates[t].profile.kv_pool_bytes > 0
+        else f"TP {t} cannot hold the weights ({gib(candidates[t].profile.weights_bytes)} GiB per GPU)"
         for t in valid
         if t < tp
     ]
@@ -234,60 +322,56 @@ def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
     elif tp in useful:
         tp_text = (
             f"Tensor parallel size {tp}: the fewest GPUs that hold the weights "
-            f"({gib(layout.weights_per_slot)} GiB "
-            f"per GPU) and leave room for at least one full {want:,}-token request"
+            f"({gib(layout.weights_per_slot)} GiB per GPU, RoPE cache included) and leave room for at least one "
+            f"full {want:,}-token request"
             + (f" ({'; '.join(rejected)})" if rejected else "")
             + f". {rules}"
         )
         tp_code = "tp_fewest"
     else:
         tp_text = (
-            f"Tensor parallel size {tp}: no valid size leaves room for a full {want:,}-token "
-            "request, so the plan "
-            f"uses the one with the most KV cache room. {rules}"
+            f"Tensor parallel size {tp}: no valid size leaves room for a full {want:,}-token request, so the "
+            f"plan uses the one with the most KV cache room. {rules}"
         )
         tp_code = "tp_most_room"
     draft.reasons.append(
         Note(
             tp_code,
             tp_text,
-            {
-                "tensor_parallel_size": tp,
-                "valid": list(valid),
-                "weights_per_gpu_bytes": layout.weights_per_slot,
-            },
+            {"tensor_parallel_size": tp, "valid": list(valid), "weights_per_gpu_bytes": layout.weights_per_slot},
         )
     )
     # more room: a larger TP on this target, else more/larger GPUs or a quantized variant
-    bigger = [t for t in valid if t > tp and layouts[t].pool_tokens > layout.pool_tokens]
+    bigger = [
+        t for t in valid if t > tp and candidates[t].profile.max_concurrency > chosen.profile.max_concurrency
+    ]
     more_room: dict[str, Any] = {"tensor_parallel_size": bigger[0]} if bigger else {}
 
     def more_text_for(tokens: int) -> str:
         if bigger:
             return f"set tensor_parallel_size {bigger[0]} to spread the model over more of this server's GPUs"
-        needed = _gpus_needed(
-            sizing=sizing, gpu=gpus[0], util=util, weights=weights, dtype=dtype, want=tokens
-        )
+        needed = sizer.gpus_needed(gpu=gpus[0], forced_util=forced_util, want=tokens)
         return more_room_text(
             model=model, shape=shape, hardware=server_text(gpus_needed=needed, gpu_name=gpus[0].name)
         )
 
-    gpus_needed = _gpus_needed(sizing=sizing, gpu=gpus[0], util=util, weights=weights, dtype=dtype, want=want)
+    gpus_needed = sizer.gpus_needed(gpu=gpus[0], forced_util=forced_util, want=want)
     more_text = more_text_for(want)
-    max_len = choose_max_model_len(
+    max_len = _choose_max_model_len(
         draft=draft,
-        sizing=sizing,
-        options=options,
+        sizer=sizer,
+        candidate=chosen,
         more_room=more_room,
         more_room_text=more_text_for(options.max_model_len or sizing.context),
     )
+    final = sizer.profile(gpus=chosen.gpus, tp=tp, util=util, max_model_len=max_len)
     if layout.pool_bytes <= 0:
         draft.warnings.append(
             PlanWarning(
                 "weights_do_not_fit",
                 f"The weights need {gib(layout.weights_per_slot)} GiB per GPU plus "
-                f"{gib(layout.overhead_per_slot)} GiB of runtime overhead, but only "
-                f"{gib(min(c for _, _, c in layout.slots))} GiB of each GPU is usable at "
+                f"{gib(layout.overhead_per_slot)} GiB for vLLM's profile run, CUDA graphs, non-torch memory and "
+                f"the safety margin, but vLLM takes only {gib(final.requested_bytes)} GiB of each GPU at "
                 f"gpu_memory_utilization {util:g}. To run it, {more_text}.",
                 {"weights_per_gpu_bytes": layout.weights_per_slot, "gpus_needed": gpus_needed},
                 more_room,
@@ -297,25 +381,36 @@ def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
         draft.warnings.append(
             PlanWarning(
                 "kv_cache_too_small",
-                f"After the weights, the KV cache holds only {layout.pool_tokens:,} tokens — less than a "
+                f"After the weights, vLLM's KV cache pool ({gib(final.kv_pool_bytes)} GiB) holds only "
+                f"{chosen.longest:,} tokens for one request — less than a "
                 f"{min(sizing.context, MIN_SERVABLE_CONTEXT):,}-token conversation. To run it, {more_text}.",
-                {"kv_cache_tokens": layout.pool_tokens, "gpus_needed": gpus_needed},
+                {"kv_cache_tokens": chosen.longest, "gpus_needed": gpus_needed},
                 more_room,
             )
         )
-    draft.reasons.append(
-        Note(
-            "gpu_memory_utilization",
-            f"gpu_memory_utilization {util:g}: vLLM preallocates this share of each GPU for "
-            "weights, activations "
-            "and the KV cache "
-            f"({'as requested' if options.gpu_memory_utilization else 'its long-standing default'}"
-            "; passed explicitly so the image's own default cannot change the plan). The rest "
-            "covers CUDA graphs "
-            "and other processes.",
-            {"gpu_memory_utilization": util},
+    draft.reasons.append(_pool_note(profile=final))
+    draft.reasons.append(_utilization_note(candidate=chosen, forced=forced_util is not None, version=version))
+    if not final.starts:
+        highest = final.highest_starting_utilization
+        draft.warnings.append(
+            PlanWarning(
+                "gpu_memory_utilization_too_high",
+                f"gpu_memory_utilization {util:g} asks vLLM for {gib(final.requested_bytes)} GiB of each GPU, "
+                f"but its start-up check will find only {gib(final.startup_free_bytes)} GiB free (the CUDA "
+                "context" + (" and NCCL take" if tp > 1 else " takes") + " the rest), so the server would "
+                f"refuse to start. Use at most {highest:g}.",
+                {
+                    "gpu_memory_utilization": util,
+                    "requested_bytes": final.requested_bytes,
+                    "free_bytes": final.startup_free_bytes,
+                    "highest": highest,
+                },
+                {"gpu_memory_utilization": highest},
+            )
         )
-    )
+        draft.hard_failures.append("gpu_memory_utilization_too_high")
+    for assumption in shape.assumptions:
+        draft.warnings.append(PlanWarning(assumption.code, assumption.text, dict(assumption.params)))
     draft.reasons.extend(dtype_notes)
     draft.warnings.extend(dtype_warnings)
     cc = min_compute_capability(gpus)
@@ -356,8 +451,161 @@ def _plan_vllm(*, sizing: PlanRequest) -> PoolDraft:
         ),
         fallback=(VLLM_IMAGE_CUDA_12, VLLM_IMAGE_CUDA_12_VERSION),
     )
-    finish_budgets(draft=draft, sizing=sizing, max_len=max_len)
+    draft.max_model_len = max_len
+    draft.kv_cache_tokens = final.pool_tokens
+    draft.max_concurrency = final.max_concurrency
+    draft.budgets = tuple(
+        GpuBudget(
+            index=index,
+            weights_bytes=final.weights_bytes,
+            kv_cache_bytes=final.request_kv_bytes,
+            overhead_bytes=layout.overhead_per_slot,
+            capacity_bytes=capacity,
+            total_bytes=total,
+        )
+        for index, total, capacity in layout.slots
+    )
     return draft
+
+
+def _choose_max_model_len(
+    *, draft: PoolDraft, sizer: _Sizer, candidate: _Candidate, more_room: Mapping[str, Any], more_room_text: str
+) -> int:
+    """The model's context, clamped to the longest request vLLM's pool holds (rounded down to a multiple of
+    256), or the user's length; a length vLLM would refuse is a hard failure that names the one that fits."""
+    sizing = sizer.sizing
+    context = sizing.context
+    longest = candidate.longest
+    fit_len = context if longest >= context else round_down(longest, MAX_MODEL_LEN_MULTIPLE)
+    minimum = min(context, MIN_SERVABLE_CONTEXT)
+    requested = sizing.options.max_model_len
+
+    def at(length: int) -> VllmMemoryProfile:
+        return sizer.profile(gpus=candidate.gpus, tp=candidate.tp, util=candidate.util, max_model_len=length)
+
+    if requested is not None:
+        p = at(requested)
+        if p.fits_one_request:
+            draft.reasons.append(
+                Note(
+                    "max_model_len_forced",
+                    f"max_model_len {requested:,}, as requested (the KV cache holds {p.pool_tokens:,} tokens, "
+                    f"{p.max_concurrency:.2f} requests of this length at once).",
+                    {"max_model_len": requested, "kv_cache_tokens": p.pool_tokens},
+                )
+            )
+            return requested
+        change = {"max_model_len": fit_len} if fit_len >= MAX_MODEL_LEN_MULTIPLE else dict(more_room)
+        draft.warnings.append(
+            PlanWarning(
+                "max_model_len_too_long",
+                f"max_model_len {requested:,} needs {gib(p.request_kv_bytes)} GiB of KV cache per GPU for one "
+                f"request, but vLLM's pool is only {gib(p.kv_pool_bytes)} GiB after the weights and overheads, "
+                f"so vLLM would refuse to start. The most that fits is {fit_len:,} tokens; use that, or "
+                f"{more_room_text}.",
+                {
+                    "max_model_len": requested,
+                    "max_model_len_that_fits": fit_len,
+                    "kv_bytes_needed": p.request_kv_bytes,
+                },
+                change,
+            )
+        )
+        draft.hard_failures.append("max_model_len_too_long")
+        return requested
+    if fit_len >= context:
+        pool = at(context).pool_tokens
+        draft.reasons.append(
+            Note(
+                "max_model_len_full",
+                f"max_model_len {context:,}: the model's full context fits (the KV cache holds {pool:,} tokens).",
+                {"max_model_len": context, "kv_cache_tokens": pool},
+            )
+        )
+        return context
+    if fit_len >= minimum:
+        pool = at(fit_len).pool_tokens
+        draft.reasons.append(
+            Note(
+                "max_model_len_capped",
+                f"max_model_len {fit_len:,}: the model supports {context:,} tokens, but vLLM's KV cache pool "
+                f"holds one request of at most {longest:,} (after the weights, the profile run, CUDA graphs and "
+                f"a safety margin); rounded down to a multiple of {MAX_MODEL_LEN_MULTIPLE}.",
+                {"max_model_len": fit_len, "context_length": context, "kv_cache_tokens": pool},
+            )
+        )
+        draft.warnings.append(
+            PlanWarning(
+                "context_capped",
+                f"Prompts plus answers longer than {fit_len:,} tokens will be rejected (the model supports "
+                f"{context:,}). For longer contexts, {more_room_text}.",
+                {"max_model_len": fit_len, "context_length": context},
+                dict(more_room) if more_room else {"max_model_len": fit_len},
+            )
+        )
+        return fit_len
+    draft.hard_failures.append("no_room_for_context")
+    return fit_len if fit_len > 0 else minimum
+
+
+def _pool_note(*, profile: VllmMemoryProfile) -> Note:
+    """The pool as vLLM will log it at start-up, and the terms it is what is left of."""
+    p = profile
+    available, size = p.as_vllm_prints()
+    assumed = "; ".join(p.defaults_assumed) or "none (both set)"
+    text = (
+        f"KV cache pool, as vLLM {p.version} will log it (or a little more): \"{available}\", \"{size}\" "
+        f"({p.num_blocks:,} blocks of {p.block_size} tokens). It is what remains of the "
+        f"{gib(p.requested_bytes)} GiB vLLM requests per GPU ({gib(p.gpu_total_bytes)} GiB × "
+        f"{p.gpu_memory_utilization:g}) after {gib(p.weights_bytes)} GiB of weights, the profile run's "
+        f"{gib(p.activation_peak_bytes)} GiB peak, {gib(p.non_torch_bytes)} GiB of non-torch memory, "
+        f"{gib(p.cudagraph_bytes)} GiB of CUDA graphs and a {gib(p.safety_bytes)} GiB safety margin under "
+        f"vLLM's own figure. Batch limits assumed: {assumed}."
+    )
+    return Note(
+        "kv_pool",
+        text,
+        {
+            "kv_cache_tokens": p.pool_tokens,
+            "max_concurrency": round(p.max_concurrency, 2),
+            "max_model_len": p.max_model_len,
+            "kv_pool_bytes": p.kv_pool_bytes,
+            "requested_bytes": p.requested_bytes,
+            "weights_per_gpu_bytes": p.weights_bytes,
+            "activation_bytes": p.activation_peak_bytes,
+            "non_torch_bytes": p.non_torch_bytes,
+            "cudagraph_bytes": p.cudagraph_bytes,
+            "safety_bytes": p.safety_bytes,
+            "num_blocks": p.num_blocks,
+            "block_size": p.block_size,
+            "max_num_seqs": p.max_num_seqs,
+            "max_num_batched_tokens": p.max_num_batched_tokens,
+            "defaults_assumed": list(p.defaults_assumed),
+            "vllm_version": p.version,
+        },
+    )
+
+
+def _utilization_note(*, candidate: _Candidate, forced: bool, version: str) -> Note:
+    util, lowered = candidate.util, candidate.lowered_from
+    if forced:
+        why = "as requested"
+    elif lowered is not None:
+        p = candidate.profile
+        why = (
+            f"lowered from vLLM {version}'s default {lowered:g}: its start-up check needs what it requests "
+            f"to be free, and after the CUDA context{' and NCCL' if candidate.tp > 1 else ''} only "
+            f"{gib(p.startup_free_bytes)} of {gib(p.gpu_total_bytes)} GiB are"
+        )
+    else:
+        why = f"vLLM {version}'s own default"
+    return Note(
+        "gpu_memory_utilization",
+        f"gpu_memory_utilization {util:g}: vLLM takes this share of each GPU for the weights, the profile "
+        f"run, CUDA graphs and the KV cache pool ({why}; passed explicitly, so the server uses the value the "
+        "plan was sized with). The rest is left to the CUDA context, NCCL and other processes.",
+        {"gpu_memory_utilization": util, "lowered_from": lowered},
+    )
 
 
 def quant_family(shape: ModelShape) -> str:

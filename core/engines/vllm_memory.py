@@ -22,7 +22,7 @@ from typing import Literal
 
 from core.engines.versions import VLLM_VERSION
 from core.errors import PlanError
-from core.hardware import Gpu
+from core.hardware import Gpu, find_gpu_preset
 from core.sizing import (
     GIB,
     STATE_KINDS,
@@ -51,6 +51,8 @@ CUDA_TOTAL_BYTES: dict[str, int] = {
     # "Free memory on device (22.93/23.56 GiB)" — wtdcode/vllm-backport#34, RTX 3090
     "NVIDIA GeForce RTX 3090": int(23.56 * GIB),
 }
+# Where vLLM picks max_num_batched_tokens and max_num_seqs when neither is set (see default_batch_limits).
+BATCH_DEFAULTS_SOURCE = "vllm/engine/arg_utils.py get_batch_defaults"
 # For a card not in the table: NVML total less the largest reservation seen above (A100 80GB: 768 MiB).
 UNKNOWN_GPU_RESERVED_BYTES = 768 * MIB
 # Memory in use when vLLM takes its start-up snapshot, outside the gpu_memory_utilization budget but checked
@@ -59,6 +61,13 @@ UNKNOWN_GPU_RESERVED_BYTES = 768 * MIB
 # before the snapshot (free 77.12-77.66 instead of 78.68 GiB at TP 2-4; llm-d-planner v0.19.0 H100 logs).
 CUDA_CONTEXT_BYTES = int(0.51 * GIB)
 TENSOR_PARALLEL_STARTUP_BYTES = int(1.56 * GIB)
+# Without NVSwitch, NCCL sets up no NVLink SHARP (NVLS) buffers and takes far less before the snapshot: "Free
+# memory on device (94.05/95.01 GiB) on startup" at TP 4 on RTX PRO 6000 PCIe cards (fixture
+# qwen3-235b-a22b-fp8-rtx-pro-6000-tp4): 0.96 GiB in use, 0.45 GiB beyond the CUDA context. One log only, so
+# the plan takes 0.75 GiB.
+TENSOR_PARALLEL_STARTUP_BYTES_WITHOUT_NVSWITCH = int(0.75 * GIB)
+# Cards that sit on NVSwitch and so get NVLS buffers (Hopper and newer SXM parts), by lower-case name part.
+NVSWITCH_CARD_MARKERS = ("h100 80gb hbm3", "h100 sxm", "h100 80gb sxm", "h200", "h800", "gh200", "b200", "b300")
 # vLLM's page size in tokens (vllm/config/cache.py DEFAULT_BLOCK_SIZE); hybrid models raise it (see below).
 DEFAULT_BLOCK_SIZE = 16
 # Attention block sizes of hybrid (attention + state) models are rounded up to this many tokens
@@ -378,6 +387,31 @@ class VllmMemoryProfile:
         """vLLM refuses to start unless one max_model_len request fits the pool."""
         return self.max_concurrency >= 1.0
 
+    @property
+    def highest_starting_utilization(self) -> float:
+        """The largest gpu_memory_utilization (two decimals) that passes the start-up check on this GPU."""
+        if self.gpu_total_bytes <= 0:
+            return 0.0
+        util = math.floor(self.startup_free_bytes / self.gpu_total_bytes * 100) / 100
+        while util > 0 and math.ceil(self.gpu_total_bytes * util) > self.startup_free_bytes:
+            util = round(util - 0.01, 2)
+        return max(0.0, util)
+
+    @property
+    def block_bytes(self) -> int:
+        """One block of the pool: a page in every layer of a group (all groups share the page size)."""
+        return max((g.layers * g.page_bytes for g in self.kv_groups), default=0)
+
+    @property
+    def blocks_per_request(self) -> int:
+        """Blocks one max_model_len request holds, summed over the groups."""
+        return sum(g.groups * g.blocks_per_request for g in self.kv_groups)
+
+    @property
+    def request_kv_bytes(self) -> int:
+        """Bytes of the pool one max_model_len request holds (its blocks in every group)."""
+        return self.blocks_per_request * self.block_bytes
+
     def max_concurrency_at(self, tokens: int) -> float:
         """How many requests of ``tokens`` tokens the promised pool holds at once."""
         need = sum(g.groups * _blocks_for(g, tokens) for g in self.kv_groups)
@@ -418,9 +452,24 @@ def constants_for(version: str = VLLM_VERSION) -> VllmConstants:
 
 
 def cuda_total_bytes(gpu: Gpu) -> int:
-    """What CUDA lets vLLM see of ``gpu``: the measured figure for known cards, else NVML less 768 MiB."""
+    """What CUDA lets vLLM see of ``gpu``: the measured figure for known cards, else NVML less 768 MiB.
+
+    A described preset ("NVIDIA H100 80GB SXM", its display name) is looked up by its NVML name, as long as
+    its memory is the preset's (a preset given another memory size is a different card)."""
     known = CUDA_TOTAL_BYTES.get(gpu.name)
+    if known is None:
+        preset = find_gpu_preset(name=gpu.name)
+        if preset is not None and preset.memory_bytes == gpu.memory_bytes:
+            known = CUDA_TOTAL_BYTES.get(preset.nvml_name)
     return known if known is not None else max(0, gpu.memory_bytes - UNKNOWN_GPU_RESERVED_BYTES)
+
+
+def tensor_parallel_startup_bytes(*, gpu_name: str) -> int:
+    """What NCCL holds on each GPU before vLLM's start-up snapshot when several GPUs serve one model."""
+    name = gpu_name.lower()
+    if any(marker in name for marker in NVSWITCH_CARD_MARKERS):
+        return TENSOR_PARALLEL_STARTUP_BYTES
+    return TENSOR_PARALLEL_STARTUP_BYTES_WITHOUT_NVSWITCH
 
 
 def default_batch_limits(
@@ -659,14 +708,15 @@ def vllm_memory_profile(
     )
     assumed = []
     seqs = max_num_seqs
+    source = f"vLLM {constants.label} default for this GPU, {BATCH_DEFAULTS_SOURCE}"
     if seqs is None:
         seqs = default_seqs
-        assumed.append(f"max_num_seqs {seqs} (vLLM {constants.label} default for this GPU)")
+        assumed.append(f"max_num_seqs {seqs} ({source})")
     tokens = max_num_batched_tokens
     if tokens is None:
         # chunked prefill is always on in the V1 engine, so the default is not raised to max_model_len
         tokens = min(default_tokens, seqs * max_model_len)
-        assumed.append(f"max_num_batched_tokens {tokens} (vLLM {constants.label} default for this GPU)")
+        assumed.append(f"max_num_batched_tokens {tokens} ({source})")
 
     dtype_bytes = TORCH_DTYPE_BYTES[model_dtype]
     tp = max(1, tensor_parallel_size)
@@ -679,6 +729,7 @@ def vllm_memory_profile(
         tensor_parallel_size=tp,
     )
     multi = tp > 1
+    nccl = tp * max(1, pipeline_parallel_size) > 1  # pipeline stages talk through NCCL too
     non_torch = int(
         (constants.non_torch_tensor_parallel_bytes if multi else constants.non_torch_single_gpu_bytes).value
     )
@@ -713,7 +764,7 @@ def vllm_memory_profile(
         gpu_total_bytes=total,
         gpu_memory_utilization=util,
         requested_bytes=requested,
-        startup_free_bytes=total - CUDA_CONTEXT_BYTES - (TENSOR_PARALLEL_STARTUP_BYTES if multi else 0),
+        startup_free_bytes=total - CUDA_CONTEXT_BYTES - (tensor_parallel_startup_bytes(gpu_name=name) if nccl else 0),
         weights_bytes=weights_per_gpu_bytes,
         activation_peak_bytes=activation,
         non_torch_bytes=non_torch,

@@ -24,6 +24,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"{result.model.repo_id} on {result.target.label}")
     print(f"  engine {result.engine} ({result.base_image}), TP {result.tensor_parallel_size}, "
           f"max_model_len {result.max_model_len}, dtype {result.dtype}, fits: {'yes' if result.fits else 'NO'}")
+    if result.max_concurrency is not None:
+        # the pool as vLLM logs it at start-up ("GPU KV cache size", "Maximum concurrency for N tokens")
+        print(f"  KV cache: {result.kv_cache_tokens:,} tokens; maximum concurrency {result.max_concurrency:.2f}x "
+              f"at max_model_len {result.max_model_len:,}")
     for g in result.per_gpu:
         where = f"GPU {g.index}" if g.index is not None else "RAM"
         print(f"  {where}: weights {gib(g.weights_bytes)} + KV {gib(g.kv_cache_bytes)} + overhead "

@@ -182,10 +182,30 @@ def _summary(the_plan: Plan) -> None:
     util = the_plan.gpu_memory_utilization
     memory.metric(t("plan.gpu_memory_utilization"), f"{util:.0%}" if util is not None else "—")
     st.caption(t("plan.base_image_line", image=the_plan.base_image, dtype=the_plan.dtype))
+    _kv_pool(the_plan)
     if the_plan.fits:
         st.success(t("plan.fits", weights=fmt_bytes(the_plan.weights_bytes)), icon=":material/check_circle:")
     else:
         st.error(t("plan.does_not_fit"), icon=":material/block:")
+
+
+def _kv_pool(the_plan: Plan) -> None:
+    """The preallocated KV cache pool as tokens of context and sequences at once (vLLM's start-up figures)."""
+    if the_plan.max_concurrency is None:
+        return  # the engine preallocates no pool (transformers)
+    tokens, concurrency = st.columns(2)
+    tokens.metric(t("plan.kv_pool_tokens"), f"{the_plan.kv_cache_tokens:,}")
+    concurrency.metric(
+        t("plan.kv_pool_concurrency", max_model_len=f"{the_plan.max_model_len:,}"), f"{the_plan.max_concurrency:.2f}×"
+    )
+    st.caption(
+        t(
+            "plan.kv_pool_caption",
+            tokens=f"{the_plan.kv_cache_tokens:,}",
+            max_model_len=f"{the_plan.max_model_len:,}",
+            concurrency=f"{the_plan.max_concurrency:.2f}",
+        )
+    )
 
 
 def _reasons(the_plan: Plan) -> None:

@@ -61,6 +61,44 @@ def test_plan_for_a_gpu_server(app: AppTest, tiny_model: Path) -> None:
     assert app.download_button(key="download_context").label == "Download the build context (zip)"
 
 
+def test_kv_pool_is_shown_as_tokens_and_concurrent_sequences(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4"))
+    plan_page(app)
+    the_plan = app.session_state["wizard"].current_plan()
+    assert the_plan.engine == "vllm" and the_plan.max_concurrency is not None
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["KV cache pool (tokens of context)"] == f"{the_plan.kv_cache_tokens:,}"
+    length = f"{the_plan.max_model_len:,}"
+    assert metrics[f"Sequences of {length} tokens at once"] == f"{the_plan.max_concurrency:.2f}×"
+    # the caption quotes the line vLLM will log, and the reasons carry the same figures
+    vllm_line = (
+        f"GPU KV cache size: {the_plan.kv_cache_tokens:,} tokens, Maximum concurrency for {length} tokens per "
+        f"request: {the_plan.max_concurrency:.2f}x"
+    )
+    assert any(vllm_line in c.value for c in app.caption)
+    assert vllm_line in "\n".join(m.value for m in app.markdown)
+
+
+def test_kv_pool_in_chinese(app: AppTest, tiny_model: Path) -> None:
+    app.selectbox(key="lang").set_value("zh").run()
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4"))
+    plan_page(app)
+    the_plan = app.session_state["wizard"].current_plan()
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["KV 缓存池（可容纳的上下文 token 数）"] == f"{the_plan.kv_cache_tokens:,}"
+    assert metrics[f"可同时处理的 {the_plan.max_model_len:,} token 序列数"] == f"{the_plan.max_concurrency:.2f}×"
+    reasons = "\n".join(m.value for m in app.markdown)
+    assert f"KV 缓存池：{the_plan.kv_cache_tokens:,} 个 token" in reasons
+    assert "max_num_seqs 256" in reasons  # the batch limits vLLM picks on an L4
+
+
+def test_no_kv_pool_for_an_engine_that_preallocates_none(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(cpu_only=True, ram_gib=16))
+    plan_page(app)
+    assert app.session_state["wizard"].current_plan().max_concurrency is None
+    assert not any(m.label.startswith("KV cache pool") for m in app.metric)
+
+
 def test_advanced_options_replan(app: AppTest, tiny_model: Path) -> None:
     choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4"))
     plan_page(app)

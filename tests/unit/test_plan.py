@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from core.engines import engine_for
+from core.engines.shared import PlanRequest
 from core.engines.versions import (
     TRANSFORMERS_CPU_BASE_IMAGE,
     TRANSFORMERS_GPU_BASE_IMAGE,
     VLLM_IMAGE,
     VLLM_IMAGE_CUDA_12,
+    VLLM_VERSION,
 )
-from core.errors import InvalidOptionsError
+from core.engines.vllm import plan_vllm
+from core.engines.vllm_memory import activation_peak_bytes, constants_for, cuda_total_bytes
+from core.errors import InvalidOptionsError, ModelConfigError
 from core.hardware import Gpu, Target
+from core.hubs.base import ModelInfo, WeightStats
 from core.plan import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
-    KV_MARGIN_DENSE,
-    KV_MARGIN_MOE_OR_MLA,
     MAX_MODEL_LEN_MULTIPLE,
     Options,
     Plan,
@@ -30,11 +37,12 @@ from core.plan import (
 )
 from core.sizing import (
     GIB,
-    activation_bytes,
-    cuda_visible_bytes,
-    kv_cache_bytes,
+    MXFP4_LOADED_EXPANSION,
+    checkpoint_weights_bytes,
     model_shape,
-    non_torch_bytes,
+    mtp_weights_bytes,
+    round_down,
+    weights_per_gpu_bytes,
 )
 from tests.unit.test_sizing import (
     A100_80,
@@ -48,6 +56,8 @@ from tests.unit.test_sizing import (
     model_info,
     shape_of,
 )
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def gpus(gpu: Gpu, count: int, *, cuda: str | None = "13.0", driver: str | None = "580.82.07") -> Target:
@@ -65,6 +75,11 @@ def reason(p: Plan, code: str) -> str:
 
 def warning(p: Plan, code: str) -> PlanWarning:
     return next(w for w in p.warnings if w.code == code)
+
+
+def pool_params(p: Plan) -> dict[str, Any]:
+    """The figures of the plan's KV pool note (vLLM's start-up memory, per GPU)."""
+    return dict(next(n.params for n in p.reasons if n.code == "kv_pool"))
 
 
 def assert_budgets_hold(p: Plan) -> None:
@@ -126,18 +141,22 @@ def test_forced_tp_larger_than_the_server_is_rejected() -> None:
         )
 
 
-def test_llama_70b_on_four_a100_80_uses_tp_4() -> None:
-    # TP 2: 65.7 GiB of weights + 2.1 GiB NCCL + 3.8 GiB activation exceed the ~71.5 GiB usable
-    # (80 GiB less the driver's 480 MiB reservation, × 0.9). TP 4 leaves ~25 GiB of KV per GPU.
+def test_llama_70b_on_four_a100_80_uses_the_fewest_gpus_that_hold_an_8192_token_request() -> None:
+    # vLLM 0.33 on an A100 80GB (79.25 GiB CUDA total × 0.92 = 72.91 GiB requested): TP 2 holds 65.8 GiB of
+    # weights per GPU, a small profile-run peak (A100s get the 2048-token / 256-sequence batch limits),
+    # 2.25 GiB non-torch, 1.68 GiB of CUDA graphs and the 0.5 GiB margin, leaving ~2.2 GiB: one 14k request.
     p = plan(model=model_info("Llama-3.1-70B"), target=gpus(A100_80, 4))
-    assert (p.engine, p.tensor_parallel_size, p.fits) == ("vllm", 4, True)
-    assert p.max_model_len == 131_072
-    assert len(p.per_gpu) == 4
-    assert [b.index for b in p.per_gpu] == [0, 1, 2, 3]
-    assert all(b.weights_bytes == -(-p.weights_bytes // 4) for b in p.per_gpu)
-    text = reason(p, "tp_fewest")
-    assert "TP 2 cannot hold the weights" in text
-    assert "TP 1 cannot hold the weights" in text
+    assert (p.engine, p.tensor_parallel_size, p.fits) == ("vllm", 2, True)
+    assert 8192 <= p.max_model_len < 131_072 and p.max_model_len % MAX_MODEL_LEN_MULTIPLE == 0
+    assert [b.index for b in p.per_gpu] == [0, 1]
+    shape, weights = shape_of("Llama-3.1-70B"), model_info("Llama-3.1-70B").weights
+    per_gpu = weights_per_gpu_bytes(weights=weights, shape=shape, dtype="bfloat16", tensor_parallel_size=2)
+    assert all(b.weights_bytes == per_gpu for b in p.per_gpu)  # half the weights plus the RoPE table
+    assert "TP 1 cannot hold the weights" in reason(p, "tp_fewest")
+    # the full context needs the other two GPUs: that is the fix the capped context offers
+    assert warning(p, "context_capped").change == {"tensor_parallel_size": 4}
+    p4 = plan(model=model_info("Llama-3.1-70B"), target=gpus(A100_80, 4), options=Options(tensor_parallel_size=4))
+    assert (p4.max_model_len, p4.fits) == (131_072, True)
     assert_budgets_hold(p)
 
 
@@ -178,14 +197,19 @@ def test_multi_gpu_overhead_includes_nccl() -> None:
         target=gpus(H100, 2),
         options=Options(tensor_parallel_size=2),
     )
-    shape = shape_of("Llama-3.1-8B-Instruct")
-    assert one.per_gpu[0].overhead_bytes == non_torch_bytes(tensor_parallel_size=1) + activation_bytes(
-        shape=shape
-    )
-    assert two.per_gpu[0].overhead_bytes == non_torch_bytes(tensor_parallel_size=2) + activation_bytes(
-        shape=shape
-    )
-    assert two.per_gpu[0].overhead_bytes - one.per_gpu[0].overhead_bytes == int(1.85 * GIB)
+    # overhead = profile-run peak + non-torch + CUDA graphs + safety margin, as in the pool note
+    for p in (one, two):
+        pool = pool_params(p)
+        terms = ("activation_bytes", "non_torch_bytes", "cudagraph_bytes", "safety_bytes")
+        assert p.per_gpu[0].overhead_bytes == sum(pool[k] for k in terms)
+    # TP 2 adds NCCL and custom all-reduce buffers, and larger CUDA graphs (102 graphs at 1024 sequences);
+    # the sampler's peak is the same (it does not shrink with TP)
+    c = constants_for(VLLM_VERSION)
+    nccl = int(c.non_torch_tensor_parallel_bytes.value) - int(c.non_torch_single_gpu_bytes.value)
+    graphs = int(c.cudagraph_tensor_parallel_bytes.value + 102 * c.cudagraph_bytes_per_graph_tensor_parallel.value)
+    graphs -= int(c.cudagraph_single_gpu_bytes.value + 102 * c.cudagraph_bytes_per_graph.value)
+    assert pool_params(one)["activation_bytes"] == pool_params(two)["activation_bytes"]
+    assert two.per_gpu[0].overhead_bytes - one.per_gpu[0].overhead_bytes == nccl + graphs
 
 
 # MAX_MODEL_LEN
@@ -202,11 +226,15 @@ def test_llama_8b_on_one_rtx_4090_caps_the_context() -> None:
     assert "131,072" in capped.text
     assert "2 × NVIDIA GeForce RTX 4090" in capped.text  # the full context needs a second card
     assert "4-bit" in capped.text
-    # the KV budget is what the planned length needs, and it stays inside the usable memory
+    # the KV budget is what the planned length needs, and it stays inside vLLM's pool (after the margin)
     budget = p.per_gpu[0]
     assert budget.kv_cache_bytes == p.max_model_len * 131_072
     pool = budget.capacity_bytes - budget.weights_bytes - budget.overhead_bytes
-    assert budget.kv_cache_bytes <= pool * KV_MARGIN_DENSE
+    assert pool == pool_params(p)["kv_pool_bytes"]
+    assert budget.kv_cache_bytes <= pool
+    # the pool as vLLM says it: int(concurrency × max_model_len) tokens, concurrency just above 1
+    assert p.max_concurrency is not None and 1 <= p.max_concurrency < 1.05
+    assert p.kv_cache_tokens == int(p.max_concurrency * p.max_model_len)
     assert_budgets_hold(p)
 
 
@@ -397,10 +425,10 @@ def test_nothing_fits_says_why_and_what_to_do() -> None:
     p = plan(model=model_info("Llama-3.1-70B"), target=target)
     assert (p.engine, p.fits) == ("vllm", False)
     problem = warning(p, "weights_do_not_fit")
-    assert "131.42 GiB" in problem.text
-    assert "4 × NVIDIA A100-SXM4-80GB" in problem.text  # TP 4 is the fewest valid GPUs that fit
+    assert "131.45 GiB" in problem.text  # 131.42 GiB of weights and the 32 MiB RoPE table vLLM loads with them
+    assert "2 × NVIDIA A100-SXM4-80GB" in problem.text  # TP 2 is the fewest valid GPUs that hold 8192 tokens
     assert "4-bit" in problem.text
-    assert problem.params["gpus_needed"] == 4
+    assert problem.params["gpus_needed"] == 2
     assert "nothing fits" in reason(p, "engine_vllm_nothing_fits")
 
 
@@ -479,8 +507,11 @@ def test_gpu_memory_utilization_out_of_range_is_invalid(util: float) -> None:
 
 def test_gpu_memory_utilization_default_and_override() -> None:
     default = plan(model=model_info("Llama-3.1-8B-Instruct"), target=gpus(RTX_4090, 1))
-    assert default.gpu_memory_utilization == DEFAULT_GPU_MEMORY_UTILIZATION == 0.9
-    assert default.per_gpu[0].capacity_bytes == int(cuda_visible_bytes(RTX_4090.memory_bytes) * 0.9)
+    # vLLM 0.33's own default, the value the profile is sized with and the argv passes
+    assert default.gpu_memory_utilization == DEFAULT_GPU_MEMORY_UTILIZATION == 0.92
+    assert pool_params(default)["requested_bytes"] == math.ceil(cuda_total_bytes(RTX_4090) * 0.92)
+    assert default.per_gpu[0].capacity_bytes == math.ceil(cuda_total_bytes(RTX_4090) * 0.92)
+    assert "vLLM 0.33.0's own default" in reason(default, "gpu_memory_utilization")
     more = plan(
         model=model_info("Llama-3.1-8B-Instruct"),
         target=gpus(RTX_4090, 1),
@@ -488,10 +519,29 @@ def test_gpu_memory_utilization_default_and_override() -> None:
     )
     assert more.gpu_memory_utilization == 0.95
     assert more.max_model_len > default.max_model_len
+
+
+def test_utilization_vllm_would_refuse_at_start_up_is_a_failure_with_the_highest_that_starts() -> None:
+    # 1.0 asks for all 79.18 GiB, but the CUDA context holds 0.51 GiB before vLLM's start-up check
     full = plan(
         model=model_info("Qwen2.5-0.5B"), target=gpus(H100, 1), options=Options(gpu_memory_utilization=1.0)
     )
-    assert full.fits
+    assert full.fits is False
+    too_high = warning(full, "gpu_memory_utilization_too_high")
+    assert too_high.change == {"gpu_memory_utilization": 0.99}
+    fixed = plan(model=model_info("Qwen2.5-0.5B"), target=gpus(H100, 1), options=Options(**too_high.change))
+    assert fixed.fits and "gpu_memory_utilization_too_high" not in codes(fixed)
+
+
+def test_default_utilization_is_lowered_where_nccl_leaves_too_little_free() -> None:
+    # two T4s at TP 2: 8 % of the 14.25 GiB CUDA sees is less than the CUDA context plus NCCL (0.51 + 0.75 GiB)
+    p = plan(model=model_info("Qwen2.5-7B-Instruct"), target=gpus(T4, 2))
+    assert p.tensor_parallel_size == 2 and p.fits
+    assert p.gpu_memory_utilization == 0.91
+    assert "lowered from vLLM 0.33.0's default 0.92" in reason(p, "gpu_memory_utilization")
+    assert pool_params(p)["requested_bytes"] == math.ceil(cuda_total_bytes(T4) * 0.91)
+    argv = engine_for("vllm").run_spec(plan=p, image="x:1", served_model_name="m", model_dir="/m").default.argv
+    assert argv[list(argv).index("--gpu-memory-utilization") + 1] == f"{p.gpu_memory_utilization:g}"
 
 
 @pytest.mark.parametrize(
@@ -548,10 +598,12 @@ def test_deepseek_v3_mla_cache_is_not_split_by_tp() -> None:
     for budget in p.per_gpu:
         assert budget.kv_cache_bytes == 70_272 * 163_840  # every rank holds the whole latent cache
     assert "not split" in reason(p, "kv_cache")
-    # MoE/MLA estimates carry a wider safety margin
+    # the pool in blocks of 16 tokens × 61 layers × 1152 B, said as vLLM says it
     budget = p.per_gpu[0]
     pool = budget.capacity_bytes - budget.weights_bytes - budget.overhead_bytes
-    assert p.kv_cache_tokens == int(pool * KV_MARGIN_MOE_OR_MLA) // 70_272
+    blocks = pool // (16 * 70_272)
+    assert p.max_concurrency == pytest.approx(blocks / (163_840 // 16))
+    assert p.kv_cache_tokens == int(blocks / (163_840 // 16) * 163_840)
     assert_budgets_hold(p)
 
 
@@ -559,9 +611,11 @@ def test_gemma_3_text_config_and_sliding_window() -> None:
     p = plan(model=model_info("Gemma-3-12B-it"), target=gpus(H100, 1))
     assert (p.engine, p.tensor_parallel_size, p.max_model_len, p.fits) == ("vllm", 1, 131_072, True)
     assert p.kv_cache_bytes_per_token == 393_216
-    shape = shape_of("Gemma-3-12B-it")
-    assert p.per_gpu[0].kv_cache_bytes == kv_cache_bytes(shape=shape, tokens=131_072)
-    assert p.per_gpu[0].kv_cache_bytes < 131_072 * 393_216 / 4  # 40 of 48 layers stop at the window
+    # vLLM's groups: 8 full layers, 40 sliding ones in 5 groups of 8; a block is 8 layers × 16 tokens × 8 KiB.
+    # One request: 8192 full blocks + 5 × (⌈(1023 + 2 × 8192 in-flight) / 16⌉ + 1) sliding blocks.
+    per_request = 131_072 // 16 + 5 * (-(-(1023 + 2 * 8192) // 16) + 1)
+    assert p.per_gpu[0].kv_cache_bytes == per_request * 8 * 16 * 8192
+    assert p.per_gpu[0].kv_cache_bytes < 131_072 * 393_216 / 3  # 40 of 48 layers stop at the window
     assert "window" in reason(p, "kv_cache")
 
 
@@ -651,5 +705,209 @@ def test_every_fitting_plan_stays_within_memory(name: str, gpu: Gpu, count: int)
         assert_budgets_hold(p)
         assert p.max_model_len <= p.kv_cache_tokens
         assert p.max_model_len >= min(p.context_length, 2048)
+        if p.engine == "vllm":  # vLLM starts only when one max_model_len request fits its pool
+            assert p.max_concurrency is not None and p.max_concurrency >= 1
     else:
         assert p.warnings
+
+
+# THE POOL AS VLLM SAYS IT
+
+
+def test_pool_note_states_the_pool_as_vllm_logs_it() -> None:
+    p = plan(model=model_info("Llama-3.1-8B-Instruct"), target=gpus(H100, 1))
+    assert p.max_concurrency is not None
+    text = reason(p, "kv_pool")
+    assert (
+        f"GPU KV cache size: {p.kv_cache_tokens:,} tokens, Maximum concurrency for 131,072 tokens per request: "
+        f"{p.max_concurrency:.2f}x" in text
+    )
+    pool = pool_params(p)
+    assert f"Available KV cache memory: {pool['kv_pool_bytes'] / GIB:.2f} GiB" in text
+    # the batch limits vLLM picks on an H100 when none is given, with where they come from
+    assert pool["defaults_assumed"] and "max_num_seqs 1024" in text and "arg_utils.py" in text
+    assert (pool["max_num_seqs"], pool["max_num_batched_tokens"]) == (1024, 8192)
+    # 16-token blocks of 32 layers × 4 KiB: the pool's tokens are its blocks × 16
+    assert pool["num_blocks"] == pool["kv_pool_bytes"] // (16 * 131_072)
+    assert p.kv_cache_tokens == pool["num_blocks"] * 16
+    assert p.max_concurrency == pytest.approx(pool["num_blocks"] / (131_072 // 16))
+    data = plan_to_dict(p)
+    assert (data["kv_cache_tokens"], data["max_concurrency"]) == (p.kv_cache_tokens, p.max_concurrency)
+
+
+QWEN3_32B_BF16 = 32_762_123_264  # per-tensor shapes of the config fixture (64 layers of 487.6 M + embeddings)
+
+
+def qwen3_32b() -> ModelInfo:
+    config = load_config("Qwen3-32B")
+    weights = WeightStats(
+        parameters_by_dtype={"BF16": QWEN3_32B_BF16}, bytes_by_dtype={"BF16": 2 * QWEN3_32B_BF16}, tensor_count=1
+    )
+    return replace(model_info("Qwen3-14B", config=config), repo_id="org/Qwen3-32B", weights=weights)
+
+
+def test_the_issue_example_qwen3_32b_on_one_h100_promises_no_more_than_vllm_had() -> None:
+    """Sizing issue: the old planner promised 27,904 tokens of Qwen3-32B on one H100 at utilization 0.9,
+    where vLLM 0.11.0 logged an 18,176-token pool (4.45 GiB) and refused max-model-len 32000 (llm-d-planner
+    config_explorer/empirical-vllm-memory-results.md, commit 87ab01b). Planned with that release's memory
+    behaviour, the plan stays under the logged pool; planned for the pinned release, under the old promise."""
+    model, target = qwen3_32b(), gpus(H100, 1)
+    options = Options(gpu_memory_utilization=0.9)
+    shape = model_shape(config=model.config)
+    assert shape.context_length == 40_960
+    request = PlanRequest(model=model, shape=shape, context=40_960, margin=1.0, target=target, options=options)
+    then = plan_vllm(request=request, version="0.11.0")
+    assert then.fits and then.tensor_parallel_size == 1
+    assert then.max_model_len <= then.kv_cache_tokens <= 18_176
+    # what the plan gives up: the 0.5 GiB safety margin (2,048 tokens of 256 KiB) and the model's error
+    assert then.max_model_len >= 0.8 * 18_176
+    refused = plan_vllm(request=replace(request, options=replace(options, max_model_len=32_000)), version="0.11.0")
+    assert not refused.fits
+    too_long = next(w for w in refused.warnings if w.code == "max_model_len_too_long")
+    assert too_long.change == {"max_model_len": then.max_model_len}
+    now = plan(model=model, target=target, options=options)
+    assert now.fits and now.max_model_len <= now.kv_cache_tokens < 27_904
+    assert now.max_model_len == round_down(now.max_model_len, MAX_MODEL_LEN_MULTIPLE) < 40_960
+
+
+# THE NEWEST FAMILIES: each plan follows from the sizing's hand-worked figures (tests/unit/test_sizing.py)
+
+
+def test_gpt_oss_plan_holds_the_full_context_on_one_h100() -> None:
+    p = plan(model=model_info("gpt-oss-20b"), target=gpus(H100, 1))
+    assert (p.engine, p.tensor_parallel_size, p.max_model_len, p.fits) == ("vllm", 1, 131_072, True)
+    assert p.kv_cache_bytes_per_token == 24 * 2 * 8 * 64 * 2 == 49_152
+    # header sums: MXFP4 experts (U8) grow by the re-layout, BF16 stays; every GPU adds the YaRN RoPE table
+    assert p.weights_bytes == int(10_152_345_600 * MXFP4_LOADED_EXPANSION) + 2 * 1_804_459_584
+    assert p.per_gpu[0].weights_bytes == p.weights_bytes + 4096 * 32 * 64 * 2
+    pool = pool_params(p)
+    blocks = pool["kv_pool_bytes"] // (12 * 16 * 2048)  # one group of 12 layers, 16 tokens × 2 KiB each
+    per_request = 131_072 // 16 + (-(-(127 + 2 * 8192) // 16) + 1)  # full + the window's blocks
+    assert pool["num_blocks"] == blocks
+    assert p.max_concurrency == pytest.approx(blocks / per_request)
+    assert p.kv_cache_tokens == int(blocks / per_request * 131_072)
+    assert p.per_gpu[0].kv_cache_bytes == per_request * 12 * 16 * 2048
+    assert_budgets_hold(p)
+
+
+def test_gemma_3_27b_plan_caps_the_context_where_one_request_fills_the_pool() -> None:
+    p = plan(model=model_info("Gemma-3-27B-it"), target=gpus(H100, 1))
+    assert (p.engine, p.tensor_parallel_size, p.fits) == ("vllm", 1, True)
+    assert p.kv_cache_bytes_per_token == 62 * 8192
+    assert p.weights_bytes == 2 * 27_432_406_640
+    assert abs(p.per_gpu[0].weights_bytes / GIB - 51.45) / 51.45 < 0.01  # "Model loading took 51.45 GiB"
+    # 10 global layers, 52 sliding ones in 6 groups of 10; a block is 10 layers × 16 tokens × 8 KiB. A request
+    # of L tokens takes ⌈L/16⌉ global blocks and 6 × 1089 sliding ones, so the longest is 16 × (blocks − 6534).
+    blocks = pool_params(p)["kv_pool_bytes"] // (10 * 16 * 8192)
+    sliding = -(-(1023 + 2 * 8192) // 16) + 1
+    longest = 16 * (blocks - 6 * sliding)
+    assert p.max_model_len == round_down(longest, MAX_MODEL_LEN_MULTIPLE) < 131_072
+    assert warning(p, "context_capped").params["max_model_len"] == p.max_model_len
+    assert p.max_concurrency is not None and 1 <= p.max_concurrency < 1.01
+    assert_budgets_hold(p)
+
+
+def test_qwen3_next_plan_pays_the_state_per_sequence() -> None:
+    p = plan(model=model_info("Qwen3-Next-80B-A3B-Instruct"), target=gpus(H200, 2))
+    assert (p.engine, p.tensor_parallel_size, p.max_model_len, p.fits) == ("vllm", 2, 262_144, True)
+    assert p.weights_bytes == 2 * 79_674_391_296
+    assert p.kv_cache_bytes_per_token == 12 * 2 * 2 * 256 * 2 == 24_576
+    state = ((2 * 16 * 128 + 32 * 128) * 3 + 32 * 128 * 128) * 2  # one gated delta-net layer, one sequence
+    kv = next(n for n in p.reasons if n.code == "kv_cache")
+    assert kv.params["state_bytes_per_sequence"] == 36 * state
+    assert kv.params["state_bytes_per_sequence_per_gpu"] == 36 * (state // 2)
+    assert "fixed state" in kv.text
+    # TP 2: 1 KiB per attention token and layer, so a 548,864-byte state page forces 544-token blocks
+    pool = pool_params(p)
+    assert pool["block_size"] == 544
+    page = max(544 * 1024, state // 2)
+    blocks = pool["kv_pool_bytes"] // (12 * page)  # groups of 12 layers: 1 full, 3 linear
+    per_request = -(-262_144 // 544) + 3 * 2  # two state blocks per linear group ("align" mode)
+    assert p.max_concurrency == pytest.approx(blocks / per_request)
+    assert p.per_gpu[0].kv_cache_bytes == per_request * 12 * page
+    assert_budgets_hold(p)
+
+
+def test_llama_4_plan_counts_chunks_and_caps_the_ten_million_token_context() -> None:
+    p = plan(model=model_info("Llama-4-Scout-17B-16E-Instruct"), target=gpus(H100, 4))
+    assert (p.engine, p.tensor_parallel_size, p.fits) == ("vllm", 4, True)
+    assert p.weights_bytes == 2 * 108_641_793_536
+    assert abs(p.per_gpu[0].weights_bytes / GIB - 53.12) / 53.12 < 0.01  # its RoPE table is 2.5 GiB of it
+    assert p.kv_cache_bytes_per_token == 48 * 2 * 8 * 128 * 2
+    # TP 4: 2 KV heads per GPU, 1 KiB per token and layer; groups of 12 layers: 1 NoPE global, 3 chunked.
+    # A long request takes ⌈L/16⌉ global blocks and 3 × (8192 + 2 × 8192 in-flight) / 16 chunked ones.
+    blocks = pool_params(p)["kv_pool_bytes"] // (12 * 16 * 1024)
+    longest = 16 * (blocks - 3 * (8192 + 2 * 8192) // 16)
+    assert p.max_model_len == round_down(longest, MAX_MODEL_LEN_MULTIPLE) < 10_485_760
+    assert "chunks" in reason(p, "kv_cache")
+    assert_budgets_hold(p)
+
+
+def test_deepseek_v3_plan_leaves_the_mtp_layer_on_disk() -> None:
+    model = model_info("DeepSeek-V3")
+    p = plan(model=model, target=gpus(H200, 8))
+    stored = checkpoint_weights_bytes(weights=model.weights)
+    mtp = mtp_weights_bytes(shape=shape_of("DeepSeek-V3"), loaded_bytes=stored)
+    assert 10e9 < mtp < 12e9
+    assert p.weights_bytes == stored - mtp  # block-FP8 bytes as stored, less the MTP layer
+    assert p.per_gpu[0].weights_bytes == weights_per_gpu_bytes(
+        weights=model.weights, shape=shape_of("DeepSeek-V3"), dtype="bfloat16", tensor_parallel_size=8
+    )
+    assert (p.max_model_len, p.kv_cache_bytes_per_token) == (163_840, 61 * 576 * 2)
+
+
+def test_vision_language_plan_profiles_the_encoder_too() -> None:
+    fixture = json.loads(
+        (FIXTURES / "vllm_logs" / "mistral-small-3.1-24b-h100.json").read_text()
+    )  # its weights: the header sums of the config's tensors, vision tower included
+    params = fixture["weights"]["parameters_by_dtype"]
+    weights = WeightStats(parameters_by_dtype=params, bytes_by_dtype={"BF16": 2 * params["BF16"]}, tensor_count=1)
+    config = load_config("Mistral-Small-3.1-24B-Instruct-2503")
+    model = replace(model_info("Qwen3-14B", config=config), repo_id="org/Mistral-Small-3.1", weights=weights)
+    p = plan(model=model, target=gpus(H100, 1))
+    assert (p.engine, p.max_model_len, p.fits) == ("vllm", 131_072, True)
+    assert p.weights_bytes == 2 * 24_011_361_280
+    assert p.kv_cache_bytes_per_token == 40 * 2 * 8 * 128 * 2
+    shape = model_shape(config=config)
+    assert shape.vision is not None
+    c = constants_for(VLLM_VERSION)
+
+    def peak(s: Any) -> int:
+        return activation_peak_bytes(
+            shape=s, constants=c, max_num_batched_tokens=8192, max_num_seqs=1024, dtype_bytes=2,
+            tensor_parallel_size=1,
+        )
+
+    assert pool_params(p)["activation_bytes"] == peak(shape)
+    assert peak(shape) - peak(replace(shape, vision=None)) == int(c.encoder_profile_bytes.value)
+
+
+# BAD INPUT, THROUGH THE PLANNER
+
+
+def test_inconsistent_hybrid_layout_is_refused_with_the_way_out() -> None:
+    config = load_config("gpt-oss-20b") | {"layer_types": ["sliding_attention", "full_attention"] * 11}
+    with pytest.raises(ModelConfigError, match="layer_types lists 22 layers but num_hidden_layers is 24") as error:
+        plan(model=model_info("gpt-oss-20b", config=config), target=gpus(H100, 1))
+    assert "original config.json" in str(error.value)
+
+
+def test_unknown_quantization_method_is_a_warning_naming_the_fallback() -> None:
+    config = load_config("Qwen2.5-7B-Instruct-AWQ") | {"quantization_config": {"quant_method": "superquant"}}
+    model = model_info("Qwen2.5-7B-Instruct-AWQ", config=config)
+    p = plan(model=model, target=gpus(RTX_4090, 1))
+    unknown = warning(p, "quantization_method_unknown")
+    assert unknown.params == {"method": "superquant"}
+    assert "'superquant'" in unknown.text and "fallback" in unknown.text
+    assert p.weights_bytes == checkpoint_weights_bytes(weights=model.weights)  # the stored bytes, not cast
+    assert p.fits  # a warning, not a failure: vLLM may well load it
+
+
+def test_sliding_window_wider_than_the_context_is_planned_as_full_attention() -> None:
+    config = load_config("Mixtral-8x7B-Instruct-v0.1") | {"sliding_window": 65_536}  # context 32,768
+    p = plan(model=model_info("Mixtral-8x7B-Instruct-v0.1", config=config), target=gpus(H100, 2))
+    assert warning(p, "sliding_window_not_smaller").params == {"sliding_window": 65_536, "context_length": 32_768}
+    assert (p.tensor_parallel_size, p.max_model_len, p.fits) == (2, 32_768, True)
+    # all 32 layers keep every token: 2048 blocks × 32 layers × 16 tokens × 2 KiB (4 of 8 KV heads per GPU)
+    assert p.per_gpu[0].kv_cache_bytes == 32_768 * 131_072 // 2
+    assert "window" not in reason(p, "kv_cache")

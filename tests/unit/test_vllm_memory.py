@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from core.engines.versions import VLLM_VERSION
 from core.engines.vllm_memory import (
     CUDA_TOTAL_BYTES,
+    TENSOR_PARALLEL_STARTUP_BYTES,
     UNKNOWN_GPU_RESERVED_BYTES,
     VLLM_MEMORY_TABLE,
     VllmMemoryProfile,
@@ -24,6 +26,7 @@ from core.engines.vllm_memory import (
     default_batch_limits,
     kv_dtype_bytes,
     kv_pool_capacity,
+    tensor_parallel_startup_bytes,
     vllm_memory_profile,
 )
 from core.errors import PlanError
@@ -223,6 +226,32 @@ def test_logged_pool_said_as_vllm_says_it(run: LoggedRun) -> None:
     high_tokens, high_concurrency = capacity(PRINT_ROUNDING)
     assert low_tokens <= run.logged["gpu_kv_cache_tokens"] <= high_tokens
     assert low_concurrency - 0.005 <= run.logged["max_concurrency"] <= high_concurrency + 0.005
+
+
+STARTUP_FREE = re.compile(r"Free memory on device \(([\d.]+)/([\d.]+) GiB\) on startup")
+STARTUP_RUNS = [r for r in RUNS if any(STARTUP_FREE.search(line) for line in r.fixture["lines"])]
+
+
+@pytest.mark.parametrize("run", STARTUP_RUNS, ids=lambda r: r.id)
+def test_start_up_free_memory_is_never_overestimated(run: LoggedRun) -> None:
+    """vLLM refuses to start when the free memory it sees is below what it requests: the profile's estimate of
+    that free memory must stay at or under the logged one (NVSwitch H100s at TP 2-4, PCIe cards, PP 2)."""
+    free_gib = float(next(m for line in run.fixture["lines"] if (m := STARTUP_FREE.search(line))).group(1))
+    assert run.profile().startup_free_bytes <= free_gib * GIB + PRINT_ROUNDING
+
+
+def test_nccl_takes_less_before_the_snapshot_without_nvswitch() -> None:
+    assert tensor_parallel_startup_bytes(gpu_name="NVIDIA H100 80GB HBM3") == TENSOR_PARALLEL_STARTUP_BYTES
+    assert tensor_parallel_startup_bytes(gpu_name="NVIDIA H200") == TENSOR_PARALLEL_STARTUP_BYTES
+    assert tensor_parallel_startup_bytes(gpu_name="NVIDIA L4") < TENSOR_PARALLEL_STARTUP_BYTES
+    assert tensor_parallel_startup_bytes(gpu_name="NVIDIA H100 PCIe") < TENSOR_PARALLEL_STARTUP_BYTES
+
+
+def test_described_presets_get_the_measured_cuda_total() -> None:
+    described = Gpu("NVIDIA H100 80GB SXM", 81_559 * 2**20, (9, 0))  # a preset's display name
+    assert cuda_total_bytes(described) == CUDA_TOTAL_BYTES["NVIDIA H100 80GB HBM3"]
+    other_size = Gpu("NVIDIA H100 80GB SXM", 64 * GIB, (9, 0))  # the preset with another memory size
+    assert cuda_total_bytes(other_size) == 64 * GIB - UNKNOWN_GPU_RESERVED_BYTES
 
 
 def test_pipeline_parallel_pool_is_the_tightest_stage() -> None:
