@@ -286,10 +286,15 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     candidates = {t: sizer.candidate(gpus=gpus, tp=t, forced_util=forced_util) for t in valid}
     want = min(sizing.context, USEFUL_CONTEXT_TOKENS)
     useful = [t for t in valid if candidates[t].longest >= want]
+    # The fewest GPUs that hold the model's whole context; when none does, the size with the longest context
+    # among those that hold a useful one (GPUs the server has anyway buy context, not idleness).
+    full = [t for t in valid if candidates[t].longest >= sizing.context]
     if forced_tp is not None:
         tp = forced_tp
+    elif full:
+        tp = full[0]
     elif useful:
-        tp = useful[0]
+        tp = max(useful, key=lambda t: (candidates[t].longest, -t))
     else:
         tp = max(valid, key=lambda t: (candidates[t].longest, candidates[t].profile.max_concurrency, -t))
     chosen = candidates[tp]
@@ -319,15 +324,24 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     if forced_tp is not None:
         tp_text = f"Tensor parallel size {tp}, as requested. {rules}"
         tp_code = "tp_forced"
-    elif tp in useful:
+    elif tp in full:
         tp_text = (
             f"Tensor parallel size {tp}: the fewest GPUs that hold the weights "
-            f"({gib(layout.weights_per_slot)} GiB per GPU, RoPE cache included) and leave room for at least one "
-            f"full {want:,}-token request"
+            f"({gib(layout.weights_per_slot)} GiB per GPU, RoPE cache included) and one request of the model's "
+            f"full {sizing.context:,}-token context"
             + (f" ({'; '.join(rejected)})" if rejected else "")
             + f". {rules}"
         )
         tp_code = "tp_fewest"
+    elif tp in useful:
+        tp_text = (
+            f"Tensor parallel size {tp}: no size holds the model's full {sizing.context:,}-token context, and this "
+            f"one leaves the longest ({candidates[tp].longest:,} tokens) of those with room for at least one "
+            f"{want:,}-token request"
+            + (f" ({'; '.join(rejected)})" if rejected else "")
+            + f". {rules}"
+        )
+        tp_code = "tp_longest_context"
     else:
         tp_text = (
             f"Tensor parallel size {tp}: no valid size leaves room for a full {want:,}-token request, so the "
