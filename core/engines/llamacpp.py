@@ -498,7 +498,6 @@ def _plan(request: PlanRequest) -> EngineDraft:
     reasons: list[Note] = []
     warnings: list[PlanWarning] = []
     failures: list[str] = []
-    tried: list[tuple[Candidate, Fit | None]] = []
 
     def place(candidate: Candidate, tokens: int) -> Fit | None:
         try:
@@ -510,20 +509,12 @@ def _plan(request: PlanRequest) -> EngineDraft:
                 f"The GGUF {candidate.key} cannot be sized ({error}).", hint="Pick another quantization."
             ) from error
 
-    fit: Fit | None = None
+    tried = [(candidate, place(candidate, want)) for candidate in all_candidates]
     # 1. the most bits per weight that holds the wanted context entirely on the device
-    for candidate in all_candidates:
-        placed = place(candidate, want)
-        tried.append((candidate, placed))
-        if placed is not None and placed.context >= want:
-            fit = placed
-            break
+    fit = next((placed for _, placed in tried if placed is not None and placed.context >= want), None)
     # 2. else the most bits per weight that still holds a useful context there
     if fit is None:
-        for _, placed in tried:
-            if placed is not None and placed.context >= min(useful, want):
-                fit = placed
-                break
+        fit = next((p for _, p in tried if p is not None and p.context >= min(useful, want)), None)
     # 3. else some layers on the GPU and the rest in RAM (forced context or a useful one)
     if fit is None and device != "cpu":
         for candidate in all_candidates:
