@@ -109,15 +109,14 @@ def convert(
         on_event(Event(stage="convert", message=f"Using the GGUF converted earlier: {final}"))
         return final
     check_converter()
-    source = llama_cpp_source()
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=folder) as scratch:
         work = Path(scratch)
         first = work / (conversion.output_name if conversion.direct else "intermediate.gguf")
         on_event(Event(stage="convert", message=f"Converting to GGUF ({conversion.converter_outtype}) with llama.cpp"))
-        _run_converter(
-            source=source, model_dir=model_dir, out=first, conversion=conversion,
-            expected_bytes=expected_bytes, on_event=on_event, cancel=cancel,
+        run_converter(
+            model_dir=model_dir, out=first, outtype=conversion.converter_outtype,
+            pre_tokenizer=conversion.pre_tokenizer, expected_bytes=expected_bytes, on_event=on_event, cancel=cancel,
         )  # fmt: skip
         result = first
         if not conversion.direct:
@@ -183,20 +182,23 @@ class ContainerQuantize:
         )  # fmt: skip
 
 
-def _run_converter(
+def run_converter(
     *,
-    source: Path,
     model_dir: Path,
     out: Path,
-    conversion: Conversion,
-    expected_bytes: int | None,
-    on_event: EventSink,
-    cancel: Cancel | None,
-) -> None:
+    outtype: str,
+    pre_tokenizer: str | None = None,
+    expected_bytes: int | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: Cancel | None = None,
+) -> Path:
+    """Run the pinned ``convert_hf_to_gguf.py`` on a Hugging Face folder (``--outtype outtype``), as this Python."""
+    check_converter()
+    source = llama_cpp_source()
     script = str(source / "convert_hf_to_gguf.py")
-    args = [str(model_dir), "--outfile", str(out), "--outtype", conversion.converter_outtype]
-    if conversion.pre_tokenizer:
-        argv = [sys.executable, "-c", _DRIVER, conversion.pre_tokenizer, script, *args]
+    args = [str(model_dir), "--outfile", str(out), "--outtype", outtype]
+    if pre_tokenizer:
+        argv = [sys.executable, "-c", _DRIVER, pre_tokenizer, script, *args]
     else:
         argv = [sys.executable, script, *args]
     env = dict(os.environ)
@@ -207,6 +209,7 @@ def _run_converter(
         argv, out=out, expected_bytes=expected_bytes, what="convert_hf_to_gguf.py", env=env, cwd=out.parent,
         on_event=on_event, cancel=cancel,
     )  # fmt: skip
+    return out
 
 
 def _run_watched(

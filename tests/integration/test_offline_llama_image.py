@@ -5,10 +5,7 @@ and unhealthy once the server process is dead."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +15,10 @@ import requests
 from docker import DockerClient
 from docker.models.containers import Container
 
-from core.docker import api as docker_api
 from core.docker import containers as docker_containers
-from core.engines.versions import LLAMA_CPP_BUILD, LLAMA_CPP_OFFLINE_IMAGE, LLAMA_CPP_OFFLINE_PROBE
-from core.llamacpp_source import llama_cpp_source
-from tests.fixtures.docker_plugin import OFFLINE_BASE_IMAGES, DockerScratch
+from core.engines.versions import LLAMA_CPP_BUILD, LLAMA_CPP_OFFLINE_PROBE
+from tests.fixtures.docker_plugin import DockerScratch
+from tests.fixtures.tiny_gguf import convert_hf_to_gguf
 from tests.fixtures.tiny_model import make_tiny_llama
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -32,52 +28,8 @@ MODEL_FILE = "tiny-llama-f16.gguf"
 ALIAS = "tiny-llama"
 SECOND_NS = 1_000_000_000
 
-# The tiny model's tokenizer is a byte-level BPE (tokenizer.json only) with GPT-2's split regex, which is
-# llama.cpp's "gpt-2" pre-tokenizer. The converter cannot tell: it names a pre-tokenizer by hashing how the
-# tokenizer splits a check text, and a tokenizer trained here is in no list; and LlamaModel.set_vocab tries
-# SentencePiece first, importing the sentencepiece package even when there is no tokenizer.model. So the
-# unmodified converter runs with those two answers given (GPT-2 vocabulary, pre-tokenizer "gpt-2"), instead
-# of editing the source tree.
-_CONVERT_AS_GPT2 = """
-import runpy, sys
-source, script = sys.argv[1], sys.argv[2]
-sys.path[:0] = [source, source + "/gguf-py"]
-from conversion.base import TextModel
-from conversion.llama import LlamaModel
-TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()
-sys.argv = [script, *sys.argv[3:]]
-runpy.run_path(script, run_name="__main__")
-"""
-
 def convert_to_gguf(model_dir: Path, out: Path) -> Path:
-    source = llama_cpp_source()
-    result = subprocess.run(
-        [
-            sys.executable, "-c", _CONVERT_AS_GPT2, str(source), str(source / "convert_hf_to_gguf.py"),
-            str(model_dir), "--outtype", "f16", "--outfile", str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "NO_LOCAL_GGUF": "1"},  # the path above already puts the tree's gguf-py first
-    )
-    assert result.returncode == 0 and out.is_file(), f"convert_hf_to_gguf.py failed:\n{result.stderr[-4000:]}"
-    return out
-
-
-@pytest.fixture(scope="module")
-def offline_llama_image(docker_client: DockerClient) -> str:
-    """The offline llama.cpp image (built on first use; ~10 minutes when the binaries are not cached)."""
-    result = subprocess.run(
-        [sys.executable, str(OFFLINE_BASE_IMAGES), "llama.cpp"], capture_output=True, text=True, timeout=3600
-    )
-    assert result.returncode == 0, f"scripts/offline-base-images failed:\n{result.stderr[-4000:]}"
-    refs = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.strip())
-    ref = refs["llama.cpp"].strip()
-    assert ref == LLAMA_CPP_OFFLINE_IMAGE
-    assert docker_api.image_exists(ref=ref, client=docker_client)
-    return ref
+    return convert_hf_to_gguf(model_dir, out, outtype="f16", pre_tokenizer="gpt-2")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,28 +18,13 @@ from docker import DockerClient
 
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
+from tests.fixtures.cli import ezrunner
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import FAKE_HUB_TOKEN, HF_GATED, HF_SHARDED, HF_SINGLE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CPU_TARGET = ["--cpu-only", "--ram", "8"]
-
-
-def ezrunner(
-    *args: str, env: dict[str, str], check: bool = True, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ezrunner_ui.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        command = " ".join(args)
-        raise AssertionError(f"ezrunner {command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture
