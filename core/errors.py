@@ -6,16 +6,30 @@ it. Subclasses group errors by area; callers catch ``EzRunnerError`` at the boun
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Sequence
+from pathlib import Path
+
 
 class EzRunnerError(Exception):
-    """Base class: ``str(error)`` is a complete, user-facing sentence with a next step."""
+    """Base class: ``str(error)`` is a complete, user-facing sentence with a next step.
+
+    ``field`` is the stable key of the input at fault ("model", "gpu_memory", "max_model_len", "base_image",
+    "output", "config.json", ...): the CLI turns it into the flag to fix, the wizard into the field's label.
+    None when no single input is at fault (Docker is down, a hub does not answer). ``details`` are lines of
+    output behind the error, oldest first (the last lines of a failed build), shown under the message.
+    """
 
     #: short machine-readable code, used by the CLI's --json output and the wizard's translations
     code: str = "error"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, field: str | None = None, details: Sequence[str] = ()
+    ) -> None:
         self.message = message
         self.hint = hint
+        self.field = field
+        self.details = tuple(details)
         super().__init__(message if not hint else f"{message} {hint}")
 
 
@@ -48,6 +62,13 @@ class HubUnreachableError(EzRunnerError):
 
 class DownloadError(EzRunnerError):
     code = "download_failed"
+
+
+class HubAnswerError(EzRunnerError):
+    """A hub answered with something no honest hub sends: a file name that leaves the model folder, a body
+    that is not what its headers declare. Never retried into a pack."""
+
+    code = "hub_answer_invalid"
 
 
 class ChecksumMismatchError(EzRunnerError):
@@ -109,6 +130,12 @@ class DiskSpaceError(EzRunnerError):
     code = "disk_full"
 
 
+class NotWritableError(EzRunnerError):
+    """A folder EZ Runner must write to (EZRUNNER_HOME, the output's folder) refuses writes."""
+
+    code = "not_writable"
+
+
 class PortInUseError(EzRunnerError):
     code = "port_in_use"
 
@@ -156,3 +183,40 @@ class InvalidGgufError(EzRunnerError):
     or an architecture the pinned llama.cpp build does not know."""
 
     code = "invalid_gguf"
+
+
+# FILE SYSTEM FAULTS, IN THE USER'S TERMS
+
+
+def from_os_error(
+    error: OSError, *, doing: str, path: Path | str | None = None, field: str | None = None
+) -> EzRunnerError:
+    """The ``EzRunnerError`` for an ``OSError`` met while ``doing`` something ("writing the archive"):
+    the cause named as the file system reports it (disk full, read-only, permission denied), with the path."""
+    where = path if path is not None else error.filename
+    at = f" at {where}" if where else ""
+    number = error.errno
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return DiskSpaceError(
+            f"The disk is full{at} while {doing}.",
+            hint="Free some space there (or write elsewhere with -o /bigger/disk/model.tar), then try again.",
+            field=field,
+        )
+    if number == errno.EROFS:
+        return NotWritableError(
+            f"The file system{at} is mounted read-only, so EZ Runner cannot write there while {doing}.",
+            hint="Choose a folder on a writable disk (or set EZRUNNER_HOME to one), then try again.",
+            field=field,
+        )
+    if number in (errno.EACCES, errno.EPERM):
+        return NotWritableError(
+            f"Permission denied{at} while {doing}.",
+            hint="Choose a folder your user may write to (or fix its permissions), then try again.",
+            field=field,
+        )
+    reason = error.strerror or type(error).__name__
+    return EzRunnerError(
+        f"The file system failed{at} while {doing}: {reason}.",
+        hint="Check the disk and the path, then try again.",
+        field=field,
+    )

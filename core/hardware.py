@@ -11,6 +11,7 @@ A ``Target`` is the machine the image will run on. It comes from one of two plac
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -175,12 +176,14 @@ def resolve_gpu_preset(*, name: str) -> GpuPreset:
         raise InvalidTargetError(
             f"gpu_preset '{name}' fits more than one card ({choices}).",
             hint="Name the memory size, for example 'a100-80gb'.",
+            field="gpu_preset",
         )
     preset = _PRESET_INDEX.get(normalised)
     if preset is None:
         raise InvalidTargetError(
             f"gpu_preset '{name}' is not a known GPU. Known presets: {', '.join(GPU_PRESETS)}.",
             hint="Pick one of them, or describe the card with gpu_memory_gib and compute_capability.",
+            field="gpu_preset",
         )
     return preset
 
@@ -225,6 +228,10 @@ _COMPUTE_CAPABILITY = re.compile(r"^(\d{1,2})\.(\d)$")
 _MIN_CC_MAJOR, _MAX_CC_MAJOR = 3, 12
 _MAX_GPU_COUNT = 16
 _MIN_GPU_GIB, _MAX_GPU_GIB = 1, 1024
+# Upper bounds of a described server, far above any machine sold (the largest single-system-image servers
+# hold 32 TiB of RAM and a few thousand cores): a value past them is a typo, not a plan.
+MAX_RAM_GIB = 64 * 1024
+MAX_CPU_CORES = 16384
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -241,6 +248,7 @@ def cuda_version_for_driver(*, driver_version: str) -> str | None:
         raise InvalidTargetError(
             f"driver_version '{driver_version}' is not an NVIDIA driver version.",
             hint="Use the form shown by nvidia-smi, for example '550.54.15' or '570.26'.",
+            field="driver_version",
         )
     version = _version_tuple(text)
     for cuda, minimum in DRIVER_CUDA_TABLE:
@@ -257,6 +265,7 @@ def parse_compute_capability(*, text: str) -> tuple[int, int]:
             f"compute_capability '{text}' is not valid: use MAJOR.MINOR between "
             f"{_MIN_CC_MAJOR}.0 and {_MAX_CC_MAJOR}.x, for example '8.0'.",
             hint="nvidia-smi --query-gpu=compute_cap --format=csv prints it on the server.",
+            field="compute_capability",
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -334,15 +343,29 @@ def describe_target(
     ``gpu_memory_gib`` and ``compute_capability`` override the preset's values, or describe a card
     that has no preset (then both are required).
     """
-    if ram_gib is not None and not ram_gib > 0:
+    if ram_gib is not None and not (ram_gib > 0 and math.isfinite(ram_gib)):
         raise InvalidTargetError(
             f"ram_gib {ram_gib} is not valid: RAM must be more than 0 GiB.",
             hint="Leave it out if you do not know it.",
+            field="ram",
+        )
+    if ram_gib is not None and ram_gib > MAX_RAM_GIB:
+        raise InvalidTargetError(
+            f"ram_gib {ram_gib:g} is not valid: use at most {MAX_RAM_GIB:,} GiB (64 TiB).",
+            hint="Give the RAM in GiB, e.g. 512 for a server with 512 GiB; leave it out if you do not know it.",
+            field="ram",
         )
     if cpu_cores is not None and cpu_cores < 1:
         raise InvalidTargetError(
             f"cpu_cores {cpu_cores} is not valid: a server has at least 1 core.",
             hint="Leave it out if you do not know it.",
+            field="cpu_cores",
+        )
+    if cpu_cores is not None and cpu_cores > MAX_CPU_CORES:
+        raise InvalidTargetError(
+            f"cpu_cores {cpu_cores:,} is not valid: use at most {MAX_CPU_CORES:,} cores.",
+            hint="`nproc` prints it on the server; leave it out if you do not know it.",
+            field="cpu_cores",
         )
     ram_bytes = None if ram_gib is None else int(ram_gib * GIB)
 
@@ -360,6 +383,7 @@ def describe_target(
             raise InvalidTargetError(
                 f"cpu_only contradicts the GPU settings given ({', '.join(clashes)}).",
                 hint="Either drop cpu_only or drop the GPU settings.",
+                field="cpu_only",
             )
         target = Target(cpu_cores=cpu_cores, ram_bytes=ram_bytes, origin="described")
         return replace(target, label=target_label(target=target))
@@ -368,11 +392,13 @@ def describe_target(
         raise InvalidTargetError(
             f"gpu_count {gpu_count} is not valid: use 1 to {_MAX_GPU_COUNT} GPUs.",
             hint="For a server with no GPU, use cpu_only.",
+            field="gpu_count",
         )
     if gpu_preset is None and gpu_memory_gib is None:
         raise InvalidTargetError(
             "No GPU described: give gpu_preset, or gpu_memory_gib and compute_capability.",
             hint=f"Known presets: {', '.join(GPU_PRESETS)}. For a server with no GPU, use cpu_only.",
+            field="gpu_preset",
         )
 
     preset = None if gpu_preset is None else resolve_gpu_preset(name=gpu_preset)
@@ -381,6 +407,7 @@ def describe_target(
             f"gpu_memory_gib {gpu_memory_gib} is not valid: use {_MIN_GPU_GIB} to {_MAX_GPU_GIB} GiB "
             "per GPU.",
             hint="nvidia-smi --query-gpu=memory.total --format=csv prints it (MiB) on the server.",
+            field="gpu_memory",
         )
     if compute_capability is not None:
         capability = parse_compute_capability(text=compute_capability)
@@ -390,6 +417,7 @@ def describe_target(
         raise InvalidTargetError(
             "compute_capability is needed for a GPU that is not a preset.",
             hint="nvidia-smi --query-gpu=compute_cap --format=csv prints it on the server, e.g. '8.6'.",
+            field="compute_capability",
         )
     if preset is not None:
         memory_bytes = preset.memory_bytes if gpu_memory_gib is None else int(gpu_memory_gib * GIB)
@@ -434,15 +462,27 @@ def default_data_dir() -> Path:
 
 
 def free_disk_bytes(*, path: Path) -> int:
-    """Free bytes on the filesystem that holds ``path`` (its nearest existing parent if not made yet)."""
-    existing = path.expanduser().absolute()
-    while not existing.exists() and existing != existing.parent:
+    """Free bytes on the filesystem that holds ``path`` (its nearest existing parent if not made yet).
+
+    Odd paths end at the nearest parent that can be read: one under a file (``file/x``), one too long
+    for the file system, one inside a folder this user may not list; relative paths count from the
+    current directory."""
+    existing = Path(os.path.abspath(path.expanduser()))
+    while not _stat_ok(existing) and existing != existing.parent:
         existing = existing.parent
     try:
         import psutil
     except ImportError:
         return shutil.disk_usage(existing).free
     return int(psutil.disk_usage(str(existing)).free)
+
+
+def _stat_ok(path: Path) -> bool:
+    try:
+        path.stat()
+    except (OSError, ValueError):  # missing, not a folder, too long, no permission, NUL in the name
+        return False
+    return True
 
 
 def _cpu_and_ram() -> tuple[int | None, int | None]:

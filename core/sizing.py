@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.errors import ModelConfigError, PlanError
+from core.hubs.assemble import check_config_values
 from core.hubs.base import WeightStats
 
 GIB = 1 << 30
@@ -358,8 +359,9 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
     ``torch_dtype`` vs ``dtype``, per-layer attention kinds (sliding, chunked, linear, Mamba), MoE, MTP,
     vision towers and per-family defaults for missing keys.
 
-    Raises ModelConfigError when the layer layout contradicts ``num_hidden_layers`` or a state layer has no
-    state dimensions."""
+    Raises ModelConfigError when the layer layout contradicts ``num_hidden_layers``, a state layer has no
+    state dimensions, or a size is out of any real model's range (``check_config_values``)."""
+    check_config_values(config)
     cfg, nested = text_config(config)
     model_type = cfg.get("model_type") if isinstance(cfg.get("model_type"), str) else None
     defaults = _CONFIG_DEFAULTS.get(model_type or "", {})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core import events
-from core.errors import ChecksumMismatchError, DownloadError, NoSafetensorsError
+from core.errors import ChecksumMismatchError, DownloadError, ModelConfigError, NoSafetensorsError
 from core.events import Cancel as CancelFlag
 from core.events import Event, EventSink
 from core.hubs.base import ModelFile, ModelInfo, WeightStats
@@ -30,12 +30,70 @@ _NESTED_CONFIGS = ("text_config", "llm_config", "language_config", "thinker_conf
 
 _HASH_CHUNK = 8 << 20
 
+#: the input key of errors about a model's config.json
+CONFIG_FIELD = "config.json"
+# The sizes the memory model reads, with the range a real model stays in. Lower bound 1: a model has
+# layers, width, heads and a context; lower bound 0: the key may be 0 where a model lacks the part (no
+# experts). Upper bounds are orders of magnitude above the largest models published (hidden 16,384,
+# 256 experts, 262,144-token vocabularies, 10,485,760 positions for Llama 4 Scout): a value past them is
+# a damaged or hostile config, and would plan an astronomical cache.
+MAX_CONTEXT_TOKENS = 1 << 28
+_CONFIG_BOUNDS: Mapping[str, tuple[int, int]] = {
+    "num_hidden_layers": (1, 10_000), "n_layer": (1, 10_000), "num_layers": (1, 10_000),
+    "hidden_size": (1, 1 << 20), "n_embd": (1, 1 << 20), "d_model": (1, 1 << 20),
+    "num_attention_heads": (1, 1 << 16), "n_head": (1, 1 << 16),
+    "num_key_value_heads": (1, 1 << 16), "num_kv_heads": (1, 1 << 16),
+    "head_dim": (1, 1 << 16),
+    "vocab_size": (1, 1 << 26),
+    "intermediate_size": (0, 1 << 24), "moe_intermediate_size": (0, 1 << 24),
+    "num_local_experts": (0, 1 << 16), "n_routed_experts": (0, 1 << 16), "num_experts": (0, 1 << 16),
+    "num_experts_per_tok": (0, 1 << 16),
+    **{key: (1, MAX_CONTEXT_TOKENS) for key in _CONTEXT_KEYS},
+}  # fmt: skip
+
 
 def missing_config(repo: str) -> NoSafetensorsError:
     return NoSafetensorsError(
         f"'{repo}' has no config.json, so it is not a Hugging Face transformers model.",
         hint="Pick the transformers/safetensors variant of this model (the one with config.json).",
     )
+
+
+def check_config_values(config: Mapping[str, Any], *, label: str | None = None) -> None:
+    """Refuse a config.json whose sizes no real model has (negative, zero, fractional, astronomical) or
+    that contradict each other (more key/value heads than heads), naming the key: it would otherwise be
+    planned with a negative or astronomical context. Absent and null keys are left to the defaults."""
+    where = f"config.json of {label}" if label else "config.json"
+    for prefix, table in _config_tables(config):
+        for key, (low, high) in _CONFIG_BOUNDS.items():
+            value = table.get(key)
+            if value is None:
+                continue
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if isinstance(value, bool) or not integral or not low <= value <= high:
+                raise ModelConfigError(
+                    f"{where}: {prefix}{key} is {value!r}; it must be a whole number from {low} to {high:,}.",
+                    hint="The config.json is damaged or was edited by hand: restore the model's original one, "
+                    "or pick another revision.",
+                    field=CONFIG_FIELD,
+                )
+        heads, kv_heads = table.get("num_attention_heads"), table.get("num_key_value_heads")
+        if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
+            raise ModelConfigError(
+                f"{where}: {prefix}num_attention_heads ({heads}) is not a multiple of "
+                f"{prefix}num_key_value_heads ({kv_heads}), which no attention layer can be built from.",
+                hint="Restore the model's original config.json, or pick another revision.",
+                field=CONFIG_FIELD,
+            )
+
+
+def _config_tables(config: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    tables: list[tuple[str, Mapping[str, Any]]] = [("", config)]
+    for nested in _NESTED_CONFIGS:
+        sub = config.get(nested)
+        if isinstance(sub, Mapping):
+            tables.append((f"{nested}.", sub))
+    return tables
 
 
 def _lookup(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:

@@ -12,8 +12,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from core.errors import NoSafetensorsError
-from core.hubs.assemble import build_model_info, missing_config
+from core.errors import HubAnswerError, ModelConfigError, NoSafetensorsError
+from core.hubs.assemble import build_model_info, check_config_values, missing_config
 from core.hubs.base import ModelFile, ModelInfo
 from core.hubs.gguf_repo import inspect_gguf
 from core.hubs.safetensors_header import (
@@ -30,27 +30,63 @@ from core.hubs.snapshot import RepoFacts, RepoSnapshot
 # config.json and the shard index are small; anything bigger is not what it claims to be.
 MAX_JSON_BYTES = 16 << 20
 HEADER_WORKERS = 8
+# No model file is named deeper or longer than this (Linux's PATH_MAX).
+MAX_LISTED_PATH_CHARS = 4096
+
+
+def check_listing(snapshot: RepoSnapshot) -> None:
+    """Refuse a listing with a file name that would leave the model folder once downloaded or packed:
+    absolute, with ``..``, ``.`` or empty parts, backslashes or control characters. An honest hub never
+    lists one, so the whole answer is refused rather than the file skipped."""
+    for path in snapshot.files:
+        parts = path.split("/")
+        unsafe = (
+            not path
+            or len(path) > MAX_LISTED_PATH_CHARS
+            or any(part in ("", ".", "..") for part in parts)
+            or "\\" in path
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+            or (len(path) > 1 and path[1] == ":")  # C:... on Windows
+        )
+        if unsafe:
+            shown = path if len(path) <= 200 else path[:200] + "…"
+            raise HubAnswerError(
+                f"'{snapshot.label}' lists a file named {shown!r}, which would land outside the model folder.",
+                hint="EZ Runner refuses such a listing: check the hub or mirror (HF_ENDPOINT / MODELSCOPE_ENDPOINT) "
+                "you use, or rename the file if it is in your own folder.",
+                field="model",
+            )
 
 
 def read_json_file(snapshot: RepoSnapshot, path: str) -> dict[str, Any]:
+    """A small JSON file of the repository, refused past ``MAX_JSON_BYTES`` by its listed size (nothing is
+    read then) and when the bytes that came are not the listed size or not one JSON object."""
     size = snapshot.files[path].size
+    broken = f"The file is damaged; restore the model's original {path}, or pick another revision."
     if size > MAX_JSON_BYTES:
-        raise NoSafetensorsError(
-            f"'{snapshot.label}': {path} is {size:,} bytes, far more than a JSON config holds.",
-            hint="The repo looks broken; pick another revision or variant of the model.",
+        raise ModelConfigError(
+            f"'{snapshot.label}': {path} is {size:,} bytes, far more than a JSON config holds "
+            f"(at most {MAX_JSON_BYTES:,}).",
+            hint=broken,
+            field=path,
         )
     raw = snapshot.read(path, max_bytes=MAX_JSON_BYTES)
+    if len(raw) != size:
+        raise HubAnswerError(
+            f"'{snapshot.label}': {path} came with {len(raw):,} bytes, but the listing says {size:,}.",
+            hint="The answer was cut short or the file changed meanwhile; try again, or pick another revision.",
+            field=path,
+        )
+    if not raw.strip():
+        raise ModelConfigError(f"'{snapshot.label}': {path} is empty.", hint=broken, field=path)
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise NoSafetensorsError(
-            f"'{snapshot.label}': {path} cannot be read as JSON ({error}).",
-            hint="The repo looks broken; pick another revision or variant of the model.",
+        raise ModelConfigError(
+            f"'{snapshot.label}': {path} cannot be read as JSON ({error}).", hint=broken, field=path
         ) from error
     if not isinstance(value, dict):
-        raise NoSafetensorsError(
-            f"'{snapshot.label}': {path} is not a JSON object.", hint="Pick another revision or variant."
-        )
+        raise ModelConfigError(f"'{snapshot.label}': {path} is not a JSON object.", hint=broken, field=path)
     return value
 
 
@@ -88,6 +124,7 @@ def inspect_snapshot(
 ) -> ModelInfo:
     """The ``ModelInfo`` of a pinned repository: safetensors weights when it has them at the top level (and
     no GGUF quantization was asked for), else its GGUF files (``read_all_gguf_headers`` for cheap reads)."""
+    check_listing(snapshot)
     paths = list(snapshot.files)
     top_safetensors = any(p.endswith(".safetensors") and "/" not in p for p in paths)
     has_gguf = any(p.lower().endswith(".gguf") for p in paths)
@@ -97,6 +134,7 @@ def inspect_snapshot(
     if CONFIG_FILE not in selected:
         raise missing_config(snapshot.label)
     config = read_json_file(snapshot, CONFIG_FILE)
+    check_config_values(config, label=snapshot.label)
     if INDEX_FILE in selected:
         selected = restrict_to_index(selected, read_json_file(snapshot, INDEX_FILE), repo=snapshot.label)
     shards = weight_files(selected)
