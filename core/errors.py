@@ -2,6 +2,12 @@
 
 Every message says what was wrong and what to do next, so the CLI and the wizard only have to show
 it. Subclasses group errors by area; callers catch ``EzRunnerError`` at the boundary.
+
+Each error names the input at fault with a stable key from ``FIELDS`` (``error.field``; None when no single
+input is at fault: Docker is down, a hub does not answer). The keys are the names of the inputs as the
+product knows them, independent of how a front end spells them: the CLI maps each to its flag
+(``ezrunner_ui.cli.common.FLAGS``), the wizard to its field label. Add a key here before raising with it
+(tests/unit/test_error_fields.py holds every ``field=`` in the code to this set).
 """
 
 from __future__ import annotations
@@ -9,26 +15,85 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
+
+# THE INPUTS AN ERROR CAN BE ABOUT
+
+#: the model reference (hf:org/name, ms:org/name, org/name or a folder)
+MODEL: Final = "model"
+#: the branch, tag or commit of a hub model
+REVISION: Final = "revision"
+#: the GGUF quantization asked for
+QUANT: Final = "quant"
+#: the model's config.json (and the other small JSON files a model carries)
+CONFIG: Final = "config"
+#: the model's weight files (safetensors or GGUF headers, the shard index)
+WEIGHTS: Final = "weights"
+#: the described target: GPU preset name, GPU count, memory per GPU, compute capability, driver, GPU API
+GPU_PRESET: Final = "gpu_preset"
+GPUS: Final = "gpus"
+GPU_MEMORY: Final = "gpu_memory"
+COMPUTE_CAPABILITY: Final = "compute_capability"
+DRIVER: Final = "driver"
+GPU_API: Final = "gpu_api"
+CPU_ONLY: Final = "cpu_only"
+RAM: Final = "ram"
+CPU_CORES: Final = "cpu_cores"
+#: plan options
+ENGINE: Final = "engine"
+TENSOR_PARALLEL_SIZE: Final = "tensor_parallel_size"
+MAX_MODEL_LEN: Final = "max_model_len"
+GPU_MEMORY_UTILIZATION: Final = "gpu_memory_utilization"
+DTYPE: Final = "dtype"
+PORT: Final = "port"
+BASE_IMAGE: Final = "base_image"
+KV_CACHE_TYPE: Final = "kv_cache_type"
+PARALLEL: Final = "parallel"
+GGUF_PRE_TOKENIZER: Final = "gguf_pre_tokenizer"
+#: pack options: the archive path, its split size, a hand-edited Dockerfile
+OUTPUT: Final = "output"
+SPLIT: Final = "split"
+DOCKERFILE: Final = "dockerfile"
+#: EZ Runner's own data folder (EZRUNNER_HOME): history, build contexts, caches
+HOME: Final = "home"
+#: run: the archive to load and start, the health timeout, the container's network mode
+ARCHIVE: Final = "archive"
+TIMEOUT: Final = "timeout"
+NETWORK: Final = "network"
+#: search
+QUERY: Final = "query"
+LIMIT: Final = "limit"
+
+FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        MODEL, REVISION, QUANT, CONFIG, WEIGHTS,
+        GPU_PRESET, GPUS, GPU_MEMORY, COMPUTE_CAPABILITY, DRIVER, GPU_API, CPU_ONLY, RAM, CPU_CORES,
+        ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
+        KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
+        OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
+    }
+)  # fmt: skip
 
 
 class EzRunnerError(Exception):
     """Base class: ``str(error)`` is a complete, user-facing sentence with a next step.
 
-    ``field`` is the stable key of the input at fault ("model", "gpu_memory", "max_model_len", "base_image",
-    "output", "config.json", ...): the CLI turns it into the flag to fix, the wizard into the field's label.
-    None when no single input is at fault (Docker is down, a hub does not answer). ``details`` are lines of
-    output behind the error, oldest first (the last lines of a failed build), shown under the message.
+    ``field`` is the stable key (one of ``FIELDS``) of the input at fault: the CLI turns it into the flag to
+    fix, the wizard into the field's label; None when no single input is at fault (Docker is down).
+    ``details`` are lines of output behind the error, oldest first (the last lines of a failed build).
     """
 
     #: short machine-readable code, used by the CLI's --json output and the wizard's translations
     code: str = "error"
+    #: the input errors of this class are about unless the raiser names another
+    default_field: str | None = None
 
     def __init__(
         self, message: str, *, hint: str | None = None, field: str | None = None, details: Sequence[str] = ()
     ) -> None:
         self.message = message
         self.hint = hint
-        self.field = field
+        self.field = field if field is not None else self.default_field
         self.details = tuple(details)
         super().__init__(message if not hint else f"{message} {hint}")
 
@@ -38,22 +103,27 @@ class EzRunnerError(Exception):
 
 class InvalidReferenceError(EzRunnerError):
     code = "invalid_reference"
+    default_field = MODEL
 
 
 class ModelNotFoundError(EzRunnerError):
     code = "model_not_found"
+    default_field = MODEL
 
 
 class RevisionNotFoundError(EzRunnerError):
     code = "revision_not_found"
+    default_field = REVISION
 
 
 class GatedModelError(EzRunnerError):
     code = "gated_model"
+    default_field = MODEL
 
 
 class NoSafetensorsError(EzRunnerError):
     code = "no_safetensors"
+    default_field = MODEL
 
 
 class HubUnreachableError(EzRunnerError):
@@ -73,6 +143,7 @@ class HubAnswerError(EzRunnerError):
 
 class ChecksumMismatchError(EzRunnerError):
     code = "checksum_mismatch"
+    default_field = MODEL
 
 
 # HARDWARE AND PLANNING ERRORS
@@ -95,6 +166,7 @@ class ModelConfigError(PlanError):
     without its state dimensions), so the model's memory cannot be sized."""
 
     code = "model_config_invalid"
+    default_field = CONFIG
 
 
 # DOCKER, PACK AND RUN ERRORS
@@ -110,6 +182,7 @@ class DockerTooOldError(EzRunnerError):
 
 class BaseImageMissingError(EzRunnerError):
     code = "base_image_missing"
+    default_field = BASE_IMAGE
 
 
 class BuildFailedError(EzRunnerError):
@@ -138,6 +211,7 @@ class NotWritableError(EzRunnerError):
 
 class PortInUseError(EzRunnerError):
     code = "port_in_use"
+    default_field = PORT
 
 
 class ContainerConflictError(EzRunnerError):
@@ -154,6 +228,7 @@ class HealthTimeoutError(EzRunnerError):
 
 class ArtifactInvalidError(EzRunnerError):
     code = "artifact_invalid"
+    default_field = ARCHIVE
 
 
 class CancelledError(EzRunnerError):
@@ -183,9 +258,21 @@ class InvalidGgufError(EzRunnerError):
     or an architecture the pinned llama.cpp build does not know."""
 
     code = "invalid_gguf"
+    default_field = WEIGHTS
 
 
 # FILE SYSTEM FAULTS, IN THE USER'S TERMS
+
+
+_FILE_SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_file_system_error(error: OSError) -> bool:
+    """Whether ``error`` is about a file or folder (it names one, or it is a disk or permission fault), not a
+    socket or a process."""
+    if isinstance(error, ConnectionError | TimeoutError | ProcessLookupError | ChildProcessError):
+        return False
+    return error.filename is not None or error.errno in _FILE_SYSTEM_ERRNOS
 
 
 def from_os_error(

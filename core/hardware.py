@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from core import errors
 from core.errors import InvalidTargetError
 
 GIB = 1 << 30
@@ -28,6 +29,15 @@ MIB = 1 << 20
 
 
 GpuVendor = Literal["nvidia", "amd", "intel", "apple"]
+# The GPU programming interface the server's engine uses (core.planning.Device, less "cpu").
+GpuApi = Literal["cuda", "rocm", "vulkan"]
+#: the interfaces each vendor's cards can be planned with, the vendor's own first
+GPU_APIS_BY_VENDOR: Mapping[GpuVendor, tuple[GpuApi, ...]] = {
+    "nvidia": ("cuda",),
+    "amd": ("rocm", "vulkan"),
+    "intel": ("vulkan",),
+    "apple": (),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class Target:
     # Human sentences about what detection could not see ("no NVIDIA driver found ..."); empty when
     # everything was read. The wizard shows them under the detected target.
     notes: tuple[str, ...] = ()
+    # The GPU interface asked for ("vulkan" for an AMD card without ROCm); None: the vendor's own.
+    gpu_api: GpuApi | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -90,6 +102,7 @@ class GpuPreset:
     memory_bytes: int
     compute_capability: tuple[int, int]
     aliases: tuple[str, ...] = ()  # other spellings; matched after normalisation (see _normalise)
+    vendor: GpuVendor = "nvidia"
 
     @property
     def memory_gib(self) -> float:
@@ -103,8 +116,19 @@ def _preset(
     memory_mib: int,
     compute_capability: tuple[int, int],
     aliases: tuple[str, ...] = (),
+    vendor: GpuVendor = "nvidia",
 ) -> GpuPreset:
-    return GpuPreset(key, display_name, nvml_name, memory_mib * MIB, compute_capability, aliases)
+    return GpuPreset(key, display_name, nvml_name, memory_mib * MIB, compute_capability, aliases, vendor)
+
+
+# AMD and Intel cards have no compute capability: (0, 0) stands in, and the planner serves them with
+# llama.cpp's ROCm build (AMD) or its Vulkan build (Intel, or AMD with gpu_api "vulkan"). Their memory is
+# the vendor's data-sheet capacity in MiB (AMD Instinct MI300X 192 GB HBM3, MI250X 128 GB as two 64 GB
+# GCDs that the driver lists as two GPUs, so the preset is one GCD, MI210 64 GB, Radeon RX 7900 XTX 24 GB,
+# Radeon PRO W7900 48 GB: amd.com product pages; Intel Arc A770 16 GB: intel.com product page). Unlike the
+# NVIDIA rows these were not read from a real card; rocm-smi reports a little less, which the planner's
+# margins absorb.
+_NO_CC = (0, 0)
 
 
 # fmt: off
@@ -133,6 +157,16 @@ GPU_PRESETS: Mapping[str, GpuPreset] = {p.key: p for p in (
     _preset("rtx-4090",  "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 4090", 24564,  (8, 9), ("4090",)),
     _preset("rtx-a6000", "NVIDIA RTX A6000",        "NVIDIA RTX A6000",        49140,  (8, 6), ("a6000",)),
     _preset("b200",      "NVIDIA B200 180GB",       "NVIDIA B200",             183359, (10, 0)),
+    _preset("mi300x",    "AMD Instinct MI300X 192GB", "AMD Instinct MI300X",   196608, _NO_CC, (), "amd"),
+    _preset("mi250x",    "AMD Instinct MI250X 64GB (one GCD)", "AMD Instinct MI250X", 65536, _NO_CC,
+            ("mi250x gcd",), "amd"),
+    _preset("mi210",     "AMD Instinct MI210 64GB", "AMD Instinct MI210",      65536,  _NO_CC, (), "amd"),
+    _preset("rx-7900-xtx", "AMD Radeon RX 7900 XTX", "AMD Radeon RX 7900 XTX", 24576, _NO_CC,
+            ("7900 xtx", "7900xtx"), "amd"),
+    _preset("w7900",     "AMD Radeon PRO W7900 48GB", "AMD Radeon PRO W7900",  49152,  _NO_CC,
+            ("radeon pro w7900", "pro w7900"), "amd"),
+    _preset("arc-a770",  "Intel Arc A770 16GB",     "Intel(R) Arc(TM) A770 Graphics", 16384, _NO_CC,
+            ("a770", "arc a770 16gb"), "intel"),
 )}
 # fmt: on
 
@@ -147,7 +181,7 @@ _AMBIGUOUS_NAMES: Mapping[str, tuple[str, ...]] = {
 def _normalise(name: str) -> str:
     """'NVIDIA A100 80GB', 'a100-80' and 'A100_80gb' all become 'a10080'."""
     text = name.lower()
-    text = re.sub(r"\b(nvidia|tesla|geforce|quadro)\b", "", text)
+    text = re.sub(r"\b(nvidia|tesla|geforce|quadro|amd|instinct|radeon|intel)\b|\((r|tm)\)", "", text)
     text = re.sub(r"(\d)\s*gb\b", r"\1", text)
     return re.sub(r"[^a-z0-9]", "", text)
 
@@ -176,14 +210,14 @@ def resolve_gpu_preset(*, name: str) -> GpuPreset:
         raise InvalidTargetError(
             f"gpu_preset '{name}' fits more than one card ({choices}).",
             hint="Name the memory size, for example 'a100-80gb'.",
-            field="gpu_preset",
+            field=errors.GPU_PRESET,
         )
     preset = _PRESET_INDEX.get(normalised)
     if preset is None:
         raise InvalidTargetError(
             f"gpu_preset '{name}' is not a known GPU. Known presets: {', '.join(GPU_PRESETS)}.",
             hint="Pick one of them, or describe the card with gpu_memory_gib and compute_capability.",
-            field="gpu_preset",
+            field=errors.GPU_PRESET,
         )
     return preset
 
@@ -248,7 +282,7 @@ def cuda_version_for_driver(*, driver_version: str) -> str | None:
         raise InvalidTargetError(
             f"driver_version '{driver_version}' is not an NVIDIA driver version.",
             hint="Use the form shown by nvidia-smi, for example '550.54.15' or '570.26'.",
-            field="driver_version",
+            field=errors.DRIVER,
         )
     version = _version_tuple(text)
     for cuda, minimum in DRIVER_CUDA_TABLE:
@@ -265,7 +299,7 @@ def parse_compute_capability(*, text: str) -> tuple[int, int]:
             f"compute_capability '{text}' is not valid: use MAJOR.MINOR between "
             f"{_MIN_CC_MAJOR}.0 and {_MAX_CC_MAJOR}.x, for example '8.0'.",
             hint="nvidia-smi --query-gpu=compute_cap --format=csv prints it on the server.",
-            field="compute_capability",
+            field=errors.COMPUTE_CAPABILITY,
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -289,6 +323,8 @@ def target_label(*, target: Target) -> str:
     details = [f"driver {target.driver_version}"] if target.driver_version else []
     if target.cuda_version:
         details.append(f"CUDA {target.cuda_version}")
+    if target.gpu_api is not None and target.gpu_api != "cuda":
+        details.append({"rocm": "ROCm", "vulkan": "Vulkan"}[target.gpu_api])
     return f"{cards} ({', '.join(details)})" if details else cards
 
 
@@ -310,11 +346,13 @@ def target_summary(target: Target) -> dict[str, Any]:
                 "memory_bytes": gpu.memory_bytes,
                 "memory_gib": gib(gpu.memory_bytes),
                 "compute_capability": gpu.compute_capability_str,
+                "vendor": gpu.vendor,
             }
             for gpu in target.gpus
         ],
         "driver_version": target.driver_version,
         "cuda_version": target.cuda_version,
+        "gpu_api": target.gpu_api,
         "cpu_cores": target.cpu_cores,
         "ram_bytes": target.ram_bytes,
         "ram_gib": gib(target.ram_bytes),
@@ -337,35 +375,38 @@ def describe_target(
     cpu_only: bool = False,
     ram_gib: float | None = None,
     cpu_cores: int | None = None,
+    gpu_api: str | None = None,
 ) -> Target:
     """A target from what the user says about the server; raises ``InvalidTargetError`` on bad input.
 
     ``gpu_memory_gib`` and ``compute_capability`` override the preset's values, or describe a card
-    that has no preset (then both are required).
+    that has no preset (then both are required). ``gpu_api`` ("cuda", "rocm", "vulkan") picks how the
+    card is driven where its vendor offers more than one (an AMD card through Vulkan); a card without a
+    preset and ``gpu_api`` "rocm" or "vulkan" is an AMD card, which needs no compute capability.
     """
     if ram_gib is not None and not (ram_gib > 0 and math.isfinite(ram_gib)):
         raise InvalidTargetError(
             f"ram_gib {ram_gib} is not valid: RAM must be more than 0 GiB.",
             hint="Leave it out if you do not know it.",
-            field="ram",
+            field=errors.RAM,
         )
     if ram_gib is not None and ram_gib > MAX_RAM_GIB:
         raise InvalidTargetError(
             f"ram_gib {ram_gib:g} is not valid: use at most {MAX_RAM_GIB:,} GiB (64 TiB).",
             hint="Give the RAM in GiB, e.g. 512 for a server with 512 GiB; leave it out if you do not know it.",
-            field="ram",
+            field=errors.RAM,
         )
     if cpu_cores is not None and cpu_cores < 1:
         raise InvalidTargetError(
             f"cpu_cores {cpu_cores} is not valid: a server has at least 1 core.",
             hint="Leave it out if you do not know it.",
-            field="cpu_cores",
+            field=errors.CPU_CORES,
         )
     if cpu_cores is not None and cpu_cores > MAX_CPU_CORES:
         raise InvalidTargetError(
             f"cpu_cores {cpu_cores:,} is not valid: use at most {MAX_CPU_CORES:,} cores.",
             hint="`nproc` prints it on the server; leave it out if you do not know it.",
-            field="cpu_cores",
+            field=errors.CPU_CORES,
         )
     ram_bytes = None if ram_gib is None else int(ram_gib * GIB)
 
@@ -375,6 +416,7 @@ def describe_target(
             "gpu_memory_gib": gpu_memory_gib,
             "compute_capability": compute_capability,
             "driver_version": driver_version,
+            "gpu_api": gpu_api,
         }
         clashes = [f"{name}={value!r}" for name, value in given.items() if value is not None]
         if gpu_count not in (0, 1):
@@ -383,7 +425,7 @@ def describe_target(
             raise InvalidTargetError(
                 f"cpu_only contradicts the GPU settings given ({', '.join(clashes)}).",
                 hint="Either drop cpu_only or drop the GPU settings.",
-                field="cpu_only",
+                field=errors.CPU_ONLY,
             )
         target = Target(cpu_cores=cpu_cores, ram_bytes=ram_bytes, origin="described")
         return replace(target, label=target_label(target=target))
@@ -392,32 +434,42 @@ def describe_target(
         raise InvalidTargetError(
             f"gpu_count {gpu_count} is not valid: use 1 to {_MAX_GPU_COUNT} GPUs.",
             hint="For a server with no GPU, use cpu_only.",
-            field="gpu_count",
+            field=errors.GPUS,
         )
     if gpu_preset is None and gpu_memory_gib is None:
         raise InvalidTargetError(
             "No GPU described: give gpu_preset, or gpu_memory_gib and compute_capability.",
             hint=f"Known presets: {', '.join(GPU_PRESETS)}. For a server with no GPU, use cpu_only.",
-            field="gpu_preset",
+            field=errors.GPU_PRESET,
         )
 
     preset = None if gpu_preset is None else resolve_gpu_preset(name=gpu_preset)
+    vendor: GpuVendor = preset.vendor if preset is not None else ("amd" if gpu_api in ("rocm", "vulkan") else "nvidia")
+    api = _gpu_api(gpu_api, vendor=vendor, card=preset.display_name if preset else None)
+    if vendor != "nvidia" and (compute_capability is not None or driver_version is not None):
+        raise InvalidTargetError(
+            f"{preset.display_name if preset else 'An AMD card'} has no CUDA compute capability or NVIDIA driver.",
+            hint="Leave out compute_capability and driver_version for AMD and Intel cards.",
+            field=errors.COMPUTE_CAPABILITY if compute_capability is not None else errors.DRIVER,
+        )
     if gpu_memory_gib is not None and not _MIN_GPU_GIB <= gpu_memory_gib <= _MAX_GPU_GIB:
         raise InvalidTargetError(
             f"gpu_memory_gib {gpu_memory_gib} is not valid: use {_MIN_GPU_GIB} to {_MAX_GPU_GIB} GiB "
             "per GPU.",
             hint="nvidia-smi --query-gpu=memory.total --format=csv prints it (MiB) on the server.",
-            field="gpu_memory",
+            field=errors.GPU_MEMORY,
         )
     if compute_capability is not None:
         capability = parse_compute_capability(text=compute_capability)
     elif preset is not None:
         capability = preset.compute_capability
+    elif vendor != "nvidia":
+        capability = _NO_CC
     else:
         raise InvalidTargetError(
             "compute_capability is needed for a GPU that is not a preset.",
             hint="nvidia-smi --query-gpu=compute_cap --format=csv prints it on the server, e.g. '8.6'.",
-            field="compute_capability",
+            field=errors.COMPUTE_CAPABILITY,
         )
     if preset is not None:
         memory_bytes = preset.memory_bytes if gpu_memory_gib is None else int(gpu_memory_gib * GIB)
@@ -428,7 +480,7 @@ def describe_target(
 
     driver = None if driver_version is None else driver_version.strip()
     cuda = None if driver is None else cuda_version_for_driver(driver_version=driver)
-    gpu = Gpu(name=name, memory_bytes=memory_bytes, compute_capability=capability)
+    gpu = Gpu(name=name, memory_bytes=memory_bytes, compute_capability=capability, vendor=vendor)
     target = Target(
         gpus=(gpu,) * gpu_count,
         driver_version=driver,
@@ -436,8 +488,25 @@ def describe_target(
         cpu_cores=cpu_cores,
         ram_bytes=ram_bytes,
         origin="described",
+        gpu_api=api,
     )
     return replace(target, label=target_label(target=target))
+
+
+def _gpu_api(value: str | None, *, vendor: GpuVendor, card: str | None) -> GpuApi | None:
+    if value is None:
+        return None
+    allowed = GPU_APIS_BY_VENDOR[vendor]
+    api = value.strip().lower()
+    for known in allowed:
+        if api == known:
+            return known
+    raise InvalidTargetError(
+        f"gpu_api '{value}' does not drive {card or 'this ' + vendor.upper() + ' card'}: it runs with "
+        f"{' or '.join(allowed) or 'no GPU interface EZ Runner plans for'}.",
+        hint="Leave gpu_api out to use the card's own interface (CUDA on NVIDIA, ROCm on AMD, Vulkan on Intel).",
+        field=errors.GPU_API,
+    )
 
 
 # THIS MACHINE

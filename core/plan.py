@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from core import errors
 from core.engines import ENGINES, Engine, engine_for
 from core.engines.shared import (
     FALLBACK_CONTEXT,
@@ -24,29 +25,54 @@ from core.engines.versions import VLLM_IMAGE_CUDA_VERSION, VLLM_MIN_COMPUTE_CAPA
 from core.engines.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, tensor_parallel_problem, valid_tensor_parallel_sizes
 from core.errors import EzRunnerError, InvalidOptionsError
 from core.hardware import Target
+from core.hubs.assemble import MAX_CONTEXT_TOKENS
 from core.hubs.base import ModelInfo, WeightStats
 from core.planning import Alternative, EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
+from core.refs import validate_image_ref
 from core.sizing import GIB, model_shape, normalise_dtype
 
 # CHECKS EVERY ENGINE SHARES
 
 
-def _validate_options(options: Options, target: Target) -> None:
+# The largest values an option can take: far above any model or server (the longest context published is
+# 10,485,760 tokens; llama.cpp decodes a few hundred sequences at once at most): past them it is a typo.
+MAX_OPTION_TOKENS = MAX_CONTEXT_TOKENS
+MAX_PARALLEL = 4096
+
+
+def validate_options(*, options: Options, target: Target) -> None:
+    """Refuse options no plan can honour, naming the option (``error.field``); cheap, so front ends call it
+    before asking a hub anything. ``plan()`` calls it too."""
     util = options.gpu_memory_utilization
-    if util is not None and not (0 < util <= 1):
+    if util is not None and not (0 < util <= 1):  # nan fails both comparisons
         raise InvalidOptionsError(
             f"gpu_memory_utilization must be above 0 and at most 1; got {util}.",
             hint="Use a fraction such as 0.9 (90 % of each GPU's memory).",
+            field=errors.GPU_MEMORY_UTILIZATION,
         )
-    if options.max_model_len is not None and options.max_model_len < 1:
+    if options.max_model_len is not None and not 1 <= options.max_model_len <= MAX_OPTION_TOKENS:
         raise InvalidOptionsError(
-            f"max_model_len must be a positive number of tokens; got {options.max_model_len}.",
+            f"max_model_len must be a positive number of tokens up to {MAX_OPTION_TOKENS:,}; "
+            f"got {options.max_model_len:,}.",
             hint="Leave it unset to let the planner choose, or give e.g. 8192.",
+            field=errors.MAX_MODEL_LEN,
         )
     if options.dtype not in (None, "auto") and normalise_dtype(options.dtype) is None:
         raise InvalidOptionsError(
-            f"Unknown dtype {options.dtype!r}.", hint="Use auto, bfloat16, float16 or float32."
+            f"Unknown dtype {options.dtype!r}.", hint="Use auto, bfloat16, float16 or float32.", field=errors.DTYPE
         )
+    if not 1 <= options.port <= 65535:
+        raise InvalidOptionsError(
+            f"Port {options.port} is out of range.", hint="Use a port from 1 to 65535.", field=errors.PORT
+        )
+    if options.parallel is not None and not 1 <= options.parallel <= MAX_PARALLEL:
+        raise InvalidOptionsError(
+            f"parallel must be 1 to {MAX_PARALLEL:,} sequences decoded at once; got {options.parallel:,}.",
+            hint="Leave it unset to let the planner choose.",
+            field=errors.PARALLEL,
+        )
+    if options.base_image is not None:
+        validate_image_ref(options.base_image, field=errors.BASE_IMAGE)
     if options.engine != "auto":
         engine_for(options.engine)  # an unknown name is an error that lists the engines
     tp = options.tensor_parallel_size
@@ -54,11 +80,13 @@ def _validate_options(options: Options, target: Target) -> None:
         raise InvalidOptionsError(
             f"tensor_parallel_size must be at least 1; got {tp}.",
             hint="Leave it unset to let the planner choose.",
+            field=errors.TENSOR_PARALLEL_SIZE,
         )
     if tp is not None and tp > max(target.gpu_count, 1):
         raise InvalidOptionsError(
             f"tensor_parallel_size {tp} needs {tp} GPUs, but the target has {target.gpu_count}.",
             hint=f"Use at most {max(target.gpu_count, 1)}, or describe a server with more GPUs.",
+            field=errors.TENSOR_PARALLEL_SIZE,
         )
 
 
@@ -68,13 +96,14 @@ def _validate_options(options: Options, target: Target) -> None:
 def plan(*, model: ModelInfo, target: Target, options: Options | None = None) -> Plan:
     """Pure function: same inputs, same plan. Never touches the network or weight data."""
     options = options or Options()
-    _validate_options(options, target)
+    validate_options(options=options, target=target)
     shape = model_shape(config=model.config, quantization=model.quantization)
     context = model.context_length or shape.context_length or FALLBACK_CONTEXT
     if options.max_model_len is not None and options.max_model_len > context:
         raise InvalidOptionsError(
             f"max_model_len {options.max_model_len:,} is longer than the model's context of {context:,} tokens.",
             hint=f"Use at most {context:,}.",
+            field=errors.MAX_MODEL_LEN,
         )
     margin = KV_MARGIN_MOE_OR_MLA if (shape.is_moe or shape.is_mla) else KV_MARGIN_DENSE
     request = PlanRequest(model=model, shape=shape, context=context, margin=margin, target=target, options=options)

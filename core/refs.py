@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from core import errors
 from core.errors import InvalidOptionsError, InvalidReferenceError
 
 RefSource = Literal["hf", "ms", "auto", "local"]
@@ -19,7 +20,7 @@ _FORMS = (
 # One org and one name, each made of letters, digits, dot, underscore and dash (what both hubs allow).
 _PART = re.compile(r"[A-Za-z0-9._-]+")
 #: the input key errors about a model reference carry (the CLI's MODEL argument, the wizard's model field)
-FIELD = "model"
+FIELD = errors.MODEL
 # Hugging Face caps a repo name at 96 characters (huggingface_hub's validate_repo_id: REPO_ID_REGEX
 # `^(\b[\w\-.]+\b/)?\b[\w\-.]{1,96}\b$`); an org is shorter. Paths stop at Linux's PATH_MAX (4096).
 MAX_HUB_PART_CHARS = 96
@@ -181,8 +182,9 @@ _IMAGE_FORMS = (
 )
 
 
-def validate_image_ref(text: str, *, field: str = "base_image") -> str:
-    """``text`` stripped, when Docker would accept it as an image reference; else ``InvalidOptionsError``.
+def validate_image_ref(text: str, *, field: str = errors.BASE_IMAGE, pinned: bool = True) -> str:
+    """``text`` stripped, when Docker would accept it as an image reference (and, with ``pinned``, it names a
+    tag other than ``latest`` or a digest); else ``InvalidOptionsError``.
 
     It ends up in a Dockerfile's ``FROM`` line and in ``docker run``: anything but a reference (a space, a
     newline, a shell character) is refused here rather than rendered."""
@@ -193,10 +195,24 @@ def validate_image_ref(text: str, *, field: str = "base_image") -> str:
     if match is None:
         shown = raw if len(raw) <= 200 else raw[:200] + "…"
         raise InvalidOptionsError(f"{shown!r} is not a Docker image reference.", hint=_IMAGE_FORMS, field=field)
+    first, slash, _rest = match["name"].partition("/")
+    if slash and first != first.lower() and not any(c in first for c in ".:[") and first != "localhost":
+        # Docker reads a first part without '.', ':' or "localhost" as a path, where capitals are refused
+        raise InvalidOptionsError(
+            f"{raw!r} is not a Docker image reference: repository names are lower-case.",
+            hint=_IMAGE_FORMS,
+            field=field,
+        )
     if len(match["name"]) > MAX_IMAGE_NAME_CHARS:
         raise InvalidOptionsError(
             f"The image name is {len(match['name'])} characters long; Docker allows at most {MAX_IMAGE_NAME_CHARS}.",
             hint=_IMAGE_FORMS,
+            field=field,
+        )
+    if pinned and not match["digest"] and (not match["tag"] or match["tag"] == "latest"):
+        raise InvalidOptionsError(
+            f"The image {raw!r} is not pinned: 'latest' (or no tag) changes under you and breaks reproducible builds.",
+            hint="Name an explicit tag or digest, e.g. python:3.11-slim-bookworm.",
             field=field,
         )
     return raw

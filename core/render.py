@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 
+from core import errors, refs
 from core.archive.compression import Compression
 from core.archive.names import load_script_candidates
 from core.engines import engine_for
@@ -31,11 +32,6 @@ MODELS_ROOT = "/models"
 # Build-context folder whose files the Dockerfile copies to /etc/ezrunner (core.runspec.RUN_SPEC_PATH)
 EZRUNNER_CONTEXT_DIR = "ezrunner"
 
-# Docker reference grammar, simplified: [registry[:port]/]path[:tag][@digest], path lowercase.
-_IMAGE_REF = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -80,19 +76,9 @@ def ezrunner_version() -> str:
         return "0+source"
 
 
-def validate_image_ref(ref: str, *, what: str = "--base-image") -> str:
-    if not _IMAGE_REF.fullmatch(ref):
-        raise InvalidOptionsError(
-            f"{what} {ref!r} is not a valid image reference.",
-            hint="Use the form registry/name:tag, e.g. vllm/vllm-openai:v0.11.0 or my.mirror:5000/python:3.11-slim.",
-        )
-    last = ref.rsplit("/", 1)[-1]
-    if "@" not in last and (":" not in last or last.endswith(":latest")):
-        raise InvalidOptionsError(
-            f"{what} {ref!r} is not pinned: 'latest' (or no tag) changes under you and breaks reproducible builds.",
-            hint="Name an explicit tag or digest, e.g. python:3.11-slim-bookworm.",
-        )
-    return ref
+def validate_image_ref(ref: str) -> str:
+    """The base image as written into ``FROM``: a pinned Docker reference (``core.refs.validate_image_ref``)."""
+    return refs.validate_image_ref(ref, field=errors.BASE_IMAGE)
 
 
 def image_tag_for(plan: Plan) -> str:

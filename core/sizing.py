@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from core import errors
 from core.errors import ModelConfigError, PlanError
 from core.hubs.assemble import check_config_values
 from core.hubs.base import WeightStats
@@ -360,8 +361,24 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
     vision towers and per-family defaults for missing keys.
 
     Raises ModelConfigError when the layer layout contradicts ``num_hidden_layers``, a state layer has no
-    state dimensions, or a size is out of any real model's range (``check_config_values``)."""
+    state dimensions, a size is out of any real model's range (``check_config_values``), or a value has a
+    type no config.json uses (a list where a number belongs)."""
     check_config_values(config)
+    try:
+        return _model_shape(config=config, quantization=quantization)
+    except PlanError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as error:
+        # config.json is data from a hub or a folder: a value of the wrong kind is a damaged file, not a bug
+        raise ModelConfigError(
+            f"config.json cannot be sized: a value has a type or size no model uses ({type(error).__name__}: "
+            f"{str(error)[:200]}).",
+            hint="The config.json is damaged or was edited by hand: restore the model's original one, or pick "
+            "another revision.",
+        ) from error
+
+
+def _model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | None) -> ModelShape:
     cfg, nested = text_config(config)
     model_type = cfg.get("model_type") if isinstance(cfg.get("model_type"), str) else None
     defaults = _CONFIG_DEFAULTS.get(model_type or "", {})
@@ -386,6 +403,7 @@ def model_shape(*, config: Mapping[str, Any], quantization: Mapping[str, Any] | 
         raise PlanError(
             f"config.json lacks {', '.join(missing)}, so the model's memory cannot be sized.",
             hint="Check that the repository is a transformer language model with a standard config.json.",
+            field=errors.CONFIG,
         )
     kv_heads = _int(get("num_key_value_heads")) or _int(get("num_kv_heads")) or heads  # absent → MHA
     # vLLM's get_head_size: explicit head_dim wins (Qwen3, Mistral-Nemo, Gemma), null falls back to

@@ -274,6 +274,8 @@ def device_for(target: Target) -> Device:
     """Where llama.cpp computes on this target: CUDA on NVIDIA, ROCm on AMD, Vulkan on other GPUs."""
     if target.is_cpu_only:
         return "cpu"
+    if target.gpu_api is not None:  # asked for (an AMD card through Vulkan); describe_target checked the vendor
+        return target.gpu_api
     vendors = {g.vendor for g in target.gpus}
     if vendors == {"nvidia"}:
         return "cuda"

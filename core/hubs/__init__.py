@@ -1,17 +1,19 @@
 """Model discovery: one entry for search, inspect and download over Hugging Face, ModelScope and folders.
 
-A bare ``org/name`` is looked up on ModelScope first, then on Hugging Face, and only when ModelScope
-says "not found": an unreachable or refusing ModelScope is reported, not silently skipped, so the
-user learns which hub answered (``ModelInfo.answered_by``).
+A bare ``org/name`` is looked up on ModelScope first, with a short probe (``MODELSCOPE_PROBE_TIMEOUT_S``):
+when ModelScope does not have it, or does not answer in time, Hugging Face is asked. ``ModelInfo.answered_by``
+names the hub that answered and ``ModelInfo.lookup_note`` says why that one, so the user learns both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from core import errors
 from core.errors import HubUnreachableError, ModelNotFoundError
 from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
@@ -19,6 +21,8 @@ from core.hubs.base import Hub, HubName, ModelInfo, ModelSummary, SearchFilters
 from core.refs import ModelRef, parse_ref
 
 SearchSource = Literal["hf", "ms", "both"]
+#: how long a bare org/name waits for ModelScope before asking Hugging Face
+MODELSCOPE_PROBE_TIMEOUT_S = 5.0
 
 __all__ = ["download", "hub_for", "inspect", "model_to_dict", "search"]
 
@@ -78,21 +82,42 @@ def inspect(
         return hub_for(model_ref.source).inspect(
             ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True), quant=quant
         )
-    try:
-        return hub_for("ms").inspect(ref=model_ref, revision=revision, token=_token_for("ms", token), quant=quant)
-    except ModelNotFoundError:
-        # ModelScope's default branch is master, Hugging Face's is main: translate the default only
-        hf_revision = None if revision == "master" else revision
+    from core.hubs import modelscope
+
+    repo = str(model_ref.repo_id)
+    on_modelscope = modelscope.probe(repo=repo, token=_token_for("ms", token), timeout_s=MODELSCOPE_PROBE_TIMEOUT_S)
+    if on_modelscope == "found":
         try:
-            return hub_for("hf").inspect(
-                ref=model_ref, revision=hf_revision, token=_token_for("hf", token), quant=quant
-            )
-        except ModelNotFoundError as on_hf:
-            raise ModelNotFoundError(
-                f"{model_ref.repo_id} was found neither on ModelScope nor on Hugging Face.",
-                hint="Check the spelling (org/name, case matters); for a private or gated model pass a token "
-                "and name the hub with ms: or hf:.",
-            ) from on_hf
+            info = hub_for("ms").inspect(ref=model_ref, revision=revision, token=_token_for("ms", token), quant=quant)
+            return dataclasses.replace(info, lookup_note=f"{repo}: found on ModelScope ({modelscope.endpoint()}).")
+        except ModelNotFoundError:
+            on_modelscope = "missing"  # listed, yet its files are not there: Hugging Face may have it
+    why = (
+        "not on ModelScope"
+        if on_modelscope == "missing"
+        else f"ModelScope did not answer within {MODELSCOPE_PROBE_TIMEOUT_S:g} s ({on_modelscope})"
+    )
+    # ModelScope's default branch is master, Hugging Face's is main: translate the default only
+    hf_revision = None if revision == "master" else revision
+    try:
+        info = hub_for("hf").inspect(ref=model_ref, revision=hf_revision, token=_token_for("hf", token), quant=quant)
+    except ModelNotFoundError as on_hf:
+        raise ModelNotFoundError(
+            f"{repo} is not on Hugging Face, and {why}."
+            if on_modelscope != "missing"
+            else f"{repo} was found neither on ModelScope nor on Hugging Face.",
+            hint="Check the spelling (org/name, case matters); for a private or gated model set HF_TOKEN "
+            "(or MODELSCOPE_API_TOKEN) and name the hub with hf: or ms:.",
+            field=errors.MODEL,
+        ) from on_hf
+    except HubUnreachableError as hf_down:
+        if on_modelscope == "missing":
+            raise
+        raise HubUnreachableError(
+            f"Neither hub answered for {repo}: {why}, and {hf_down.message[0].lower()}{hf_down.message[1:]}",
+            hint="Check the network or proxy, or point HF_ENDPOINT / MODELSCOPE_ENDPOINT at a reachable mirror.",
+        ) from hf_down
+    return dataclasses.replace(info, lookup_note=f"{repo}: {why}; found on Hugging Face.")
 
 
 def download(

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import events
+from core import errors, events
 from core.errors import ChecksumMismatchError, DownloadError, ModelConfigError, NoSafetensorsError
 from core.events import Cancel as CancelFlag
 from core.events import Event, EventSink
@@ -31,7 +31,7 @@ _NESTED_CONFIGS = ("text_config", "llm_config", "language_config", "thinker_conf
 _HASH_CHUNK = 8 << 20
 
 #: the input key of errors about a model's config.json
-CONFIG_FIELD = "config.json"
+CONFIG_FIELD = errors.CONFIG
 # The sizes the memory model reads, with the range a real model stays in. Lower bound 1: a model has
 # layers, width, heads and a context; lower bound 0: the key may be 0 where a model lacks the part (no
 # experts). Upper bounds are orders of magnitude above the largest models published (hidden 16,384,
@@ -78,10 +78,10 @@ def check_config_values(config: Mapping[str, Any], *, label: str | None = None) 
                     field=CONFIG_FIELD,
                 )
         heads, kv_heads = table.get("num_attention_heads"), table.get("num_key_value_heads")
-        if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
+        if isinstance(heads, int) and isinstance(kv_heads, int) and kv_heads > heads:
             raise ModelConfigError(
-                f"{where}: {prefix}num_attention_heads ({heads}) is not a multiple of "
-                f"{prefix}num_key_value_heads ({kv_heads}), which no attention layer can be built from.",
+                f"{where}: {prefix}num_key_value_heads ({kv_heads}) is more than "
+                f"{prefix}num_attention_heads ({heads}), which no attention layer has.",
                 hint="Restore the model's original config.json, or pick another revision.",
                 field=CONFIG_FIELD,
             )

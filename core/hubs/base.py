@@ -105,6 +105,8 @@ class ModelInfo:
     answered_by: str = ""  # human words for who answered ("ModelScope", "Hugging Face", "local folder")
     format: ModelFormat = "safetensors"  # what the packed weights are
     gguf: GgufRepo | None = None  # the GGUF variants, when format is "gguf"
+    # For a bare org/name: which hub answered and why that one ("not on ModelScope; found on Hugging Face")
+    lookup_note: str = ""
 
     @property
     def total_bytes(self) -> int:

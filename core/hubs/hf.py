@@ -7,6 +7,7 @@ it is imported, and a mirror (or the test hub) must work without restarting the 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,10 +31,12 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 from tqdm.auto import tqdm
 
+from core import errors
 from core.errors import (
     CancelledError,
     DownloadError,
     GatedModelError,
+    HubAnswerError,
     HubUnreachableError,
     ModelNotFoundError,
     RevisionNotFoundError,
@@ -232,18 +235,22 @@ def hf_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
     except GatedRepoError as error:  # before RepositoryNotFoundError: it is a subclass
         raise GatedModelError(
             f"{name} is gated: Hugging Face only serves its files to accounts that accepted its licence.",
-            hint=f"Accept the licence on {endpoint()}/{repo}, then pass a token (--token) or set HF_TOKEN.",
+            hint=f"Accept the licence on {endpoint()}/{repo} with your account, then set HF_TOKEN to a read token of "
+            "that account (huggingface.co/settings/tokens) and try again.",
+            field=errors.MODEL,
         ) from error
     except HfRevisionNotFoundError as error:
         raise RevisionNotFoundError(
             f"{name} has no revision '{revision}'.",
             hint="Use a branch (main), a tag or a commit sha from the model's 'Files and versions' page.",
+            field=errors.REVISION,
         ) from error
     except RepositoryNotFoundError as error:
         raise ModelNotFoundError(
             f"{name} was not found on Hugging Face ({endpoint()}).",
             hint="Check the spelling (org/name, case matters), try ModelScope with ms:, or, for a private "
-            "model, pass a token that can read it.",
+            "model, set HF_TOKEN to a token that can read it.",
+            field=errors.MODEL,
         ) from error
     except RemoteEntryNotFoundError as error:
         raise ModelNotFoundError(
@@ -254,9 +261,17 @@ def hf_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
         raise _unreachable(error) from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
+        busy = " (too many requests)" if status == 429 else ""
         raise HubUnreachableError(
-            f"Hugging Face ({endpoint()}) answered HTTP {status} for {name}.",
-            hint="Try again later, use a mirror (HF_ENDPOINT=https://hf-mirror.com), or ModelScope with ms:.",
+            f"Hugging Face ({endpoint()}) answered HTTP {status}{busy} for {name}.",
+            hint="Try again later (setting HF_TOKEN raises the request limits), use a mirror "
+            "(HF_ENDPOINT=https://hf-mirror.com), or ModelScope with ms:.",
+        ) from error
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        # an answer the client could not make sense of: an HTML page from a proxy, a truncated body
+        raise HubAnswerError(
+            f"Hugging Face ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
+            hint="Check HF_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
         ) from error
 
 

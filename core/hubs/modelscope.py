@@ -11,7 +11,9 @@ revision that moved in between fails loudly instead of packing different weights
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,19 +28,24 @@ from modelscope_hub.errors import (
     AuthenticationError,
     FileDownloadError,
     FileIntegrityError,
+    HubError,
     NetworkError,
     NotExistError,
     PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
     RequestTimeoutError,
     ServerError,
 )
 
+from core import errors
 from core.errors import (
     CancelledError,
     ChecksumMismatchError,
     DownloadError,
     EzRunnerError,
     GatedModelError,
+    HubAnswerError,
     HubUnreachableError,
     ModelNotFoundError,
     RevisionNotFoundError,
@@ -71,6 +78,28 @@ def _api(token: str | None) -> HubApi:
 
 def endpoint() -> str:
     return HubConfig().endpoint or ""
+
+
+def probe(*, repo: str, token: str | None, timeout_s: float) -> str:
+    """Whether ModelScope has ``repo``, asked once with a short timeout and no retries: "found" (also when
+    it exists but needs access), "missing", or why there was no answer ("ConnectTimeout", "HTTP 503").
+
+    The request is the client's own model lookup (``OpenAPIClient.get_model``: GET
+    /openapi/v1/models/{owner}/{name}, modelscope_hub/_openapi.py), made here so the client's retries
+    (minutes against a blocked site) do not apply."""
+    owner, _, name = repo.partition("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{endpoint().rstrip('/')}/openapi/v1/models/{owner}/{name}"
+    try:
+        response = requests.get(url, headers=headers, timeout=timeout_s, allow_redirects=True)
+    except requests.RequestException as error:
+        return type(error).__name__
+    with contextlib.closing(response):
+        if response.status_code == 404:
+            return "missing"
+        if response.status_code in (200, 401, 403):
+            return "found"
+        return f"HTTP {response.status_code}"
 
 
 class ModelScopeHub:
@@ -240,6 +269,7 @@ def _revision_missing(repo: str, wanted: str, known: set[str]) -> RevisionNotFou
     return RevisionNotFoundError(
         f"ms:{repo} has no revision '{wanted}' (it has: {listed}).",
         hint="Use one of those branch or tag names; ModelScope's default branch is master.",
+        field=errors.REVISION,
     )
 
 
@@ -272,8 +302,9 @@ def ms_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
     except NotExistError as error:
         raise ModelNotFoundError(
             f"{name} was not found on ModelScope ({endpoint()}).",
-            hint="Check the spelling (org/name), try Hugging Face with hf:, or, for a private model, pass a "
-            "ModelScope token (or set MODELSCOPE_API_TOKEN).",
+            hint="Check the spelling (org/name), try Hugging Face with hf:, or, for a private model, set "
+            "MODELSCOPE_API_TOKEN.",
+            field=errors.MODEL,
         ) from error
     except (AuthenticationError, PermissionDeniedError) as error:
         raise _gated(name, repo) from error
@@ -282,15 +313,27 @@ def ms_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
             f"A file of {name} failed its size/sha256 check ({error}).",
             hint="Run the download again; it fetches the file fresh.",
         ) from error
+    except (RateLimitError, QuotaExceededError) as error:
+        raise HubUnreachableError(
+            f"ModelScope ({endpoint()}) refused more requests for {name} now (too many requests).",
+            hint="Wait a few minutes and try again, or set MODELSCOPE_API_TOKEN (signed-in users get more).",
+        ) from error
     except (NetworkError, RequestTimeoutError, ServerError, requests.RequestException) as error:
         raise _unreachable(error) from error
+    except (HubError, json.JSONDecodeError, KeyError, TypeError) as error:
+        # an answer the client could not make sense of: an HTML page from a proxy, a truncated body
+        raise HubAnswerError(
+            f"ModelScope ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
+            hint="Check MODELSCOPE_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
+        ) from error
 
 
 def _gated(name: str, repo: str | None) -> GatedModelError:
     return GatedModelError(
         f"{name} needs an account that was granted access.",
-        hint=f"Request access on {endpoint()}/models/{repo}, then pass a ModelScope token (--token) or set "
-        "MODELSCOPE_API_TOKEN.",
+        hint=f"Request access on {endpoint()}/models/{repo}, then set MODELSCOPE_API_TOKEN to a token of that "
+        "account (ModelScope: Account settings → Access Token) and try again.",
+        field=errors.MODEL,
     )
 
 

@@ -12,6 +12,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from core import errors
 from core.errors import HubAnswerError, ModelConfigError, NoSafetensorsError
 from core.hubs.assemble import build_model_info, check_config_values, missing_config
 from core.hubs.base import ModelFile, ModelInfo
@@ -54,7 +55,7 @@ def check_listing(snapshot: RepoSnapshot) -> None:
                 f"'{snapshot.label}' lists a file named {shown!r}, which would land outside the model folder.",
                 hint="EZ Runner refuses such a listing: check the hub or mirror (HF_ENDPOINT / MODELSCOPE_ENDPOINT) "
                 "you use, or rename the file if it is in your own folder.",
-                field="model",
+                field=errors.MODEL,
             )
 
 
@@ -68,26 +69,32 @@ def read_json_file(snapshot: RepoSnapshot, path: str) -> dict[str, Any]:
             f"'{snapshot.label}': {path} is {size:,} bytes, far more than a JSON config holds "
             f"(at most {MAX_JSON_BYTES:,}).",
             hint=broken,
-            field=path,
+            field=_json_field(path),
         )
     raw = snapshot.read(path, max_bytes=MAX_JSON_BYTES)
     if len(raw) != size:
         raise HubAnswerError(
             f"'{snapshot.label}': {path} came with {len(raw):,} bytes, but the listing says {size:,}.",
             hint="The answer was cut short or the file changed meanwhile; try again, or pick another revision.",
-            field=path,
+            field=_json_field(path),
         )
     if not raw.strip():
-        raise ModelConfigError(f"'{snapshot.label}': {path} is empty.", hint=broken, field=path)
+        raise ModelConfigError(f"'{snapshot.label}': {path} is empty.", hint=broken, field=_json_field(path))
     try:
         value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise ModelConfigError(
-            f"'{snapshot.label}': {path} cannot be read as JSON ({error}).", hint=broken, field=path
+            f"'{snapshot.label}': {path} cannot be read as JSON ({error}).", hint=broken, field=_json_field(path)
         ) from error
     if not isinstance(value, dict):
-        raise ModelConfigError(f"'{snapshot.label}': {path} is not a JSON object.", hint=broken, field=path)
+        raise ModelConfigError(
+            f"'{snapshot.label}': {path} is not a JSON object.", hint=broken, field=_json_field(path)
+        )
     return value
+
+
+def _json_field(path: str) -> str:
+    return errors.CONFIG if path == CONFIG_FILE else errors.WEIGHTS  # the shard index is about the weights
 
 
 def _refuse_constant(name: str) -> Any:
@@ -112,7 +119,7 @@ def safetensors_header(snapshot: RepoSnapshot, path: str) -> list[TensorEntry]:
             f"'{path}' ended inside its header ({len(raw):,} of {length:,} bytes).",
             hint="The file is truncated; pick another revision or re-download it.",
         )
-    return parse_header(raw, file=path)
+    return parse_header(raw, file=path, data_bytes=size - 8 - length)
 
 
 def inspect_snapshot(

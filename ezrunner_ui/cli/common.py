@@ -10,24 +10,75 @@ import sys
 import time
 from typing import Any
 
-from core import hubs
+from core import errors, hubs
 from core.engines import engine_names
-from core.errors import InvalidOptionsError
+from core.errors import EzRunnerError
 from core.events import Event
 from core.hardware import Target, describe_target, detect_local
 from core.hubs.base import ModelInfo
-from core.plan import Options, Plan, plan
-from core.refs import parse_ref
+from core.plan import Options, Plan, plan, validate_options
+from core.refs import ModelRef, parse_ref
+
+#: how the CLI spells each input an error can be about (``EzRunnerError.field``, keys from core.errors.FIELDS)
+FLAGS: dict[str, str] = {
+    errors.MODEL: "MODEL",
+    errors.REVISION: "--revision",
+    errors.QUANT: "--quant",
+    errors.CONFIG: "MODEL's config.json",
+    errors.WEIGHTS: "MODEL's weight files",
+    errors.GPU_PRESET: "--gpu-name",
+    errors.GPUS: "--gpus",
+    errors.GPU_MEMORY: "--gpu-memory",
+    errors.COMPUTE_CAPABILITY: "--compute-capability",
+    errors.DRIVER: "--driver",
+    errors.GPU_API: "--gpu-api",
+    errors.CPU_ONLY: "--cpu-only",
+    errors.RAM: "--ram",
+    errors.CPU_CORES: "--cpu-cores",
+    errors.ENGINE: "--engine",
+    errors.TENSOR_PARALLEL_SIZE: "--tensor-parallel-size",
+    errors.MAX_MODEL_LEN: "--max-model-len",
+    errors.GPU_MEMORY_UTILIZATION: "--gpu-memory-utilization",
+    errors.DTYPE: "--dtype",
+    errors.PORT: "--port",
+    errors.BASE_IMAGE: "--base-image",
+    errors.KV_CACHE_TYPE: "--kv-cache-type",
+    errors.PARALLEL: "--parallel",
+    errors.GGUF_PRE_TOKENIZER: "--gguf-pre-tokenizer",
+    errors.OUTPUT: "--output",
+    errors.SPLIT: "--split",
+    errors.DOCKERFILE: "--dockerfile",
+    errors.HOME: "EZRUNNER_HOME",
+    errors.ARCHIVE: "ARCHIVE",
+    errors.TIMEOUT: "--timeout",
+    errors.NETWORK: "--network",
+    errors.QUERY: "QUERY",
+    errors.LIMIT: "--limit",
+}
+
+
+def error_line(error: EzRunnerError) -> str:
+    """The one line the CLI prints for ``error``: the flag (or argument, file) at fault, then the message."""
+    flag = FLAGS.get(error.field or "")
+    text = " ".join(str(error).split())  # one line, whatever the message holds
+    return f"Error ({flag}): {text}" if flag else f"Error: {text}"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
+# A split part smaller than this is a typo (a FAT32 file holds 4 GiB; nobody carries 1,000 parts)
+MIN_SPLIT_BYTES = 1 << 20
+
+
 def parse_size(text: str) -> int:
-    """'4G' → 4 GiB, '500M' → 500 MiB, '1073741824' → bytes."""
+    """'4G' → 4 GiB, '500M' → 500 MiB, '1073741824' → bytes; at least 1 MiB."""
     m = _SIZE.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 4G, 500M or a number of bytes")
-    return int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+    size = int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2).upper() or "_"))
+    if size < MIN_SPLIT_BYTES:
+        raise argparse.ArgumentTypeError(f"{text!r} is smaller than 1M: use e.g. 4G (FAT32) or 1G")
+    return size
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +91,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-only", action="store_true", help="the target has no GPU")
     g.add_argument("--ram", type=float, metavar="GIB", help="system RAM of the target in GiB")
     g.add_argument("--cpu-cores", type=int, metavar="N", help="CPU cores of the target")
+    g.add_argument("--gpu-api", choices=["cuda", "rocm", "vulkan"],
+                   help="how the GPUs are driven where the card offers a choice (e.g. vulkan for an AMD card)")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +121,7 @@ def token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("MODELSCOPE_API_TOKEN") or None
 
 
-_GPU_FLAGS = ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver")
+_GPU_FLAGS = ("gpu_name", "gpus", "gpu_memory", "compute_capability", "driver", "gpu_api")
 _CPU_FLAGS = ("ram", "cpu_cores")
 
 
@@ -85,12 +138,11 @@ def target_from_args(args: argparse.Namespace) -> Target:
         cpu_only=args.cpu_only or not gpu_described,  # only --ram/--cpu-cores given: a CPU server
         ram_gib=args.ram,
         cpu_cores=args.cpu_cores,
+        gpu_api=args.gpu_api,
     )
 
 
 def options(args: argparse.Namespace) -> Options:
-    if not 1 <= args.port <= 65535:
-        raise InvalidOptionsError(f"--port {args.port} is out of range.", hint="Use a port from 1 to 65535.")
     return Options(
         engine=args.engine,
         tensor_parallel_size=args.tensor_parallel_size,
@@ -106,13 +158,21 @@ def options(args: argparse.Namespace) -> Options:
     )
 
 
-def inspect(args: argparse.Namespace) -> ModelInfo:
+def inspect(args: argparse.Namespace, *, ref: ModelRef | None = None) -> ModelInfo:
     quant = getattr(args, "quant", None)
-    return hubs.inspect(ref=parse_ref(args.model), revision=args.revision, token=token(), quant=quant)
+    info = hubs.inspect(ref=ref or parse_ref(args.model), revision=args.revision, token=token(), quant=quant)
+    if info.lookup_note:
+        print(f"note: {info.lookup_note}", file=sys.stderr)
+    return info
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    return plan(model=inspect(args), target=target_from_args(args), options=options(args))
+    # Everything that needs no network is checked first: a typo in a flag never waits for a hub.
+    ref = parse_ref(args.model)
+    target = target_from_args(args)
+    chosen = options(args)
+    validate_options(options=chosen, target=target)
+    return plan(model=inspect(args, ref=ref), target=target, options=chosen)
 
 
 def gib(n: int | float | None) -> str:

@@ -145,7 +145,7 @@ def test_base_image_override_is_validated() -> None:
     for bad in ("python:3.11\nRUN curl evil", "python:3.11 && rm -rf /", "Python:3.11", "python", "python:latest"):
         with pytest.raises(InvalidOptionsError) as err:
             render(plan=replace(p, base_image=bad))
-        assert "--base-image" in str(err.value)
+        assert err.value.field == "base_image"
 
 
 def test_image_refs() -> None:
