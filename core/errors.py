@@ -13,6 +13,8 @@ product knows them, independent of how a front end spells them: the CLI maps eac
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -307,3 +309,22 @@ def from_os_error(
         hint="Check the disk and the path, then try again.",
         field=field,
     )
+
+
+def check_writable_dir(*, path: Path, field: str, doing: str) -> None:
+    """Raise the ``from_os_error`` error when files cannot be made in ``path`` (or, while it does not exist yet,
+    in its nearest existing parent, where it would be made): read-only mounts, permissions, a file in the way.
+
+    A file is made and removed at once, so nothing is left behind; it runs before any download or build, so
+    the error names the real cause instead of a failure minutes later."""
+    existing = Path(os.path.abspath(path.expanduser()))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        handle, name = tempfile.mkstemp(prefix=".ezrunner-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise from_os_error(error, doing=doing, path=existing, field=field) from error

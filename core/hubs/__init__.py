@@ -114,8 +114,9 @@ def inspect(
         if on_modelscope == "missing":
             raise
         raise HubUnreachableError(
-            f"Neither hub answered for {repo}: {why}, and {hf_down.message[0].lower()}{hf_down.message[1:]}",
-            hint="Check the network or proxy, or point HF_ENDPOINT / MODELSCOPE_ENDPOINT at a reachable mirror.",
+            f"Neither hub answered for {repo}: {why}, and then: {hf_down.message}",
+            hint="Check the network or proxy, or use a reachable mirror (HF_ENDPOINT=https://hf-mirror.com, or "
+            "MODELSCOPE_ENDPOINT=https://www.modelscope.ai outside China) and name its hub with hf: or ms:.",
         ) from hf_down
     return dataclasses.replace(info, lookup_note=f"{repo}: {why}; found on Hugging Face.")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core import errors, events
-from core.errors import ChecksumMismatchError, DownloadError, ModelConfigError, NoSafetensorsError
+from core.errors import ChecksumMismatchError, DownloadError, HubAnswerError, ModelConfigError, NoSafetensorsError
 from core.events import Cancel as CancelFlag
 from core.events import Event, EventSink
 from core.hubs.base import ModelFile, ModelInfo, WeightStats
@@ -50,6 +50,15 @@ _CONFIG_BOUNDS: Mapping[str, tuple[int, int]] = {
     "num_experts_per_tok": (0, 1 << 16),
     **{key: (1, MAX_CONTEXT_TOKENS) for key in _CONTEXT_KEYS},
 }  # fmt: skip
+
+
+def cut_short(name: str, path: str, error: BaseException) -> HubAnswerError:
+    """A file's answer that began and then stopped short of its declared length (not an outage)."""
+    return HubAnswerError(
+        f"The hub's answer for {path} of {name} ended before the length it declared ({type(error).__name__}).",
+        hint="Try again; if it keeps happening, a proxy or mirror between you and the hub cuts answers short.",
+        field=errors.MODEL,
+    )
 
 
 def missing_config(repo: str) -> NoSafetensorsError:

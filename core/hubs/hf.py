@@ -7,7 +7,6 @@ it is imported, and a mirror (or the test hub) must work without restarting the 
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from core import errors
 from core.errors import (
     CancelledError,
     DownloadError,
+    EzRunnerError,
     GatedModelError,
     HubAnswerError,
     HubUnreachableError,
@@ -46,6 +46,7 @@ from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,
     StopDownload,
+    cut_short,
     estimate_bytes,
     raise_if_cancelled,
     verify_download,
@@ -99,23 +100,24 @@ class HuggingFaceHub:
         wanted = revision or "main"
         api = self._api(token)
         with hf_errors(repo=repo, revision=wanted):
-            info = api.model_info(repo, revision=wanted)
-            commit = str(info.sha)
-            listing = {
-                entry.path: ListedFile(size=int(entry.size), sha256=_lfs_sha256(entry))
-                for entry in api.list_repo_tree(repo, revision=commit, recursive=True)
-                if isinstance(entry, RepoFile)
-            }
-            snapshot = _HfSnapshot(label=repo, files=listing, repo=repo, commit=commit, token=_token(token))
-            facts = RepoFacts(
-                ref=ModelRef(source="hf", repo_id=repo),
-                repo_id=repo,
-                revision=wanted,
-                commit=commit,
-                license=_license(info.card_data, info.tags),
-                gated=bool(info.gated),
-                answered_by=ANSWERED_BY,
-            )
+            with unreadable_answers(f"hf:{repo}"):
+                info = api.model_info(repo, revision=wanted)
+                commit = str(info.sha)
+                listing = {
+                    entry.path: ListedFile(size=int(entry.size), sha256=_lfs_sha256(entry))
+                    for entry in api.list_repo_tree(repo, revision=commit, recursive=True)
+                    if isinstance(entry, RepoFile)
+                }
+                snapshot = _HfSnapshot(label=repo, files=listing, repo=repo, commit=commit, token=_token(token))
+                facts = RepoFacts(
+                    ref=ModelRef(source="hf", repo_id=repo),
+                    repo_id=repo,
+                    revision=wanted,
+                    commit=commit,
+                    license=_license(info.card_data, info.tags),
+                    gated=bool(info.gated),
+                    answered_by=ANSWERED_BY,
+                )
             return inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
 
     def download(
@@ -172,13 +174,16 @@ class _HfSnapshot:
         with self._stream(path, {}) as response:
             hf_raise_for_status(response)
             data = bytearray()
-            for chunk in response.iter_bytes():
-                data.extend(chunk)
-                if len(data) > max_bytes:
-                    raise DownloadError(
-                        f"{path} of hf:{self.repo} is larger than {max_bytes:,} bytes.",
-                        hint="The repo looks broken; pick another revision or variant of the model.",
-                    )
+            try:
+                for chunk in response.iter_bytes():
+                    data.extend(chunk)
+                    if len(data) > max_bytes:
+                        raise DownloadError(
+                            f"{path} of hf:{self.repo} is larger than {max_bytes:,} bytes.",
+                            hint="The repo looks broken; pick another revision or variant of the model.",
+                        )
+            except httpx2.TransportError as error:  # the answer began, then stopped: not an outage
+                raise cut_short(f"hf:{self.repo}", path, error) from error
             return bytes(data)
 
     def read_range(self, path: str, *, start: int, length: int) -> bytes:
@@ -192,10 +197,13 @@ class _HfSnapshot:
                     hint="Use a mirror that supports Range requests, or pack a downloaded local folder.",
                 )
             data = bytearray()
-            for chunk in response.iter_bytes():
-                data.extend(chunk)
-                if len(data) >= length:
-                    break  # a server that ignores Range at offset 0: stop at what was asked for
+            try:
+                for chunk in response.iter_bytes():
+                    data.extend(chunk)
+                    if len(data) >= length:
+                        break  # a server that ignores Range at offset 0: stop at what was asked for
+            except httpx2.TransportError as error:  # the answer began, then stopped: not an outage
+                raise cut_short(f"hf:{self.repo}", path, error) from error
             return bytes(data[:length])
 
 
@@ -267,8 +275,17 @@ def hf_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
             hint="Try again later (setting HF_TOKEN raises the request limits), use a mirror "
             "(HF_ENDPOINT=https://hf-mirror.com), or ModelScope with ms:.",
         ) from error
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        # an answer the client could not make sense of: an HTML page from a proxy, a truncated body
+
+
+@contextmanager
+def unreadable_answers(name: str) -> Iterator[None]:
+    """Around the client's calls only (not our own code): an answer it cannot make sense of, such as an HTML
+    page from a proxy, surfaces from inside it as ValueError, KeyError or TypeError."""
+    try:
+        yield
+    except EzRunnerError:
+        raise
+    except (ValueError, KeyError, TypeError) as error:
         raise HubAnswerError(
             f"Hugging Face ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
             hint="Check HF_ENDPOINT (a proxy or captive portal may answer instead), then try again.",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from core.events import EventSink, ignore_events
 from core.hubs.assemble import (
     ByteProgress,
     StopDownload,
+    cut_short,
     raise_if_cancelled,
     verify_download,
 )
@@ -130,27 +130,30 @@ class ModelScopeHub:
         wanted = revision or DEFAULT_REVISION
         api = _api(token)
         with ms_errors(repo=repo, revision=wanted):
-            repo_info = api.get_repo(repo, _MODEL)
-            branches, tags = api.legacy.list_revisions_detail(repo, _MODEL)
-            known = {str(item.get("Revision")) for item in [*branches, *tags]}
-            if wanted not in known and not _SHA.fullmatch(wanted):
-                raise _revision_missing(repo, wanted, known)
-            entries = {
-                str(entry.get("Path") or entry.get("Name")): entry
-                for entry in api.legacy.list_repo_files(repo, _MODEL, revision=wanted, recursive=True)
-                if (entry.get("Type") or "blob") != "tree"
-            }
-            listing = {path: ListedFile(size=_size(e), sha256=e.get("Sha256") or None) for path, e in entries.items()}
-            snapshot = _MsSnapshot(label=repo, files=listing, api=api, repo=repo, revision=wanted)
-            facts = RepoFacts(
-                ref=ModelRef(source="ms", repo_id=repo),
-                repo_id=repo,
-                revision=wanted,
-                commit=_commit(entries, wanted),
-                license=repo_info.license or None,
-                gated=bool(repo_info.gated),
-                answered_by=ANSWERED_BY,
-            )
+            with unreadable_answers(f"ms:{repo}"):
+                repo_info = api.get_repo(repo, _MODEL)
+                branches, tags = api.legacy.list_revisions_detail(repo, _MODEL)
+                known = {str(item.get("Revision")) for item in [*branches, *tags]}
+                if wanted not in known and not _SHA.fullmatch(wanted):
+                    raise _revision_missing(repo, wanted, known)
+                entries = {
+                    str(entry.get("Path") or entry.get("Name")): entry
+                    for entry in api.legacy.list_repo_files(repo, _MODEL, revision=wanted, recursive=True)
+                    if (entry.get("Type") or "blob") != "tree"
+                }
+                listing = {
+                    path: ListedFile(size=_size(e), sha256=e.get("Sha256") or None) for path, e in entries.items()
+                }
+                snapshot = _MsSnapshot(label=repo, files=listing, api=api, repo=repo, revision=wanted)
+                facts = RepoFacts(
+                    ref=ModelRef(source="ms", repo_id=repo),
+                    repo_id=repo,
+                    revision=wanted,
+                    commit=_commit(entries, wanted),
+                    license=repo_info.license or None,
+                    gated=bool(repo_info.gated),
+                    answered_by=ANSWERED_BY,
+                )
             return inspect_snapshot(snapshot=snapshot, facts=facts, quant=quant)
 
     def download(
@@ -229,10 +232,13 @@ class _MsSnapshot:
             if headers and response.status_code != 206 and start:
                 raise _truncated(path)  # Range ignored: never stream the weights to find a header
             data = bytearray()
-            for chunk in response.iter_content(chunk_size=64 * 1024):
-                data.extend(chunk)
-                if len(data) >= limit:
-                    break
+            try:
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    data.extend(chunk)
+                    if len(data) >= limit:
+                        break
+            except requests.RequestException as error:  # the answer began, then stopped: not an outage
+                raise cut_short(f"ms:{self.repo}", path, error) from error
             return bytes(data[:limit])
         finally:
             response.close()
@@ -320,8 +326,22 @@ def ms_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
         ) from error
     except (NetworkError, RequestTimeoutError, ServerError, requests.RequestException) as error:
         raise _unreachable(error) from error
-    except (HubError, json.JSONDecodeError, KeyError, TypeError) as error:
-        # an answer the client could not make sense of: an HTML page from a proxy, a truncated body
+    except HubError as error:
+        raise HubAnswerError(
+            f"ModelScope ({endpoint()}) answered with an error for {name}: {error}.",
+            hint="Check MODELSCOPE_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
+        ) from error
+
+
+@contextmanager
+def unreadable_answers(name: str) -> Iterator[None]:
+    """Around the client's calls only (not our own code): an answer it cannot make sense of, such as an HTML
+    page from a proxy, surfaces from inside it as ValueError, KeyError or TypeError."""
+    try:
+        yield
+    except EzRunnerError:
+        raise
+    except (ValueError, KeyError, TypeError) as error:
         raise HubAnswerError(
             f"ModelScope ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
             hint="Check MODELSCOPE_ENDPOINT (a proxy or captive portal may answer instead), then try again.",

@@ -110,6 +110,7 @@ def safetensors_header(snapshot: RepoSnapshot, path: str) -> list[TensorEntry]:
         raise NoSafetensorsError(
             f"'{path}' says its header is {length:,} bytes long, but the file has only {size:,}.",
             hint="The file is truncated or not safetensors; pick another revision or re-download it.",
+            field=errors.WEIGHTS,
         )
     raw = first[8 : 8 + length]
     if len(raw) < length:
@@ -118,6 +119,7 @@ def safetensors_header(snapshot: RepoSnapshot, path: str) -> list[TensorEntry]:
         raise NoSafetensorsError(
             f"'{path}' ended inside its header ({len(raw):,} of {length:,} bytes).",
             hint="The file is truncated; pick another revision or re-download it.",
+            field=errors.WEIGHTS,
         )
     return parse_header(raw, file=path, data_bytes=size - 8 - length)
 

@@ -8,13 +8,14 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from core import errors, hubs
 from core.engines import engine_names
 from core.errors import EzRunnerError
 from core.events import Event
-from core.hardware import Target, describe_target, detect_local
+from core.hardware import Target, default_data_dir, describe_target, detect_local
 from core.hubs.base import ModelInfo
 from core.plan import Options, Plan, plan, validate_options
 from core.refs import ModelRef, parse_ref
@@ -164,6 +165,12 @@ def inspect(args: argparse.Namespace, *, ref: ModelRef | None = None) -> ModelIn
     if info.lookup_note:
         print(f"note: {info.lookup_note}", file=sys.stderr)
     return info
+
+
+def check_pack_paths(args: argparse.Namespace) -> None:
+    """Before a pack asks a hub anything: the archive's folder and EZRUNNER_HOME must take files."""
+    errors.check_writable_dir(path=Path(args.output).parent, field=errors.OUTPUT, doing="checking the --output folder")
+    errors.check_writable_dir(path=default_data_dir(), field=errors.HOME, doing="checking EZ Runner's data folder")
 
 
 def make_plan(args: argparse.Namespace) -> Plan:

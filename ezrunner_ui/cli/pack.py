@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 
 from core.errors import InvalidOptionsError
-from ezrunner_ui.cli.common import Progress, add_plan_args, gib, make_plan, parse_size, print_json, token
+from ezrunner_ui.cli.common import (
+    Progress,
+    add_plan_args,
+    check_pack_paths,
+    gib,
+    make_plan,
+    parse_size,
+    print_json,
+    token,
+)
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -32,6 +41,7 @@ def run(args: argparse.Namespace) -> None:
     from core.history import History
     from core.pack import pack
 
+    check_pack_paths(args)
     result = make_plan(args)
     if not result.fits and not args.force:
         raise InvalidOptionsError(
