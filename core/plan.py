@@ -8,6 +8,7 @@ checks common to every engine, and the JSON view of a plan.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from core import errors
@@ -27,6 +28,7 @@ from core.errors import EzRunnerError, InvalidOptionsError
 from core.hardware import Target
 from core.hubs.assemble import MAX_CONTEXT_TOKENS
 from core.hubs.base import ModelInfo, WeightStats
+from core.llamacpp_memory import CACHE_TYPES
 from core.planning import Alternative, EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
 from core.refs import validate_image_ref
 from core.sizing import GIB, model_shape, normalise_dtype
@@ -38,6 +40,7 @@ from core.sizing import GIB, model_shape, normalise_dtype
 # 10,485,760 tokens; llama.cpp decodes a few hundred sequences at once at most): past them it is a typo.
 MAX_OPTION_TOKENS = MAX_CONTEXT_TOKENS
 MAX_PARALLEL = 4096
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def validate_options(*, options: Options, target: Target) -> None:
@@ -73,6 +76,22 @@ def validate_options(*, options: Options, target: Target) -> None:
         )
     if options.base_image is not None:
         validate_image_ref(options.base_image, field=errors.BASE_IMAGE)
+    for value, field, what in (
+        (options.quant, errors.QUANT, "GGUF quantization"),
+        (options.gguf_pre_tokenizer, errors.GGUF_PRE_TOKENIZER, "pre-tokenizer"),
+    ):
+        if value is not None and not _NAME.fullmatch(value):
+            raise InvalidOptionsError(
+                f"{value[:80]!r} is not a {what} name.",
+                hint="Names use letters, digits, '.', '_' and '-' (e.g. Q4_K_M, llama-bpe).",
+                field=field,
+            )
+    if options.kv_cache_type is not None and options.kv_cache_type not in CACHE_TYPES:
+        raise InvalidOptionsError(
+            f"llama.cpp has no KV cache type {options.kv_cache_type[:40]!r}.",
+            hint=f"Use one of {', '.join(CACHE_TYPES)}.",
+            field=errors.KV_CACHE_TYPE,
+        )
     if options.engine != "auto":
         engine_for(options.engine)  # an unknown name is an error that lists the engines
     tp = options.tensor_parallel_size

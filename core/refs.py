@@ -158,6 +158,39 @@ def _validate_repo_id(repo_id: str, *, original: str) -> str:
     return repo_id
 
 
+# REVISIONS
+#
+# A branch, tag or commit: git's ref-name rules (git-check-ref-format(1): no "..", no control characters,
+# space, ~ ^ : ? * [ or backslash, no "//", no "@{", no part that starts with "." or ends with ".lock", not
+# ending in "/" or "."), which both hubs follow; it becomes part of a hub URL, so nothing else gets through.
+_REVISION_CHARS = re.compile(r"[A-Za-z0-9._/+=-]+")
+MAX_REVISION_CHARS = 255
+
+
+def validate_revision(text: str) -> str:
+    """``text`` stripped, when it can name a branch, tag or commit; else ``InvalidReferenceError`` (field
+    ``revision``) saying what to type."""
+    raw = text.strip() if isinstance(text, str) else ""
+    hint = "Use a branch (main or master), a tag or a commit sha from the model's page on the hub."
+    shown = raw if len(raw) <= 80 else raw[:80] + "…"
+    if not raw:
+        raise InvalidReferenceError("The revision is empty.", hint=hint, field=errors.REVISION)
+    parts = raw.split("/")
+    bad = (
+        len(raw) > MAX_REVISION_CHARS
+        or not _REVISION_CHARS.fullmatch(raw)
+        or ".." in raw
+        or raw.startswith("-")
+        or raw.endswith((".", ".lock"))
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+    )
+    if bad:
+        raise InvalidReferenceError(
+            f"The revision {shown!r} cannot name a branch, tag or commit.", hint=hint, field=errors.REVISION
+        )
+    return raw
+
+
 # DOCKER IMAGE REFERENCES
 #
 # The grammar Docker itself parses (github.com/distribution/reference, reference.go lines 4-26 at v0.5.0):

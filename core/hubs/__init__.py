@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core import errors
-from core.errors import HubUnreachableError, ModelNotFoundError
+from core.errors import HubUnreachableError, InvalidOptionsError, ModelNotFoundError
 from core.events import Cancel as CancelFlag
 from core.events import EventSink, ignore_events
 from core.hubs.base import Hub, HubName, ModelInfo, ModelSummary, SearchFilters
-from core.refs import ModelRef, parse_ref
+from core.refs import ModelRef, parse_ref, validate_revision
 
 SearchSource = Literal["hf", "ms", "both"]
 #: how long a bare org/name waits for ModelScope before asking Hugging Face
 MODELSCOPE_PROBE_TIMEOUT_S = 5.0
+#: the most results ``search`` asks one hub for (Hugging Face pages by 1,000)
+MAX_SEARCH_LIMIT = 1000
 
 __all__ = ["download", "hub_for", "inspect", "model_to_dict", "search"]
 
@@ -56,6 +58,12 @@ def search(
     With ``both``, a hub that cannot be reached is left out as long as the other one answers (its
     results are still useful); when neither answers, the first error is raised.
     """
+    if not 1 <= limit <= MAX_SEARCH_LIMIT:
+        raise InvalidOptionsError(
+            f"The search limit {limit:,} is out of range.",
+            hint=f"Ask for 1 to {MAX_SEARCH_LIMIT:,} results per hub.",
+            field=errors.LIMIT,
+        )
     if source != "both":
         return hub_for(source).search(query=query, limit=limit, filters=filters)
     # both at once: a blocked hub spends ~20 s in its client's retries, the other need not wait in line
@@ -78,6 +86,8 @@ def inspect(
 ) -> ModelInfo:
     """Resolve a reference to a pinned ``ModelInfo`` (files, sizes, sha256, config, weight stats)."""
     model_ref = parse_ref(ref) if isinstance(ref, str) else ref
+    if revision is not None and model_ref.source != "local":
+        revision = validate_revision(revision)  # it becomes part of a hub URL
     if model_ref.source != "auto":
         return hub_for(model_ref.source).inspect(
             ref=model_ref, revision=revision, token=_token_for(model_ref.source, token, explicit=True), quant=quant

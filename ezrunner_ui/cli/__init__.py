@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from core.errors import EzRunnerError, from_os_error, is_file_system_error
 from ezrunner_ui.cli import dockerfile, hardware, inspect, pack, plan, run, search, ui
-from ezrunner_ui.cli.common import error_line, print_json
+from ezrunner_ui.cli.common import FLAGS, error_line, print_json
 
 COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, ui)
 
@@ -91,7 +91,10 @@ def _report(
     if debug:
         traceback.print_exception(cause or exc)
     if as_json:
-        print_json({"error": exc.code, "message": str(exc), "field": exc.field, "details": list(exc.details)})
+        print_json(
+            {"error": exc.code, "message": str(exc), "field": exc.field, "flag": FLAGS.get(exc.field or ""),
+             "details": list(exc.details)}
+        )  # fmt: skip
     else:
         print(error_line(exc), file=sys.stderr)
         for line in exc.details:

@@ -366,3 +366,36 @@ def test_a_bug_is_one_line_that_asks_for_a_report(cli: Cli, tmp_path: Path, tiny
     assert "report" in line
     debug = cli("--debug", "plan", str(tiny_model_dir), "--cpu-only", env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "planted" in debug.stderr
+
+
+# REVISIONS, SEARCH, JSON
+
+
+@pytest.mark.parametrize("revision", ["../../api/models", "main branch", "x\ny"])
+def test_bad_revision_is_refused_before_any_hub(cli: Cli, fake_hub: FakeHub, revision: str) -> None:
+    assert_refused(cli("inspect", f"hf:{HF_SINGLE}", "--revision", revision), cli, "(--revision)")
+    assert fake_hub.log == []
+
+
+def test_missing_revision_names_the_flag(cli: Cli) -> None:
+    assert_refused(cli("inspect", f"hf:{HF_SINGLE}", "--revision", "no-such-branch"), cli, "(--revision)")
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "99999999"])
+def test_bad_search_limit_names_the_flag(cli: Cli, fake_hub: FakeHub, limit: str) -> None:
+    assert_refused(cli("search", "llama", "--limit", limit), cli, "(--limit)")
+    assert fake_hub.log == []
+
+
+def test_gated_modelscope_model_names_its_token_variable(cli: Cli) -> None:
+    from tests.fixtures.hub_plugin import MS_GATED
+
+    line = assert_refused(cli("inspect", f"ms:{MS_GATED}"), cli, "MODELSCOPE_API_TOKEN")
+    assert "--token" not in line
+
+
+def test_json_errors_carry_the_key_and_the_flag(cli: Cli, tiny_model_dir: Path) -> None:
+    result = cli("plan", str(tiny_model_dir), "--cpu-only", "--port", "0", "--json")
+    assert result.returncode == 2
+    answer = json.loads(result.stdout)
+    assert (answer["error"], answer["field"], answer["flag"]) == ("invalid_options", "port", "--port")

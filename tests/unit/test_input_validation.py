@@ -362,3 +362,51 @@ def test_listings_with_escaping_names_are_refused(name: str) -> None:
     with pytest.raises(HubAnswerError) as caught:
         check_listing(snapshot)
     assert caught.value.field == errors.MODEL
+
+
+# REVISIONS, SEARCH, NAMES
+
+
+@pytest.mark.parametrize(
+    "revision",
+    ["", " ", "../../api/models", "main/../x", "a b", "x\ny", "-rf", "branch.lock", "a//b", "/main", "main/",
+     "ref@{1}", "x" * 256, "tag:1", "a~1", "a^"],
+)  # fmt: skip
+def test_bad_revisions_name_the_revision(revision: str) -> None:
+    from core.refs import validate_revision
+
+    with pytest.raises(InvalidReferenceError) as caught:
+        validate_revision(revision)
+    assert caught.value.field == errors.REVISION
+
+
+@pytest.mark.parametrize("revision", ["main", "master", "v1.0", "refs/pr/1", "0123abc", "release-2024.01_rc"])
+def test_good_revisions_pass(revision: str) -> None:
+    from core.refs import validate_revision
+
+    assert validate_revision(revision) == revision
+
+
+@pytest.mark.parametrize("limit", [0, -1, 10**9])
+def test_search_limit_is_checked_before_any_hub(limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import hubs
+
+    monkeypatch.setattr(hubs, "hub_for", lambda source: pytest.fail("a hub was asked"))
+    with pytest.raises(InvalidOptionsError) as caught:
+        hubs.search(query="llama", limit=limit)
+    assert caught.value.field == errors.LIMIT
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (Options(quant="Q4 K M"), errors.QUANT),
+        (Options(quant="../x"), errors.QUANT),
+        (Options(gguf_pre_tokenizer="llama bpe; rm"), errors.GGUF_PRE_TOKENIZER),
+        (Options(kv_cache_type="q3_banana"), errors.KV_CACHE_TYPE),
+    ],
+)
+def test_bad_names_name_the_option(options: Options, field: str) -> None:
+    with pytest.raises(InvalidOptionsError) as caught:
+        validate_options(options=options, target=GPU)
+    assert caught.value.field == field
