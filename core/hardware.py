@@ -158,7 +158,7 @@ GPU_PRESETS: Mapping[str, GpuPreset] = {p.key: p for p in (
     _preset("rtx-a6000", "NVIDIA RTX A6000",        "NVIDIA RTX A6000",        49140,  (8, 6), ("a6000",)),
     _preset("b200",      "NVIDIA B200 180GB",       "NVIDIA B200",             183359, (10, 0)),
     _preset("mi300x",    "AMD Instinct MI300X 192GB", "AMD Instinct MI300X",   196608, _NO_CC, (), "amd"),
-    _preset("mi250x",    "AMD Instinct MI250X 64GB (one GCD)", "AMD Instinct MI250X", 65536, _NO_CC,
+    _preset("mi250x",    "AMD Instinct MI250X GCD 64GB", "AMD Instinct MI250X", 65536, _NO_CC,
             ("mi250x gcd",), "amd"),
     _preset("mi210",     "AMD Instinct MI210 64GB", "AMD Instinct MI210",      65536,  _NO_CC, (), "amd"),
     _preset("rx-7900-xtx", "AMD Radeon RX 7900 XTX", "AMD Radeon RX 7900 XTX", 24576, _NO_CC,

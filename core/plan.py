@@ -88,8 +88,8 @@ def validate_options(*, options: Options, target: Target) -> None:
             )
     if options.kv_cache_type is not None and options.kv_cache_type not in CACHE_TYPES:
         raise InvalidOptionsError(
-            f"llama.cpp has no KV cache type {options.kv_cache_type[:40]!r}.",
-            hint=f"Use one of {', '.join(CACHE_TYPES)}.",
+            f"llama.cpp's KV cache types are {', '.join(CACHE_TYPES)}, not {options.kv_cache_type[:40]!r}.",
+            hint="Pick one of them, or leave it unset for the planner's choice.",
             field=errors.KV_CACHE_TYPE,
         )
     if options.engine != "auto":

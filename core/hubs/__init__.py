@@ -162,6 +162,7 @@ def model_to_dict(info: ModelInfo) -> dict[str, Any]:
         "revision": info.revision,
         "commit": info.commit,
         "answered_by": info.answered_by,
+        "lookup_note": info.lookup_note,
         "architecture": info.architecture,
         "context_length": info.context_length,
         "quantization": dict(info.quantization) if info.quantization is not None else None,

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> None:
         return
     print(target.label)
     for gpu in target.gpus:
-        print(f"  GPU {gpu.index if gpu.index is not None else '-'}: {gpu.name}, {gib(gpu.memory_bytes)}, "
-              f"compute capability {gpu.compute_capability_str}")
+        kind = f"compute capability {gpu.compute_capability_str}" if gpu.vendor == "nvidia" else gpu.vendor.upper()
+        print(f"  GPU {gpu.index if gpu.index is not None else '-'}: {gpu.name}, {gib(gpu.memory_bytes)}, {kind}")
     for note in getattr(target, "notes", ()):
         print(f"  note: {note}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core import errors
 from core.errors import InvalidOptionsError
 from ezrunner_ui.cli.common import (
     Progress,
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> None:
             raise InvalidOptionsError(
                 f"Cannot read --dockerfile {args.dockerfile}: {exc.strerror}.",
                 hint="Write it first with `ezrunner dockerfile MODEL > Dockerfile`, edit it, then pass its path.",
+                field=errors.DOCKERFILE,
             ) from exc
     artifact = pack(
         plan=result,
