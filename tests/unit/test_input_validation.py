@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import random
 import struct
 from pathlib import Path
@@ -410,3 +411,49 @@ def test_bad_names_name_the_option(options: Options, field: str) -> None:
     with pytest.raises(InvalidOptionsError) as caught:
         validate_options(options=options, target=GPU)
     assert caught.value.field == field
+
+
+# THE FILE SYSTEM
+
+
+@pytest.mark.parametrize(
+    ("number", "kind", "says"),
+    [
+        (28, errors.DiskSpaceError, "disk is full"),  # ENOSPC
+        (30, errors.NotWritableError, "read-only"),  # EROFS
+        (13, errors.NotWritableError, "Permission denied"),  # EACCES
+        (5, EzRunnerError, "Input/output error"),  # EIO
+    ],
+)
+def test_os_errors_name_the_real_cause_and_the_path(number: int, kind: type[EzRunnerError], says: str) -> None:
+    error = OSError(number, os.strerror(number), "/data/out/model.tar")
+    converted = errors.from_os_error(error, doing="writing the archive", field=errors.OUTPUT)
+    assert isinstance(converted, kind)
+    text = str(converted)
+    assert says in text and "/data/out/model.tar" in text and "writing the archive" in text
+    assert converted.field == errors.OUTPUT
+
+
+def test_sockets_are_not_file_system_errors() -> None:
+    assert not errors.is_file_system_error(ConnectionRefusedError(111, "refused"))
+    assert errors.is_file_system_error(PermissionError(13, "denied", "/x"))
+
+
+def test_writable_check_leaves_nothing_and_names_a_blocking_file(tmp_path: Path) -> None:
+    errors.check_writable_dir(path=tmp_path / "not" / "made" / "yet", field=errors.OUTPUT, doing="checking")
+    assert list(tmp_path.iterdir()) == []  # nothing made, nothing left
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EzRunnerError) as caught:
+        errors.check_writable_dir(path=blocker / "sub", field=errors.HOME, doing="checking EZ Runner's data folder")
+    assert str(blocker) in str(caught.value) and caught.value.field == errors.HOME
+
+
+def test_free_disk_of_odd_paths_is_the_nearest_readable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.hardware import free_disk_bytes
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.chdir(tmp_path)
+    for odd in (blocker / "under" / "a-file", tmp_path / ("x" * 300) / "y", Path("relative/not/made"), Path("~/nope")):
+        assert free_disk_bytes(path=odd) > 0
