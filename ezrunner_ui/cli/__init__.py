@@ -12,16 +12,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from core.errors import EzRunnerError
-from ezrunner_ui.cli import dockerfile, hardware, inspect, pack, plan, run, search, ui
+from core.render import ezrunner_version
+from ezrunner_ui.cli import clean, dockerfile, hardware, inspect, listing, pack, plan, run, search, ui
 from ezrunner_ui.cli.common import print_json
 
-COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, ui)
+COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, listing, clean, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ezrunner", description="Pack an open LLM into one docker-loadable tar for an air-gapped GPU server."
     )
+    parser.add_argument("--version", action="version", version=f"ezrunner {ezrunner_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP)
