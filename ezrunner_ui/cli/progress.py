@@ -64,11 +64,13 @@ class _Phase:
     samples: deque[tuple[float, int]] = field(default_factory=deque)
     finished: bool = False
     shown_percent: float = 0.0
+    estimated: bool = False  # the total turned out to be an estimate: shown without it from then on
 
     def advance(self, *, done: int, total: int | None, file: str | None, now: float) -> None:
         self.done = max(self.done, done)
-        if total is not None:
-            self.total = max(total, self.done)
+        if total is not None and total < self.done:
+            self.estimated = True  # counted past its total: the total was an estimate (the layer cache's)
+        self.total = None if self.estimated else total
         self.file = file or self.file
         self.samples.append((now, self.done))
         while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
