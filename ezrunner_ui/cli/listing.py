@@ -37,8 +37,12 @@ def run(args: argparse.Namespace) -> None:
         print(f"No packs yet (history: {history.path}). Make one with `ezrunner pack MODEL -o model.tar`.")
         return
     for entry in entries:
-        size = human_bytes(entry.size_on_disk if entry.present else entry.recorded_size)
-        shown = size if entry.files else ""
+        if not entry.files:
+            shown = ""
+        elif entry.present:
+            shown = human_bytes(entry.size_on_disk)
+        else:
+            shown = f"{human_bytes(entry.recorded_size)} when packed, files missing"
         print(f"{_when(entry.started)}  {entry.model_id}  {entry.engine or '?'}  {entry.outcome}  {shown}".rstrip())
         for f in entry.files:
             state = human_bytes(f.size) if f.exists else "missing"

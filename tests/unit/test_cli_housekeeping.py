@@ -64,7 +64,8 @@ def test_list_shows_each_pack_its_files_and_whether_they_are_still_there(env: di
     archive.unlink()
     (listed,) = json.loads(ezrunner("list", "--json", env=env).stdout)
     assert listed["present"] is False and listed["files"] == [{"path": str(archive), "size": None, "exists": False}]
-    assert f"    {archive}  missing" in ezrunner("list", env=env).stdout
+    text = ezrunner("list", env=env).stdout
+    assert f"    {archive}  missing" in text and "succeeded  2.0 KiB when packed, files missing" in text
 
 
 def test_clean_shows_sizes_asks_and_deletes_only_working_files(env: dict[str, str]) -> None:
