@@ -318,7 +318,11 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
         part_sums=exported.part_sha256, compression=request.compression,
     )
-    on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=f"Wrote {archive}"))
+    wrote = (  # the files on disk: a split archive has no file of its own name
+        f"Wrote {archive}" if len(exported.paths) == 1 and exported.paths[0] == archive
+        else f"Wrote {', '.join(p.name for p in exported.paths)} in {archive.parent}"
+    )  # fmt: skip
+    on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=wrote))
     return Artifact(
         archive=archive,
         parts=exported.paths,
