@@ -181,8 +181,10 @@ class ProgressRenderer:
     def _end_phase(self) -> None:
         phase = self.phase
         if phase is not None and not phase.finished:
-            if self.drawn or (not self.tty and phase.done and self.last_draw < phase.samples[-1][0]):
-                self._draw(final=True)  # leave the last figures on screen
+            # Leave the last figures on screen: on a terminal always (a log line may have cleared them),
+            # in a log when they changed since the last line.
+            if self.tty or (phase.done and self.last_draw < phase.samples[-1][0]):
+                self._draw(final=True)
             phase.finished = True
         self.phase = None
 

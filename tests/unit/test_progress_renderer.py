@@ -71,8 +71,12 @@ def test_lines_between_progress_updates_do_not_mix_with_the_progress_line() -> N
     renderer(Event(stage="build", done=1, total=3, unit="step", message="FROM base", log="Step 1/3 : FROM base"))
     clock.now += 1
     renderer(Event(stage="build", done=2, total=3, unit="step", message="COPY x", log="Step 2/3 : COPY x"))
+    renderer(Event(stage="build", done=2, total=3, unit="step", message="COPY x", log=" ---> abc"))
+    renderer(Event(stage="export", done=0, total=10, unit="B", message="Writing m.tar"))
     renderer.close()
     text = out.getvalue()
+    # the last log line cleared the step line; it is drawn once more, whole, before the next stage
+    assert re.search(r"\r\x1b\[K    build   66\.7%  step 2/3 [^\r\n]*\n==> export: Writing m.tar\n", text)
     # every log line starts at column 0 of a line of its own: the progress line was cleared first
     for line in ("    Step 1/3 : FROM base\n", "    Step 2/3 : COPY x\n"):
         index = text.index(line)
