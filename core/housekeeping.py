@@ -45,7 +45,7 @@ _OWNED_PARTIAL = re.compile(r"^\..+\.(?P<pid>[0-9]+)-[0-9a-f]+" + re.escape(name
 # FREE SPACE
 
 
-def disk_probe(path: Path) -> Path:
+def disk_probe(*, path: Path) -> Path:
     """The existing folder whose filesystem ``path`` will be written on.
 
     ``path`` may be relative (to the current folder), may not exist yet (nor its parents), and may go
@@ -73,7 +73,7 @@ def disk_probe(path: Path) -> Path:
 
 def free_bytes(*, path: Path) -> int:
     """Free bytes (for this user) on the filesystem ``path`` will be written on (see ``disk_probe``)."""
-    return shutil.disk_usage(disk_probe(path)).free
+    return shutil.disk_usage(disk_probe(path=path)).free
 
 
 # THE PACKS IN THE HISTORY

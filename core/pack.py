@@ -82,7 +82,7 @@ def check_disk(*, needs: Sequence[tuple[Path, int]]) -> None:
     by_device: dict[int, tuple[Path, Path, int]] = {}
     for path, size in needs:
         # Not made yet, relative, or through a symlink: the filesystem the files will land on.
-        probe = disk_probe(path)
+        probe = disk_probe(path=path)
         dev = probe.stat().st_dev
         prev = by_device.get(dev, (path, probe, 0))
         by_device[dev] = (prev[0], prev[1], prev[2] + size)

@@ -232,7 +232,7 @@ _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORE
 _BOOKKEEPING = re.compile(r"^(?: ---> |Removing intermediate container )")
 
 
-def build_failure_text(summary: str, tail: Iterable[str]) -> str:
+def build_failure_text(*, summary: str, tail: Iterable[str]) -> str:
     """``summary`` on the first line, then the build's last output lines, each on its own line; the hint
     the error appends starts on a line of its own too."""
     lines = list(tail)
@@ -383,7 +383,7 @@ def _follow_build(
                 where = f" at step {step.number}/{step.total} ({step.instruction})" if step else ""
                 clean_up()
                 raise BuildFailedError(
-                    build_failure_text(f"Docker could not build {tag}{where}: {message}", tail),
+                    build_failure_text(summary=f"Docker could not build {tag}{where}: {message}", tail=tail),
                     hint="Fix the cause shown above (often disk space or a missing base image), then retry.",
                 )
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
@@ -427,7 +427,7 @@ def _follow_build(
             raise
         clean_up()
         raise BuildFailedError(
-            build_failure_text(f"Docker could not build {tag}: {short_error(error)}", tail),
+            build_failure_text(summary=f"Docker could not build {tag}: {short_error(error)}", tail=tail),
             hint="Fix the cause shown above, then retry.",
         ) from error
     finally:
@@ -435,7 +435,7 @@ def _follow_build(
     if image_id is None:
         clean_up()
         raise BuildFailedError(
-            build_failure_text(f"Docker ended the build of {tag} without an image id.", tail),
+            build_failure_text(summary=f"Docker ended the build of {tag} without an image id.", tail=tail),
             hint="Retry; if it happens again, run `docker build` by hand in the build folder to see why.",
         )
     return str(client.images.get(tag).id)

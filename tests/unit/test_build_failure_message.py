@@ -60,4 +60,4 @@ def test_the_message_keeps_the_last_lines_of_a_long_build_log_without_dockers_bo
 
 
 def test_a_build_that_printed_nothing_gives_just_the_summary() -> None:
-    assert docker_api.build_failure_text("Docker could not build x.", []) == "Docker could not build x."
+    assert docker_api.build_failure_text(summary="Docker could not build x.", tail=[]) == "Docker could not build x."

@@ -48,14 +48,14 @@ def _write(path: Path, size: int = 5) -> Path:
 
 
 def test_a_folder_not_made_yet_is_measured_on_its_nearest_existing_ancestor(tmp_path: Path) -> None:
-    assert disk_probe(tmp_path / "not" / "made" / "yet" / "m.tar") == tmp_path.resolve()
+    assert disk_probe(path=tmp_path / "not" / "made" / "yet" / "m.tar") == tmp_path.resolve()
 
 
 def test_a_relative_path_is_taken_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "out").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert disk_probe(Path("out/new/m.tar")) == (tmp_path / "out").resolve()
-    assert disk_probe(Path("m.tar")) == tmp_path.resolve()
+    assert disk_probe(path=Path("out/new/m.tar")) == (tmp_path / "out").resolve()
+    assert disk_probe(path=Path("m.tar")) == tmp_path.resolve()
 
 
 def test_a_symlinked_output_folder_is_measured_where_it_points(tmp_path: Path) -> None:
@@ -66,11 +66,11 @@ def test_a_symlinked_output_folder_is_measured_where_it_points(tmp_path: Path) -
     try:
         (tmp_path / "link").symlink_to(target)
         (tmp_path / "dangling").symlink_to(target / "made-later")
-        assert disk_probe(tmp_path / "link" / "m.tar") == target
-        assert disk_probe(tmp_path / "link" / "sub" / "m.tar") == target
+        assert disk_probe(path=tmp_path / "link" / "m.tar") == target
+        assert disk_probe(path=tmp_path / "link" / "sub" / "m.tar") == target
         # a link to a folder not made yet: the filesystem of the folder it will be made in
-        assert disk_probe(tmp_path / "dangling" / "m.tar") == target
-        assert os.stat(disk_probe(tmp_path / "link")).st_dev != os.stat(tmp_path).st_dev
+        assert disk_probe(path=tmp_path / "dangling" / "m.tar") == target
+        assert os.stat(disk_probe(path=tmp_path / "link")).st_dev != os.stat(tmp_path).st_dev
         assert abs(free_bytes(path=tmp_path / "link" / "m.tar") - os.statvfs(target).f_bavail * os.statvfs(
             target).f_frsize) < 64 << 20
     finally:
@@ -80,7 +80,7 @@ def test_a_symlinked_output_folder_is_measured_where_it_points(tmp_path: Path) -
 def test_a_symlink_loop_does_not_raise(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    assert disk_probe(tmp_path / "a" / "m.tar") == tmp_path.resolve()
+    assert disk_probe(path=tmp_path / "a" / "m.tar") == tmp_path.resolve()
 
 
 def test_a_folder_this_user_cannot_look_into_counts_as_not_existing(
@@ -97,7 +97,7 @@ def test_a_folder_this_user_cannot_look_into_counts_as_not_existing(
         return real_stat(self, **kwargs)
 
     monkeypatch.setattr(Path, "stat", stat)
-    assert disk_probe(closed / "inner" / "m.tar") == closed.resolve()
+    assert disk_probe(path=closed / "inner" / "m.tar") == closed.resolve()
 
 
 def test_check_disk_names_the_path_asked_for_and_the_filesystem_measured(tmp_path: Path) -> None:
