@@ -26,6 +26,7 @@ from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, Lay
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir, target_summary
 from core.history import History
+from core.housekeeping import disk_probe
 from core.hubs.base import ModelFile, ModelInfo
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
@@ -78,19 +79,19 @@ def output_paths(*, output: Path, compression: Compression) -> Path:
 
 def check_disk(*, needs: Sequence[tuple[Path, int]]) -> None:
     """Fail before starting when any filesystem lacks room for what will be written to it."""
-    by_device: dict[int, tuple[Path, int]] = {}
+    by_device: dict[int, tuple[Path, Path, int]] = {}
     for path, size in needs:
-        probe = path
-        while not probe.exists():
-            probe = probe.parent
+        # Not made yet, relative, or through a symlink: the filesystem the files will land on.
+        probe = disk_probe(path=path)
         dev = probe.stat().st_dev
-        prev = by_device.get(dev, (probe, 0))
-        by_device[dev] = (prev[0], prev[1] + size)
-    for probe, size in by_device.values():
+        prev = by_device.get(dev, (path, probe, 0))
+        by_device[dev] = (prev[0], prev[1], prev[2] + size)
+    for path, probe, size in by_device.values():
         free = shutil.disk_usage(probe).free
         if free < size * _DISK_MARGIN:
+            where = str(path) if Path(os.path.abspath(path)) == probe else f"{path} (on the filesystem of {probe})"
             raise DiskSpaceError(
-                f"Not enough free disk at {probe}: the pack needs about {size * _DISK_MARGIN / 2**30:.1f} GiB "
+                f"Not enough free disk at {where}: the pack needs about {size * _DISK_MARGIN / 2**30:.1f} GiB "
                 f"there and {free / 2**30:.1f} GiB is free.",
                 hint="Free some space, or write the archive elsewhere with -o /bigger/disk/model.tar.",
             )
@@ -317,7 +318,11 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
         part_sums=exported.part_sha256, compression=request.compression,
     )
-    on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=f"Wrote {archive}"))
+    wrote = (  # the files on disk: a split archive has no file of its own name
+        f"Wrote {archive}" if len(exported.paths) == 1 and exported.paths[0] == archive
+        else f"Wrote {', '.join(p.name for p in exported.paths)} in {archive.parent}"
+    )  # fmt: skip
+    on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=wrote))
     return Artifact(
         archive=archive,
         parts=exported.paths,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import metadata, resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import jinja2
@@ -21,13 +22,23 @@ from core import errors, refs
 from core.archive.compression import Compression
 from core.archive.names import load_script_candidates
 from core.engines import engine_for
-from core.errors import InvalidOptionsError, InvalidReferenceError
+from core.errors import EzRunnerError, InvalidOptionsError, InvalidReferenceError
 from core.layers import WeightLayer, plan_layers
 from core.plan import plan_to_dict
 from core.planning import Plan
 from core.runspec import RUN_SPEC_LABEL, RunSpec, container_flags, entrypoint, run_command, run_spec_json
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+def templates_root() -> Traversable:
+    """Where the templates are: ``core/templates`` in an installed wheel (pyproject.toml maps the top-level
+    ``templates/`` there), else the checkout's ``templates/`` (a source tree or an editable install)."""
+    packaged = resources.files("core") / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+TEMPLATES_DIR = templates_root()
 MODELS_ROOT = "/models"
 # Build-context folder whose files the Dockerfile copies to /etc/ezrunner (core.runspec.RUN_SPEC_PATH)
 EZRUNNER_CONTEXT_DIR = "ezrunner"
@@ -127,9 +138,22 @@ def _labels(plan: Plan, *, served_model_name: str, gpus: bool) -> tuple[tuple[st
     return tuple((key, value) for key, value in raw if value)
 
 
+def _load_template(name: str) -> tuple[str, str, Callable[[], bool]]:
+    # Read through importlib.resources' Traversable, so that the templates load wherever the package lies.
+    source = TEMPLATES_DIR / name
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise EzRunnerError(
+            f"EZ Runner's template {name} is missing from {TEMPLATES_DIR}: the installation is incomplete.",
+            hint="Reinstall EZ Runner (pip install --force-reinstall ezrunner, or pip install . from the checkout).",
+        ) from error
+    return text, str(source), lambda: True
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        loader=jinja2.FunctionLoader(_load_template),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -228,6 +228,15 @@ _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})\s*$")
 _LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})\s*$")
 _BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})\s*$")
 _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE | re.MULTILINE)
+# Lines of the classic builder about its own containers and layers: no help in finding why a build failed.
+_BOOKKEEPING = re.compile(r"^(?: ---> |Removing intermediate container )")
+
+
+def build_failure_text(*, summary: str, tail: Iterable[str]) -> str:
+    """``summary`` on the first line, then the build's last output lines, each on its own line; the hint
+    the error appends starts on a line of its own too."""
+    lines = list(tail)
+    return f"{summary}\nLast build output:\n" + "\n".join(lines) + "\n" if lines else summary
 
 
 @dataclass(frozen=True)
@@ -374,7 +383,7 @@ def _follow_build(
                 where = f" at step {step.number}/{step.total} ({step.instruction})" if step else ""
                 clean_up()
                 raise BuildFailedError(
-                    f"Docker could not build {tag}{where}: {message}\nLast build output:\n" + "\n".join(tail),
+                    build_failure_text(summary=f"Docker could not build {tag}{where}: {message}", tail=tail),
                     hint="Fix the cause shown above (often disk space or a missing base image), then retry.",
                 )
             if "aux" in chunk and isinstance(chunk["aux"], dict) and chunk["aux"].get("ID"):
@@ -385,7 +394,8 @@ def _follow_build(
             for line in str(text).splitlines():
                 if not line.strip():
                     continue
-                tail.append(line)
+                if not _BOOKKEEPING.match(line):
+                    tail.append(line)  # the last LOG_TAIL_LINES of the build's own output
                 parsed = parse_build_step(line)
                 if parsed:
                     step = parsed
@@ -417,7 +427,7 @@ def _follow_build(
             raise
         clean_up()
         raise BuildFailedError(
-            f"Docker could not build {tag}: {short_error(error)}\nLast build output:\n" + "\n".join(tail),
+            build_failure_text(summary=f"Docker could not build {tag}: {short_error(error)}", tail=tail),
             hint="Fix the cause shown above, then retry.",
         ) from error
     finally:
@@ -425,7 +435,7 @@ def _follow_build(
     if image_id is None:
         clean_up()
         raise BuildFailedError(
-            f"Docker ended the build of {tag} without an image id.\nLast build output:\n" + "\n".join(tail),
+            build_failure_text(summary=f"Docker ended the build of {tag} without an image id.", tail=tail),
             hint="Retry; if it happens again, run `docker build` by hand in the build folder to see why.",
         )
     return str(client.images.get(tag).id)

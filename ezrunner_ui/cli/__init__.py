@@ -18,10 +18,11 @@ from types import ModuleType
 from typing import NoReturn
 
 from core.errors import EzRunnerError, from_os_error, is_file_system_error
-from ezrunner_ui.cli import dockerfile, hardware, inspect, pack, plan, run, search, ui
+from core.render import ezrunner_version
+from ezrunner_ui.cli import clean, dockerfile, hardware, inspect, listing, pack, plan, run, search, ui
 from ezrunner_ui.cli.common import FLAGS, error_line, print_json
 
-COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, ui)
+COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, listing, clean, ui)
 
 #: exit statuses: a user-fixable error, a bug
 EXIT_USER_ERROR = 2
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ezrunner", description="Pack an open LLM into one docker-loadable tar for an air-gapped GPU server."
     )
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    parser.add_argument("--version", action="version", version=f"ezrunner {ezrunner_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import errors
 from core.errors import InvalidOptionsError
-from ezrunner_ui.cli.common import (
-    Progress,
-    add_plan_args,
-    check_pack_paths,
-    gib,
-    make_plan,
-    parse_size,
-    print_json,
-    token,
-)
+from ezrunner_ui.cli.common import add_plan_args, check_pack_paths, make_plan, parse_size, print_json, token
+from ezrunner_ui.cli.progress import ProgressRenderer, human_bytes
+
+if TYPE_CHECKING:
+    from core.pack import Artifact
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -59,23 +55,56 @@ def run(args: argparse.Namespace) -> None:
                 hint="Write it first with `ezrunner dockerfile MODEL > Dockerfile`, edit it, then pass its path.",
                 field=errors.DOCKERFILE,
             ) from exc
-    artifact = pack(
-        plan=result,
-        output=Path(args.output),
-        compression=args.compress,
-        split_bytes=args.split,
-        token=token(),
-        export_path=args.export_path,
-        dockerfile=dockerfile,
-        history=History(),
-        on_event=Progress(),
-    )
+    progress = ProgressRenderer()
+    try:
+        artifact = pack(
+            plan=result,
+            output=Path(args.output),
+            compression=args.compress,
+            split_bytes=args.split,
+            token=token(),
+            export_path=args.export_path,
+            dockerfile=dockerfile,
+            history=History(),
+            on_event=progress,
+        )
+    finally:
+        progress.close()
     if args.json:
         print_json(artifact.__dict__)
         return
-    print(f"Wrote {artifact.archive} ({gib(artifact.size)}) in {artifact.seconds:.0f} s, sha256 {artifact.sha256}")
-    print(f"  {artifact.export_reason}")
-    for part in artifact.parts if len(artifact.parts) > 1 else ():
-        print(f"  part {part.name}")
-    print(f"On the offline server, beside the archive: bash {artifact.load_script.name}")
-    print(f"  or: docker load -i {artifact.archive.name} && {artifact.run_command}")
+    print("\n".join(summary(artifact)))
+
+
+def written_files(artifact: Artifact) -> list[Path]:
+    """The files the pack left, in the order a user copies them: archive or parts, checksums, load.sh."""
+    from core.archive import names
+
+    files = [*artifact.parts, artifact.checksum_file]
+    if len(artifact.parts) > 1:
+        files.append(names.parts_checksum_path(artifact.archive))
+    return [*files, artifact.load_script]
+
+
+def manual_load_command(artifact: Artifact) -> str:
+    """What load.sh does to load the image, by hand (a split archive is its parts in order)."""
+    names = [p.name for p in artifact.parts]
+    source = f"cat {' '.join(names)} | " if len(names) > 1 else ""
+    if artifact.compression == "zstd":
+        unpack = f"{source}zstd -dc" if source else f"zstd -dc {names[0]}"
+        return f"{unpack} | docker load"
+    return f"{source}docker load" if source else f"docker load -i {names[0]}"
+
+
+def summary(artifact: Artifact) -> list[str]:
+    """The lines `ezrunner pack` ends with: every file written, by its real name, and how to load them."""
+    folder = artifact.archive.parent
+    lines = [f"Wrote {human_bytes(artifact.size)} in {artifact.seconds:.0f} s to {folder}:"]
+    for path in written_files(artifact):
+        size = f"  {human_bytes(path.stat().st_size)}" if path in artifact.parts else ""
+        lines.append(f"  {path.name}{size}")
+    lines.append(f"sha256 {artifact.sha256}" + (" (of the parts joined in order)" if len(artifact.parts) > 1 else ""))
+    lines.append(artifact.export_reason)
+    lines.append(f"On the offline server, with these files in one folder: bash {artifact.load_script.name}")
+    lines.append(f"  or by hand: {manual_load_command(artifact)} && {artifact.run_command}")
+    return lines

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ezrunner_ui.cli.common import Progress, print_json
+from ezrunner_ui.cli.common import print_json
+from ezrunner_ui.cli.progress import ProgressRenderer
 
 NAME = "run"
 HELP = "verify, load and start an archive; wait until it answers"
@@ -23,14 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from core.run import run_archive
 
-    server = run_archive(
-        archive=Path(args.archive),
-        port=args.port,
-        network=args.network,
-        name=args.name,
-        timeout_s=args.timeout,
-        on_event=Progress(),
-    )
+    progress = ProgressRenderer()
+    try:
+        server = run_archive(
+            archive=Path(args.archive),
+            port=args.port,
+            network=args.network,
+            name=args.name,
+            timeout_s=args.timeout,
+            on_event=progress,
+        )
+    finally:
+        progress.close()
     if args.json:
         print_json(server.__dict__)
         return
