@@ -98,6 +98,8 @@ class PoolDraft:
     # size" and "Maximum concurrency" at the planned max_model_len).
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
+    pipeline_parallel_size: int = 1  # nodes, one pipeline stage each (vLLM)
+    data_parallel_size: int = 1  # replicas on the node, each on tensor_parallel_size GPUs (vLLM)
 
     def finish(self, *, sizing: PlanRequest) -> EngineDraft:
         """The draft as the planner takes it; the notes about weights and KV cache come first."""
@@ -124,6 +126,8 @@ class PoolDraft:
             warnings=list(self.warnings),
             hard_failures=list(self.hard_failures),
             max_concurrency=self.max_concurrency,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            data_parallel_size=self.data_parallel_size,
         )
 
 
