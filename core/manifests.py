@@ -3,10 +3,13 @@
 Like the image's ENTRYPOINT, ``docker run`` and ``load.sh``, these render from ``core.runspec.RunSpec`` alone:
 the server command, its port, the health path, the accelerator and /dev/shm needs, the start-up budget. A
 one-node plan runs the image's own ENTRYPOINT (so no server flag is written here), as a Deployment and a
-ClusterIP Service. A multi-node plan (``Profile.nodes > 1``, vLLM only) becomes a LeaderWorkerSet
-(leaderworkerset.x-k8s.io/v1): every pod of a group holds ``gpus_per_node`` GPUs, the leader starts the Ray
-head and then the profile's server command with its tensor and pipeline parallel sizes, the workers join
-the Ray cluster, and the Service selects the leader only — vLLM's documented recipe
+ClusterIP Service. A data-parallel plan stays one pod holding every GPU of its replicas: the server command
+balances requests over them (vLLM's ``--data-parallel-size``), as on one host. A multi-node plan
+(``Profile.nodes > 1``, vLLM only) becomes a LeaderWorkerSet (leaderworkerset.x-k8s.io/v1): every pod of a
+group holds ``gpus_per_node`` GPUs, the leader runs the image's ENTRYPOINT (for such a profile the run spec's
+head script: Ray head, wait for the workers, then the server with its tensor and pipeline parallel sizes),
+the workers run the run spec's worker script (join the leader's Ray cluster), and the Service selects the
+leader only — vLLM's documented recipe
 (https://docs.vllm.ai/en/latest/deployment/frameworks/lws.html and
 https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html, "Multi-node deployment").
 """
@@ -15,9 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
 from collections.abc import Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -26,7 +27,7 @@ import yaml
 from core.errors import ArtifactInvalidError, InvalidOptionsError
 from core.planning import Device
 from core.render import ezrunner_version, validate_image_ref
-from core.runspec import Profile, RunSpec, server_command
+from core.runspec import Profile, RunSpec, worker_script
 
 #: Extended resource names of the GPU device plugins: NVIDIA's k8s-device-plugin and AMD's k8s-device-plugin.
 #: A Vulkan device has no one plugin (Intel's is gpu.intel.com/i915, AMD's amd.com/gpu): the caller names it.
@@ -40,11 +41,9 @@ PROBE_PERIOD_S = 10
 #: /dev/shm per GPU: vLLM's LWS example gives its 8-GPU pods 15 GiB (docs/deployment/frameworks/lws.md).
 SHM_BYTES_PER_GPU = 2 << 30
 SHM_MIN_BYTES = 2 << 30
-#: Ray's default head port, as vLLM's multi-node examples start it.
-RAY_PORT = 6379
-#: How long the leader may wait for its workers to join before loading starts: the ray_init_timeout of vLLM's
-#: examples/online_serving/multi-node-serving.sh.
-RAY_JOIN_BUDGET_S = 300
+#: The variable LeaderWorkerSet sets in every pod of a group to the leader pod's address
+#: (vLLM's LWS example uses it: https://docs.vllm.ai/en/latest/deployment/frameworks/lws.html).
+LWS_LEADER_ADDRESS_ENV = "LWS_LEADER_ADDRESS"
 #: The video group's gid in the Ubuntu-based ROCm images: what ``docker run --group-add video`` resolves to.
 ROCM_VIDEO_GID = 44
 API_KEY_SECRET_KEY = "api-key"
@@ -136,19 +135,16 @@ def _shm_size(gpus: int) -> str:
     return f"{max(SHM_MIN_BYTES, gpus * SHM_BYTES_PER_GPU) >> 30}Gi"
 
 
-def _startup_budget_s(spec: RunSpec, profile: Profile) -> int:
-    """The start period the image's HEALTHCHECK allows, plus the workers' Ray join on a multi-node plan."""
-    return spec.start_period_s + (RAY_JOIN_BUDGET_S if profile.nodes > 1 else 0)
-
-
-def _probes(spec: RunSpec, profile: Profile) -> dict[str, Any]:
+def _probes(spec: RunSpec) -> dict[str, Any]:
     check = {"httpGet": {"path": spec.health_path, "port": "http"}, "timeoutSeconds": HEALTH_TIMEOUT_S}
     return {
         # Liveness and readiness only start once the startup probe has passed: loading may take its whole budget.
         "startupProbe": {
             **check,
             "periodSeconds": PROBE_PERIOD_S,
-            "failureThreshold": math.ceil(_startup_budget_s(spec, profile) / PROBE_PERIOD_S),
+            # The image's own start period: it grows with the model's size, and the run spec of a multi-node
+            # plan adds the time its workers may take to join.
+            "failureThreshold": math.ceil(spec.start_period_s / PROBE_PERIOD_S),
         },
         "readinessProbe": {**check, "periodSeconds": PROBE_PERIOD_S, "failureThreshold": HEALTH_RETRIES},
         "livenessProbe": {**check, "periodSeconds": HEALTH_INTERVAL_S, "failureThreshold": HEALTH_RETRIES},
@@ -181,6 +177,7 @@ def _container(
     serves: bool,
     env: list[dict[str, Any]],
     command: list[str] | None = None,
+    ray_port: int = 0,
 ) -> dict[str, Any]:
     uid, gid = _user(spec)
     container: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent"}
@@ -189,12 +186,14 @@ def _container(
     container["env"] = [{"name": "PORT", "value": str(spec.port)}, *_env(spec.env), *env]
     if serves:
         container["ports"] = [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}]
+    if ray_port:  # informational: the workers reach the leader pod directly through LWS's headless Service
+        container.setdefault("ports", []).append({"name": "ray", "containerPort": ray_port, "protocol": "TCP"})
     if profile.device != "cpu" and profile.gpus_per_node > 0:
         resource = _gpu_resource(profile.device, gpu_resource)
         # Extended resources are requested by their limit alone (requests default to it and may not differ).
         container["resources"] = {"limits": {resource: str(profile.gpus_per_node)}}
     if serves:
-        container.update(_probes(spec, profile))
+        container.update(_probes(spec))
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "runAsNonRoot": True,
@@ -229,75 +228,23 @@ def _pod_spec(*, spec: RunSpec, profile: Profile, container: dict[str, Any]) -> 
 # MULTI-NODE (vLLM ON RAY)
 
 
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    for index, arg in enumerate(argv):
-        if arg == flag and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _multi_node_profile(spec: RunSpec, profile: Profile) -> Profile:
-    """The profile with the flags a Ray-backed multi-node vLLM needs: its tensor and pipeline parallel sizes
-    (from the profile, added where the argv lacks them, checked where it has them) and the Ray executor."""
-    if spec.engine != "vllm":
-        raise InvalidOptionsError(
-            f"The run spec asks for {profile.nodes} nodes, and only vLLM plans run across nodes "
-            f"({spec.engine} does not).",
-            hint="Plan for one node, or choose the vLLM engine.",
+def _check_multi_node(spec: RunSpec, profile: Profile) -> None:
+    """A LeaderWorkerSet needs every pod to hold the same GPUs: the stages' TP groups, no replicas."""
+    if spec.engine != "vllm" or profile.ray_port <= 0:
+        raise ArtifactInvalidError(
+            f"The run spec asks for {profile.nodes} nodes, and only vLLM plans (with a Ray port) run across "
+            f"nodes; this one is {spec.engine}'s.",
+            hint="Plan and pack again for one node, or with the vLLM engine.",
         )
-    world = profile.tensor_parallel_size * profile.pipeline_parallel_size
-    if profile.data_parallel_size != 1 or world != profile.gpus_per_node * profile.nodes:
+    if profile.data_parallel_size != 1 or profile.pipeline_parallel_size != profile.nodes or (
+        profile.tensor_parallel_size != profile.gpus_per_node
+    ):
         raise ArtifactInvalidError(
             f"The run spec's profile {profile.name!r} does not add up: tensor {profile.tensor_parallel_size} × "
             f"pipeline {profile.pipeline_parallel_size} × data {profile.data_parallel_size} parallel ranks for "
             f"{profile.nodes} nodes of {profile.gpus_per_node} GPUs.",
-            hint="Plan again: a multi-node plan uses every GPU of every node, with data parallel size 1.",
+            hint="Plan and pack again: a multi-node plan has one pipeline stage per node and no replicas.",
         )
-    argv = list(profile.argv)
-    wanted = (
-        ("--tensor-parallel-size", str(profile.tensor_parallel_size)),
-        ("--pipeline-parallel-size", str(profile.pipeline_parallel_size)),
-        ("--distributed-executor-backend", "ray"),
-    )
-    for flag, value in wanted:
-        present = _flag_value(argv, flag)
-        if present is None:
-            argv += [flag, value]
-        elif present != value:
-            raise ArtifactInvalidError(
-                f"The run spec's server command has {flag} {present}, and its profile says {value}.",
-                hint="Plan and pack again: the spec is inconsistent.",
-            )
-    return replace(profile, argv=tuple(argv))
-
-
-def _leader_script(spec: RunSpec, profile: Profile) -> str:
-    wait = (
-        "import sys, ray; ray.init(address='auto', logging_level='ERROR'); "
-        f"sys.exit(0 if sum(n['Alive'] for n in ray.nodes()) >= {profile.nodes} else 1)"
-    )
-    return "\n".join(
-        [
-            f"ray start --head --port={RAY_PORT} --disable-usage-stats",
-            f"echo 'Waiting for {profile.nodes} Ray nodes: this leader and its {profile.nodes - 1} worker(s)'",
-            f"until python3 -c {shlex.quote(wait)}; do sleep 5; done",
-            "exec " + server_command(spec, profile=profile),
-        ]
-    )
-
-
-def _worker_script() -> str:
-    # Retried: the leader's Ray head may not listen yet, and a worker that exited would restart the whole group.
-    return "\n".join(
-        [
-            f'until ray start --address="${{LWS_LEADER_ADDRESS}}:{RAY_PORT}" --block; do',
-            "  echo 'The Ray head does not answer yet; trying again in 5 s'",
-            "  sleep 5",
-            "done",
-        ]
-    )
 
 
 # KUBERNETES
@@ -419,14 +366,10 @@ def _leader_worker_set(
     secret: str,
     gpu_resource: str | None,
 ) -> dict[str, Any]:
-    profile = _multi_node_profile(spec, spec.default)
-    # The server command runs under this shell rather than the image's ENTRYPOINT, so the profile's own
-    # environment is set on the container; every node gets it, since Ray's workers inherit their raylet's.
-    node_env = [
-        *_env(profile.env),
-        # vLLM's multi-node guide: each node's VLLM_HOST_IP is its own address (here the pod's).
-        {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-    ]
+    profile = spec.default
+    _check_multi_node(spec, profile)
+    # vLLM's multi-node guide: each node's VLLM_HOST_IP is its own address (here the pod's).
+    host_ip = [{"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     leader = _container(
         spec=spec,
         profile=profile,
@@ -434,9 +377,9 @@ def _leader_worker_set(
         name="leader",
         gpu_resource=gpu_resource,
         serves=True,
-        env=[*node_env, *_api_key_env(api_key_env, secret)],
-        command=["/bin/sh", "-c", _leader_script(spec, profile)],
-    )
+        env=[*host_ip, *_api_key_env(api_key_env, secret)],
+        ray_port=profile.ray_port,
+    )  # no command: the image's ENTRYPOINT is the run spec's head script for a multi-node profile
     worker = _container(
         spec=spec,
         profile=profile,
@@ -444,8 +387,10 @@ def _leader_worker_set(
         name="worker",
         gpu_resource=gpu_resource,
         serves=False,
-        env=node_env,
-        command=["/bin/sh", "-c", _worker_script()],
+        # The worker script replaces the ENTRYPOINT, so the profile's own environment is set here: the vLLM
+        # workers Ray starts on this node inherit their raylet's.
+        env=[*_env(profile.env), *host_ip],
+        command=["/bin/sh", "-c", worker_script(spec, head_address="${" + LWS_LEADER_ADDRESS_ENV + "}")],
     )
     return {
         "apiVersion": LWS_API_VERSION,
