@@ -66,6 +66,7 @@ def _plan_flags_given(args: argparse.Namespace) -> list[str]:
 
 
 def is_archive_source(source: str) -> bool:
+    """Whether SOURCE names a packed archive (or one of its parts) rather than a model."""
     name = Path(source).name
     return is_archive_name(name) or is_part_name(name)
 
@@ -84,7 +85,14 @@ def run_spec_for(args: argparse.Namespace) -> RunSpec:
         return archive_run_spec(archive=Path(args.model), on_event=Progress())
     from core.render import render
 
-    return render(plan=make_plan(args)).run_spec
+    planned = make_plan(args)
+    if not planned.fits:
+        # The manifests of a plan that does not fit would start a server that fails: say what would fit instead.
+        raise InvalidOptionsError(
+            "The plan does not fit the target: " + "; ".join(w.text for w in planned.warnings),
+            hint="Apply one of the fixes above (for a model larger than one server: --nodes N), then generate again.",
+        )
+    return render(plan=planned).run_spec
 
 
 def run(args: argparse.Namespace) -> None:
