@@ -140,9 +140,9 @@ def head_script(spec: RunSpec, *, profile: Profile | None = None) -> str:
     """The first node's shell script: start the Ray head, wait until all ``nodes`` have joined (vLLM places
     its pipeline stages on the GPUs Ray sees at start-up), then exec the server on ``$PORT``."""
     chosen = _multi_node(spec, profile)
-    ready = (
-        "import sys, ray; ray.init(address='auto', logging_level='ERROR'); "
-        f"sys.exit(0 if sum(1 for n in ray.nodes() if n['Alive']) >= {chosen.nodes} else 1)"
+    ready = (  # double quotes inside, so that the shell's single quotes wrap it unbroken
+        'import sys, ray; ray.init(address="auto", logging_level="ERROR"); '
+        f'sys.exit(0 if sum(1 for n in ray.nodes() if n["Alive"]) >= {chosen.nodes} else 1)'
     )
     return "\n".join(
         [

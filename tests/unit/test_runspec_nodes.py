@@ -124,6 +124,14 @@ def test_head_role_starts_ray_then_execs_the_server(two_nodes: RunSpec, tmp_path
     assert ray == ["ray", "start", "--head", f"--port={RAY_HEAD_PORT}", "--disable-usage-stats"]
     assert ready[:2] == ["python3", "-c"] and ">= 2 else 1" in ready[2]  # waits for both nodes
     assert server == [*two_nodes.default.argv, "--port", "8123", "--enable-prefix-caching"]
+    # the readiness check is Python that counts the live Ray nodes: run it against a stand-in ray module
+    fake = tmp_path / "fake-ray"
+    fake.mkdir()
+    for alive, status in ((1, 1), (2, 0), (3, 0)):
+        nodes = [{"Alive": True}] * alive + [{"Alive": False}]
+        (fake / "ray.py").write_text(f"def init(**kwargs):\n    pass\n\ndef nodes():\n    return {nodes!r}\n")
+        done = subprocess.run([sys.executable, "-c", ready[2]], env={"PYTHONPATH": str(fake)}, check=False)
+        assert done.returncode == status, alive
 
 
 def test_worker_role_joins_the_head_and_retries(two_nodes: RunSpec, tmp_path: Path) -> None:
