@@ -314,3 +314,19 @@ def test_resource_name_is_a_dns_label(llama_8b_on_2_l4: RunSpec) -> None:
     odd = dataclasses.replace(llama_8b_on_2_l4, served_model_name="Org/3B_Model.v2 (final)" + "x" * 80)
     name = resource_name(odd)
     assert name.startswith("model-3b-model-v2-final") and len(name) <= 40 and not name.endswith("-")
+
+
+def test_cpu_plan_asks_for_no_gpu_and_no_shared_memory() -> None:
+    from core.hardware import Target
+    from core.sizing import GIB
+
+    cpu = Target(ram_bytes=64 * GIB, cpu_cores=16)
+    spec = render(plan=plan(model=model_info("Qwen2.5-0.5B"), target=cpu)).run_spec
+    assert spec.default.device == "cpu"
+    objects = _by_kind(kubernetes_objects(spec=spec, image=IMAGE))
+    for document in objects.values():
+        _validate_builtin(document)
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert "resources" not in container or "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    service = compose_document(spec=spec, image=IMAGE)["services"][resource_name(spec)]
+    assert "deploy" not in service

@@ -172,3 +172,29 @@ def test_the_cpu_fallback_keeps_the_nodes_way_out() -> None:
     assert p.engine == "transformers"
     assert warning(p, "needs_more_nodes").change == {"nodes": 2}
     assert "needs_more_nodes" in codes(p)
+
+
+def test_kv_note_says_each_stage_caches_its_own_layers() -> None:
+    p = _plan("Llama-3.1-70B", A100_40, 4, nodes=2)
+    kv = next(n for n in p.reasons if n.code == "kv_cache")
+    assert kv.params["pp"] == 2 and "at most 40 of 80" in kv.text
+
+
+# THE CLI
+
+
+def test_plan_cli_shows_the_layout_and_idle_gpus(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ezrunner_ui.cli import common, main
+
+    monkeypatch.setattr(common.hubs, "inspect", lambda **kwargs: model_info(kwargs["ref"].repo_id.split("/")[-1]))
+    assert main(["plan", "hf:org/Llama-3.1-70B", "--gpu-name", "a100-40gb", "--gpus", "4", "--nodes", "2"]) == 0
+    assert "TP 4 × PP 2 (2 nodes)" in capsys.readouterr().out
+    assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "4", "--tp", "2"]) == 0
+    assert "TP 2 × DP 2" in capsys.readouterr().out
+    assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "3"]) == 0
+    assert "GPU 2: idle" in capsys.readouterr().out
+    assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "4", "--dp", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["tensor_parallel_size"], data["data_parallel_size"]) == (1, 4)
