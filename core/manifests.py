@@ -451,6 +451,11 @@ def kubernetes_manifests(
             f"# {profile.nodes} pods of {profile.gpus_per_node} GPUs in one LeaderWorkerSet group: install the "
             "LeaderWorkerSet controller first (https://lws.sigs.k8s.io/docs/installation/)."
         )
+    elif profile.data_parallel_size > 1:
+        header.append(
+            f"# One pod of {profile.gpus_per_node} GPUs: vLLM runs {profile.data_parallel_size} replicas of "
+            f"{profile.tensor_parallel_size} GPU(s) inside it and balances requests over them behind one port."
+        )
     if api_key_env is not None and api_key is None:
         header.append(
             f"# Create the API key first: kubectl create secret generic {chosen}-api-key{ns} "

@@ -176,6 +176,7 @@ def test_data_parallel_plan_is_one_pod_with_every_replica_gpu() -> None:
     _validate_builtin(deployment)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert "vLLM runs 2 replicas of 2 GPU(s)" in kubernetes_manifests(spec=spec, image=IMAGE)
     assert deployment["spec"]["replicas"] == 1  # vLLM balances over its replicas behind one port
 
 
