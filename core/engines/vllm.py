@@ -358,7 +358,7 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     # More nodes: TP within a node (the largest valid size, all its GPUs when they divide the heads), one
     # pipeline stage per node. Replicas are one-node plans, so a forced data parallel size stays on one node.
     node_tp = forced_tp or valid[-1]
-    stage_limit = min(nodes, shape.num_layers) if forced_dp is None else 1
+    stage_limit = min(nodes, shape.num_layers) if (forced_dp or 1) == 1 else 1
     staged = {pp: sizer.candidate(gpus=gpus, tp=node_tp, forced_util=forced_util, pp=pp)
               for pp in range(2, stage_limit + 1)}
     layouts = [candidates[t] for t in allowed] + [staged[pp] for pp in sorted(staged)]
@@ -466,7 +466,7 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
 
     gpus_needed = sizer.gpus_needed(gpu=gpus[0], forced_util=forced_util, want=want)
     more_text = more_text_for(want)
-    if chosen not in useful and forced_dp is None:
+    if chosen not in useful and (forced_dp or 1) == 1:
         _more_nodes_warning(draft=draft, sizer=sizer, gpus=gpus, tp=node_tp, forced_util=forced_util, want=want)
     max_len = _choose_max_model_len(
         draft=draft,

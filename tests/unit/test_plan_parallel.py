@@ -198,3 +198,10 @@ def test_plan_cli_shows_the_layout_and_idle_gpus(
     assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "4", "--dp", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["tensor_parallel_size"], data["data_parallel_size"]) == (1, 4)
+
+
+def test_data_parallel_size_1_still_spans_nodes() -> None:
+    p = _plan("Llama-3.1-70B", A100_40, 4, nodes=2, data_parallel_size=1)
+    assert p.fits and (p.nodes, p.data_parallel_size) == (2, 1)
+    one = _plan("Llama-3.1-70B", A100_40, 4, data_parallel_size=1)
+    assert warning(one, "needs_more_nodes").change == {"nodes": 2}
