@@ -23,7 +23,12 @@ from core.engines.shared import (
     min_compute_capability,
 )
 from core.engines.versions import VLLM_IMAGE_CUDA_VERSION, VLLM_MIN_COMPUTE_CAPABILITY
-from core.engines.vllm import DEFAULT_GPU_MEMORY_UTILIZATION, tensor_parallel_problem, valid_tensor_parallel_sizes
+from core.engines.vllm import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    MAX_NODES,
+    tensor_parallel_problem,
+    valid_tensor_parallel_sizes,
+)
 from core.errors import EzRunnerError, InvalidOptionsError
 from core.hardware import Target
 from core.hubs.assemble import MAX_CONTEXT_TOKENS
@@ -107,6 +112,33 @@ def validate_options(*, options: Options, target: Target) -> None:
             hint=f"Use at most {max(target.gpu_count, 1)}, or describe a server with more GPUs.",
             field=errors.TENSOR_PARALLEL_SIZE,
         )
+    dp, nodes = options.data_parallel_size, options.nodes
+    if dp is not None and dp < 1:
+        raise InvalidOptionsError(
+            f"data_parallel_size must be at least 1; got {dp}.", hint="Leave it unset to let the planner choose."
+        )
+    if dp is not None and dp * (tp or 1) > max(target.gpu_count, 1):
+        raise InvalidOptionsError(
+            f"data_parallel_size {dp} × tensor_parallel_size {tp or 1} needs {dp * (tp or 1)} GPUs, but the target "
+            f"has {target.gpu_count}.",
+            hint="Lower one of them so that their product is at most the number of GPUs.",
+        )
+    if not 1 <= nodes <= MAX_NODES:
+        raise InvalidOptionsError(
+            f"nodes must be from 1 to {MAX_NODES}; got {nodes}.", hint="Give the number of identical servers."
+        )
+    if nodes > 1 and dp is not None and dp > 1:
+        raise InvalidOptionsError(
+            "Data-parallel replicas run on one node, and nodes > 1 spreads one copy of the model over several.",
+            hint="Drop --data-parallel-size, or plan one node (each node can run its own pack with replicas).",
+        )
+    vllm_only = [name for name, on in (("nodes", nodes > 1), ("data_parallel_size", (dp or 1) > 1)) if on]
+    if vllm_only and (target.is_cpu_only or options.engine not in ("auto", "vllm")):
+        where = "a CPU target" if target.is_cpu_only else f"engine {options.engine}"
+        raise InvalidOptionsError(
+            f"{' and '.join(vllm_only)} need vLLM on NVIDIA GPUs, which {where} does not run.",
+            hint="Drop them, or plan with --engine vllm on an NVIDIA GPU target.",
+        )
 
 
 # THE PLANNER
@@ -161,7 +193,26 @@ def plan(*, model: ModelInfo, target: Target, options: Options | None = None) ->
         settings=dict(draft.settings),
         max_concurrency=draft.max_concurrency,
         alternatives=tuple(_alternative(name, other) for name, other in considered if name != draft.engine),
+        pipeline_parallel_size=draft.pipeline_parallel_size,
+        data_parallel_size=draft.data_parallel_size,
     )
+    idle = result.idle_gpu_indices
+    if idle and draft.device != "cpu" and draft.engine != "vllm":
+        # Replicas of llama.cpp or transformers serve would each need their own port and a balancer in front;
+        # one server per pack keeps load.sh, the manifests and the health check one thing.
+        result = dataclasses.replace(
+            result,
+            reasons=(
+                *result.reasons,
+                Note(
+                    "gpus_idle_single_server",
+                    f"{engine.label} serves one copy of the model, so GPU{'s' if len(idle) > 1 else ''} "
+                    f"{', '.join(map(str, idle))} stay{'' if len(idle) > 1 else 's'} idle; vLLM would run one "
+                    "replica per group of GPUs (data parallel) behind one port.",
+                    {"idle_gpus": list(idle), "engine": draft.engine},
+                ),
+            ),
+        )
     base_image = options.base_image or engine.default_base_image(plan=result)
     return dataclasses.replace(result, base_image=base_image)
 
@@ -198,6 +249,17 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
     if request.options.engine != "auto":
         return _forced(request=request), []
     target, options = request.target, request.options
+    if options.nodes > 1 or (options.data_parallel_size or 1) > 1:
+        vllm = engine_for("vllm")
+        refusal = vllm.refusal(model=request.model, target=target, options=options)
+        if refusal:
+            raise InvalidOptionsError(refusal, hint="Drop --nodes and --data-parallel-size to plan another engine.")
+        draft = vllm.plan(request=request)
+        asked = "nodes" if options.nodes > 1 else "data-parallel replicas"
+        draft.reasons.insert(
+            0, Note("engine_vllm_parallel", f"Engine {vllm.label}: {asked} run on vLLM only.", {"engine": "vllm"})
+        )
+        return draft, []
     gpus = target.gpus
     considered: list[tuple[str, EngineDraft]] = []
 
@@ -305,6 +367,8 @@ def _choose(*, request: PlanRequest) -> tuple[EngineDraft, list[tuple[str, Engin
     )
     fallback = attempt("transformers", why)
     if fallback.fits and not any(w.code == "ram_unknown" for w in fallback.warnings):
+        # vLLM across several such servers is the faster way out: keep it in view (its change sets --nodes).
+        fallback.warnings.extend(w for w in vllm_draft.warnings if w.code == "needs_more_nodes")
         return fallback, considered
     vllm_draft.reasons.insert(
         0,
@@ -402,6 +466,11 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "device": plan.device,
         "base_image": plan.base_image,
         "tensor_parallel_size": plan.tensor_parallel_size,
+        "pipeline_parallel_size": plan.pipeline_parallel_size,
+        "data_parallel_size": plan.data_parallel_size,
+        "nodes": plan.nodes,
+        "gpus_per_node": plan.gpus_per_node,
+        "idle_gpu_indices": list(plan.idle_gpu_indices),
         "valid_tensor_parallel_sizes": list(plan.valid_tensor_parallel_sizes),
         "settings": dict(plan.settings),
         "max_model_len": plan.max_model_len,

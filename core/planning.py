@@ -24,6 +24,11 @@ class Options:
 
     engine: str = "auto"  # "auto" or an engine name from core.engines.ENGINES
     tensor_parallel_size: int | None = None
+    # Replicas of the model on one node, each on its own tensor-parallel group of GPUs (vLLM's
+    # --data-parallel-size); None: as many as the node's GPUs hold.
+    data_parallel_size: int | None = None
+    # Identical servers (each with the target's GPUs) the model may span, pipeline parallel across them.
+    nodes: int = 1
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None  # None: the engine's default
     dtype: str | None = None  # "auto", "bfloat16", "float16", "float32"
@@ -107,6 +112,27 @@ class Plan:
     # How many sequences of max_model_len tokens the KV cache holds at once (vLLM's "Maximum concurrency for
     # N tokens per request"; llama.cpp's slots). None where the engine preallocates no pool.
     max_concurrency: float | None = None
+    # Pipeline stages, one per node (vLLM over Ray); 1 for every one-node plan.
+    pipeline_parallel_size: int = 1
+    # Replicas of the model on the node, each on tensor_parallel_size GPUs; every GPU used when it divides them.
+    data_parallel_size: int = 1
+
+    @property
+    def nodes(self) -> int:
+        """Servers the plan runs on: one per pipeline stage."""
+        return self.pipeline_parallel_size
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs one node (one container, one Kubernetes pod) uses: those with a budget (0 on the CPU)."""
+        return sum(1 for budget in self.per_gpu if budget.index is not None)
+
+    @property
+    def idle_gpu_indices(self) -> tuple[int, ...]:
+        """GPUs of the target the plan leaves unused (a TP size that does not divide them, a CPU plan)."""
+        used = {budget.index for budget in self.per_gpu}
+        indices = (g.index if g.index is not None else i for i, g in enumerate(self.target.gpus))
+        return tuple(index for index in indices if index not in used)
 
 
 @dataclass
@@ -130,6 +156,8 @@ class EngineDraft:
     settings: dict[str, Any] = field(default_factory=dict)
     files: tuple[ModelFile, ...] | None = None  # narrows ModelInfo.files (the chosen GGUF variant)
     max_concurrency: float | None = None
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
 
     @property
     def fits(self) -> bool:

@@ -6,8 +6,12 @@ no flag is written twice. The spec is baked into the image as JSON (``/etc/ezrun
 the ``io.ezrunner.run-spec`` label), so any later command can read it back from an archive or an image.
 
 A spec has one or more *profiles* (ways to start: device, GPUs, parallelism, context) and names the
-default one; today every plan makes one profile, and the multi-profile, multi-node and data-parallel
-fields are carried so later work extends the same spec instead of adding a second copy.
+default one; today every plan makes one profile. Data-parallel replicas live in the server command (vLLM's
+``--data-parallel-size``), so a one-node profile starts the same way whatever its parallelism. A multi-node
+profile (``nodes > 1``, vLLM over Ray) starts differently per node, and its two roles render from here too:
+the first node runs ``head_script`` (the image's ENTRYPOINT: Ray head, wait for every node, then the
+server), every other node runs ``worker_script`` (join the head's Ray cluster); ``node_run_argv`` is the
+``docker run`` line of either role, and the Kubernetes manifests use the same two scripts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ RUN_SPEC_LABEL = "io.ezrunner.run-spec"
 RUN_SPEC_PATH = "/etc/ezrunner/run-spec.json"
 PLAN_PATH = "/etc/ezrunner/plan.json"
 IMAGE_USER = "10001:10001"
+# Ray's default head port, as vLLM's multi-node examples start it (examples/online_serving/run_cluster.sh).
+RAY_HEAD_PORT = 6379
+# How often a waiting node asks again (the head for its workers, a worker for the head).
+RAY_RETRY_S = 5
+# The variable a worker node's container reads the head node's address from.
+HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
+
+Role = Literal["head", "worker"]
 
 Network = Literal["bridge", "host", "none"]
 
@@ -42,9 +54,14 @@ class Profile:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     data_parallel_size: int = 1
-    nodes: int = 1
+    nodes: int = 1  # > 1: the pipeline stages run on this many nodes joined by Ray
     max_model_len: int = 0
     description: str = ""  # "1 × NVIDIA H100 80GB SXM, 32,768 tokens"
+    ray_port: int = 0  # the head node's Ray port when nodes > 1; 0 otherwise
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
 
 
 @dataclass(frozen=True)
@@ -96,12 +113,66 @@ def server_command(spec: RunSpec, *, profile: Profile | None = None) -> str:
     return " ".join(shlex.quote(a) for a in chosen.argv) + f' {spec.port_flag} "${{PORT}}" "$@"'
 
 
+def _exec_server(spec: RunSpec, profile: Profile) -> str:
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in profile.env)
+    return ("exec env " + env + " " if env else "exec ") + server_command(spec, profile=profile)
+
+
 def entrypoint(spec: RunSpec) -> list[str]:
     """The image's ENTRYPOINT (exec form): the default profile's command, port from ``$PORT``, extra
-    ``docker run IMAGE ARGS…`` appended."""
-    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in spec.default.env)
-    command = ("exec env " + env + " " if env else "exec ") + server_command(spec)
+    ``docker run IMAGE ARGS…`` appended; for a multi-node profile the head node's script, which ends in it."""
+    profile = spec.default
+    command = head_script(spec, profile=profile) if profile.multi_node else _exec_server(spec, profile)
     return ["/bin/sh", "-c", command, "serve"]
+
+
+def _multi_node(spec: RunSpec, profile: Profile | None) -> Profile:
+    chosen = profile or spec.default
+    if not chosen.multi_node or chosen.ray_port <= 0:
+        raise ArtifactInvalidError(
+            f"The image's profile {chosen.name!r} runs on one node, so it has no head and worker roles.",
+            hint="Start it with the image's own command (load.sh, ezrunner run or docker run).",
+        )
+    return chosen
+
+
+def head_script(spec: RunSpec, *, profile: Profile | None = None) -> str:
+    """The first node's shell script: start the Ray head, wait until all ``nodes`` have joined (vLLM places
+    its pipeline stages on the GPUs Ray sees at start-up), then exec the server on ``$PORT``."""
+    chosen = _multi_node(spec, profile)
+    ready = (  # double quotes inside, so that the shell's single quotes wrap it unbroken
+        'import sys, ray; ray.init(address="auto", logging_level="ERROR"); '
+        f'sys.exit(0 if sum(1 for n in ray.nodes() if n["Alive"]) >= {chosen.nodes} else 1)'
+    )
+    return "\n".join(
+        [
+            f"ray start --head --port={chosen.ray_port} --disable-usage-stats",
+            f"echo 'Waiting for {chosen.nodes - 1} worker node(s) to join the Ray head on port {chosen.ray_port}'",
+            f"until python3 -c {shlex.quote(ready)}; do sleep {RAY_RETRY_S}; done",
+            _exec_server(spec, chosen),
+        ]
+    )
+
+
+def worker_script(
+    spec: RunSpec, *, head_address: str = "${" + HEAD_ADDRESS_ENV + "}", profile: Profile | None = None
+) -> str:
+    """Every other node's shell script: join the Ray head at ``head_address`` (a host name, an IP, or a shell
+    expansion read in the container: by default ``$RAY_HEAD_ADDRESS``, so the script is the same on every
+    worker) and stay in the foreground. Retried, because the head may not listen yet and a worker that exits
+    takes its pipeline stage with it."""
+    chosen = _multi_node(spec, profile)
+    target = f'"{head_address}:{chosen.ray_port}"' if head_address.startswith("${") else shlex.quote(
+        f"{head_address}:{chosen.ray_port}"
+    )
+    return "\n".join(
+        [
+            f"until ray start --address={target} --block --disable-usage-stats; do",
+            f"  echo 'The Ray head does not answer yet; trying again in {RAY_RETRY_S} s'",
+            f"  sleep {RAY_RETRY_S}",
+            "done",
+        ]
+    )
 
 
 def device_flags(device: Device) -> list[str]:
@@ -150,6 +221,34 @@ def docker_run_argv(
     return argv
 
 
+def node_run_argv(
+    spec: RunSpec,
+    *,
+    role: Role,
+    name: str,
+    node_address: str,
+    head_address: str | None = None,
+    host_port: int | None = None,
+    profile: Profile | None = None,
+) -> list[str]:
+    """The ``docker run -d`` line of one node of a multi-node profile: host networking (Ray and NCCL reach the
+    other nodes by the host's address; vLLM's examples/online_serving/run_cluster.sh), this node's address as
+    ``VLLM_HOST_IP``; the head runs the image's ENTRYPOINT (its server on ``host_port``), a worker the
+    worker script, which joins the head at ``head_address`` (passed as ``$RAY_HEAD_ADDRESS``)."""
+    chosen = _multi_node(spec, profile)
+    argv = ["docker", "run", "-d", "--name", name, "--restart", "unless-stopped"]
+    argv += container_flags(spec, profile=chosen)
+    argv += ["--network", "host", "-e", f"VLLM_HOST_IP={node_address}"]
+    if role == "head":
+        return [*argv, "-e", f"PORT={host_port or spec.port}", spec.image]
+    if not head_address:
+        raise ArtifactInvalidError(
+            "A worker node needs the head node's address.", hint="Give the first node's IP address or host name."
+        )
+    script = worker_script(spec, profile=chosen)
+    return [*argv, "-e", f"{HEAD_ADDRESS_ENV}={head_address}", "--entrypoint", "/bin/sh", spec.image, "-c", script]
+
+
 def run_command(spec: RunSpec, **kwargs: Any) -> str:
     """``docker_run_argv`` as one shell line."""
     return shlex.join(docker_run_argv(spec, **kwargs))
@@ -187,6 +286,8 @@ def run_spec_to_dict(spec: RunSpec) -> dict[str, Any]:
                 "nodes": p.nodes,
                 "max_model_len": p.max_model_len,
                 "description": p.description,
+                # only where it means something: one-node specs keep the bytes of earlier versions
+                **({"ray_port": p.ray_port} if p.multi_node else {}),
             }
             for p in spec.profiles
         ],
@@ -220,6 +321,9 @@ def _field(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
+_SIZES = ("gpus_per_node", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "nodes")
+
+
 def run_spec_from_dict(data: object) -> RunSpec:
     """Read a spec back (from an image label or file): untrusted input, so every field is checked."""
     if not isinstance(data, Mapping):
@@ -239,19 +343,24 @@ def run_spec_from_dict(data: object) -> RunSpec:
         argv = _field(raw, "argv", list)
         if not argv or not all(isinstance(a, str) for a in argv):
             raise _bad("a profile's argv must be a non-empty list of strings")
+        sizes = {key: _field(raw, key, int) for key in _SIZES}
+        if any(value < (0 if key == "gpus_per_node" else 1) for key, value in sizes.items()):
+            raise _bad(f"a profile's sizes {sizes} must be positive")
+        ray_port = raw.get("ray_port", 0)  # absent in specs of one-node profiles
+        if not isinstance(ray_port, int) or isinstance(ray_port, bool) or not 0 <= ray_port <= 65535:
+            raise _bad(f"'ray_port' {ray_port!r} is not a port")
+        if sizes["nodes"] > 1 and ray_port == 0:
+            raise _bad("a multi-node profile has no 'ray_port'")
         profiles.append(
             Profile(
                 name=_field(raw, "name", str),
                 device=device,
                 argv=tuple(argv),
                 env=_pairs(raw.get("env", []), "a profile's env"),
-                gpus_per_node=_field(raw, "gpus_per_node", int),
-                tensor_parallel_size=_field(raw, "tensor_parallel_size", int),
-                pipeline_parallel_size=_field(raw, "pipeline_parallel_size", int),
-                data_parallel_size=_field(raw, "data_parallel_size", int),
-                nodes=_field(raw, "nodes", int),
+                **sizes,
                 max_model_len=_field(raw, "max_model_len", int),
                 description=str(raw.get("description", "")),
+                ray_port=ray_port,
             )
         )
     healthcheck = _field(data, "healthcheck", list)
@@ -292,7 +401,9 @@ def run_spec_from_labels(labels: Mapping[str, str] | None) -> RunSpec | None:
 
 
 __all__ = [
+    "HEAD_ADDRESS_ENV",
     "PLAN_PATH",
+    "RAY_HEAD_PORT",
     "RUN_SPEC_LABEL",
     "RUN_SPEC_PATH",
     "Profile",
@@ -301,6 +412,8 @@ __all__ = [
     "device_flags",
     "docker_run_argv",
     "entrypoint",
+    "head_script",
+    "node_run_argv",
     "run_command",
     "run_spec_from_dict",
     "run_spec_from_json",
@@ -308,5 +421,6 @@ __all__ = [
     "run_spec_json",
     "run_spec_to_dict",
     "server_command",
+    "worker_script",
 ]
 

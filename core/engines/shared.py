@@ -23,6 +23,7 @@ from core.sizing import (
     kv_cache_bytes_per_token,
     kv_heads_per_rank,
     normalise_dtype,
+    pipeline_stage_layers,
     round_down,
     state_bytes_per_sequence,
     tokens_that_fit,
@@ -98,13 +99,17 @@ class PoolDraft:
     # size" and "Maximum concurrency" at the planned max_model_len).
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
+    pipeline_parallel_size: int = 1  # nodes, one pipeline stage each (vLLM)
+    data_parallel_size: int = 1  # replicas on the node, each on tensor_parallel_size GPUs (vLLM)
 
     def finish(self, *, sizing: PlanRequest) -> EngineDraft:
         """The draft as the planner takes it; the notes about weights and KV cache come first."""
         tp = self.layout.tensor_parallel_size
         notes = [
             weights_note(model=sizing.model, shape=sizing.shape, dtype=self.dtype, weights=self.weights_bytes),
-            kv_note(shape=sizing.shape, kv_dtype_bytes=self.layout.kv_dtype_bytes, tp=tp),
+            kv_note(
+                shape=sizing.shape, kv_dtype_bytes=self.layout.kv_dtype_bytes, tp=tp, pp=self.pipeline_parallel_size
+            ),
         ]
         return EngineDraft(
             engine=self.engine,
@@ -124,6 +129,8 @@ class PoolDraft:
             warnings=list(self.warnings),
             hard_failures=list(self.hard_failures),
             max_concurrency=self.max_concurrency,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            data_parallel_size=self.data_parallel_size,
         )
 
 
@@ -276,7 +283,7 @@ def weights_note(*, model: ModelInfo, shape: ModelShape, dtype: str, weights: in
     )
 
 
-def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int) -> Note:
+def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int, pp: int = 1) -> Note:
     whole = kv_cache_bytes_per_token(shape=shape, kv_dtype_bytes=kv_dtype_bytes)
     per_rank = kv_cache_bytes_per_token(shape=shape, kv_dtype_bytes=kv_dtype_bytes, tensor_parallel_size=tp)
     if shape.is_mla:
@@ -310,6 +317,12 @@ def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int) -> Note:
             f" {chunked} of {shape.num_layers} layers attend within {shape.attention_chunk_size}-token chunks, "
             "so their cache stops growing past one chunk."
         )
+    if pp > 1:
+        stage = max(pipeline_stage_layers(num_layers=shape.num_layers, pipeline_parallel_size=pp))
+        text += (
+            f" Across {pp} pipeline stages each GPU caches only its own stage's layers (at most {stage} of "
+            f"{shape.num_layers}), so the figures per GPU shrink by that share."
+        )
     state = state_bytes_per_sequence(shape=shape, dtype_bytes=kv_dtype_bytes)
     state_per_rank = state_bytes_per_sequence(shape=shape, tensor_parallel_size=tp, dtype_bytes=kv_dtype_bytes)
     if state:
@@ -329,6 +342,7 @@ def kv_note(*, shape: ModelShape, kv_dtype_bytes: int, tp: int) -> Note:
             "state_bytes_per_sequence_per_gpu": state_per_rank,
             "mla": shape.is_mla,
             "tp": tp,
+            "pp": pp,
         },
     )
 

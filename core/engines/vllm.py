@@ -44,13 +44,27 @@ from core.errors import InvalidOptionsError
 from core.hardware import Gpu, Target
 from core.hubs.base import ModelInfo
 from core.planning import EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
-from core.runspec import Profile, RunSpec
-from core.sizing import ModelShape, gib, loaded_weights_bytes, round_down, weights_per_gpu_bytes
+from core.runspec import RAY_HEAD_PORT, Profile, RunSpec
+from core.sizing import (
+    ModelShape,
+    gib,
+    loaded_weights_bytes,
+    pipeline_stage_layers,
+    round_down,
+    weights_per_gpu_bytes,
+)
 
 # The pinned vLLM's own default (vllm/config/cache.py, 0.92 since 0.21), read from the memory table so that
 # the value the plan is sized with and the one it passes as --gpu-memory-utilization are one number. CUDA
 # graphs are inside this budget since 0.21 (the profile subtracts them), so the old 0.9 no longer buys room.
 DEFAULT_GPU_MEMORY_UTILIZATION = constants_for(VLLM_VERSION).default_gpu_memory_utilization.value
+# The most nodes a plan spans or suggests: past this, pipeline bubbles and Ray start-up dominate, and a
+# quantized variant of the model is the better answer.
+MAX_NODES = 32
+# How long the first node of a multi-node plan may wait for the others to join its Ray cluster before loading
+# starts, added to the health check's start period (the ray_init_timeout of vLLM's
+# examples/online_serving/multi-node-serving.sh).
+RAY_JOIN_BUDGET_S = 300
 
 
 class VllmEngine:
@@ -92,6 +106,19 @@ class VllmEngine:
             served_model_name,
             "--tensor-parallel-size",
             str(plan.tensor_parallel_size),
+        ]
+        if plan.pipeline_parallel_size > 1:
+            # vLLM's multi-node recipe: pipeline stages across the nodes of a Ray cluster
+            # (docs/serving/parallelism_scaling.md, "Multi-node deployment").
+            argv += [
+                "--pipeline-parallel-size",
+                str(plan.pipeline_parallel_size),
+                "--distributed-executor-backend",
+                "ray",
+            ]
+        if plan.data_parallel_size > 1:
+            argv += ["--data-parallel-size", str(plan.data_parallel_size)]
+        argv += [
             "--max-model-len",
             str(plan.max_model_len),
             "--dtype",
@@ -107,11 +134,16 @@ class VllmEngine:
             name="default",
             device="cuda",
             argv=tuple(self.serve_argv(plan=plan, model_dir=model_dir, served_model_name=served_model_name)),
-            gpus_per_node=plan.tensor_parallel_size,
+            gpus_per_node=plan.tensor_parallel_size * plan.data_parallel_size,
             tensor_parallel_size=plan.tensor_parallel_size,
+            pipeline_parallel_size=plan.pipeline_parallel_size,
+            data_parallel_size=plan.data_parallel_size,
+            nodes=plan.nodes,
+            ray_port=RAY_HEAD_PORT if plan.nodes > 1 else 0,
             max_model_len=plan.max_model_len,
             description=profile_description(plan),
         )
+        start_period = start_period_s(plan.model.total_bytes) + (RAY_JOIN_BUDGET_S if plan.nodes > 1 else 0)
         return RunSpec(
             engine=self.name,
             image=image,
@@ -121,7 +153,7 @@ class VllmEngine:
             health_path=self.health_path,
             metrics_path=self.metrics_path,
             healthcheck=python_healthcheck(health_path=self.health_path, port=plan.options.port),
-            start_period_s=start_period_s(plan.model.total_bytes),
+            start_period_s=start_period,
             profiles=(profile,),
             default_profile=profile.name,
             ipc_host=True,  # vLLM's workers share tensors through /dev/shm (its docs: --ipc=host)
@@ -155,14 +187,20 @@ def valid_tensor_parallel_sizes(*, shape: ModelShape, gpu_count: int) -> list[in
 
 @dataclass(frozen=True)
 class _Candidate:
-    """One tensor parallel size on the first ``tp`` GPUs, sized by vLLM's start-up memory at the full context."""
+    """One placement: ``tp`` GPUs of each of ``pp`` nodes (pipeline stages), sized by vLLM's start-up memory at
+    the full context on the tightest GPU (the first stage's, or the last's when the output head weighs more)."""
 
     tp: int
-    gpus: tuple[Gpu, ...]
+    gpus: tuple[Gpu, ...]  # one stage's GPUs (every node is alike)
     util: float  # what the plan passes as --gpu-memory-utilization for this size
     lowered_from: float | None  # the default, when the start-up check made the plan lower it
     profile: VllmMemoryProfile  # at the model's full context
     longest: int  # the longest request (at most the context) the pool holds; 0 when none does
+    pp: int = 1
+
+    @property
+    def gpu_count(self) -> int:
+        return self.tp * self.pp
 
     @property
     def overhead_bytes(self) -> int:
@@ -183,15 +221,22 @@ class _Sizer:
     def default_utilization(self) -> float:
         return constants_for(self.version).default_gpu_memory_utilization.value
 
-    def profile(self, *, gpus: Sequence[Gpu], tp: int, util: float, max_model_len: int) -> VllmMemoryProfile:
+    def profile(
+        self, *, gpus: Sequence[Gpu], tp: int, util: float, max_model_len: int, pp: int = 1
+    ) -> VllmMemoryProfile:
         shape = self.sizing.shape
         return vllm_memory_profile(
             shape=shape,
             weights_per_gpu_bytes=weights_per_gpu_bytes(
-                weights=self.sizing.model.weights, shape=shape, dtype=self.dtype, tensor_parallel_size=tp
+                weights=self.sizing.model.weights,
+                shape=shape,
+                dtype=self.dtype,
+                tensor_parallel_size=tp,
+                pipeline_parallel_size=pp,
             ),
             gpus=gpus[:tp],
             tensor_parallel_size=tp,
+            pipeline_parallel_size=pp,
             gpu_memory_utilization=util,
             max_model_len=max_model_len,
             model_dtype=self.dtype,
@@ -199,29 +244,32 @@ class _Sizer:
         )
 
     def starting_profile(
-        self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None, max_model_len: int
+        self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None, max_model_len: int, pp: int = 1
     ) -> tuple[VllmMemoryProfile, float | None]:
         """The profile at the forced utilization, or at the default lowered until vLLM's start-up check
         passes (the free memory it sees must cover what it requests); and the default when it was lowered."""
         util = forced_util or self.default_utilization
-        p = self.profile(gpus=gpus, tp=tp, util=util, max_model_len=max_model_len)
+        p = self.profile(gpus=gpus, tp=tp, util=util, max_model_len=max_model_len, pp=pp)
         if forced_util is not None or p.starts:
             return p, None
         lowered = max(0.01, p.highest_starting_utilization)
-        return self.profile(gpus=gpus, tp=tp, util=lowered, max_model_len=max_model_len), util
+        return self.profile(gpus=gpus, tp=tp, util=lowered, max_model_len=max_model_len, pp=pp), util
 
-    def candidate(self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None) -> _Candidate:
+    def candidate(self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None, pp: int = 1) -> _Candidate:
         context = self.sizing.context
-        p, lowered_from = self.starting_profile(gpus=gpus, tp=tp, forced_util=forced_util, max_model_len=context)
+        p, lowered_from = self.starting_profile(
+            gpus=gpus, tp=tp, forced_util=forced_util, max_model_len=context, pp=pp
+        )
         util = p.gpu_memory_utilization
-        return _Candidate(tp, tuple(gpus[:tp]), util, lowered_from, p, self.longest(gpus=gpus, tp=tp, util=util))
+        longest = self.longest(gpus=gpus, tp=tp, util=util, pp=pp)
+        return _Candidate(tp, tuple(gpus[:tp]), util, lowered_from, p, longest, pp)
 
-    def longest(self, *, gpus: Sequence[Gpu], tp: int, util: float) -> int:
+    def longest(self, *, gpus: Sequence[Gpu], tp: int, util: float, pp: int = 1) -> int:
         """The largest max_model_len (at most the context) whose one request fits the pool: vLLM refuses to
         start below a concurrency of 1. Binary search, as a longer request never takes fewer blocks."""
 
         def fits(length: int) -> bool:
-            return self.profile(gpus=gpus, tp=tp, util=util, max_model_len=length).fits_one_request
+            return self.profile(gpus=gpus, tp=tp, util=util, max_model_len=length, pp=pp).fits_one_request
 
         low, high = 0, self.sizing.context
         if fits(high):
@@ -245,11 +293,24 @@ class _Sizer:
                 return tp
         return None
 
+    def nodes_needed(
+        self, *, gpus: Sequence[Gpu], tp: int, forced_util: float | None, want: int, first: int = 2
+    ) -> int | None:
+        """The fewest nodes like this one, from ``first`` (TP ``tp`` within each, one pipeline stage per node,
+        up to ``MAX_NODES``), that hold the weights plus one ``want``-token request."""
+        for pp in range(max(2, first), min(MAX_NODES, self.sizing.shape.num_layers) + 1):
+            p, _ = self.starting_profile(gpus=gpus, tp=tp, forced_util=forced_util, max_model_len=want, pp=pp)
+            if p.starts and p.fits_one_request:
+                return pp
+        return None
 
-def _layout(*, candidate: _Candidate, dtype: str) -> Layout:
+
+def _layout(*, candidate: _Candidate, dtype: str, gpus: Sequence[Gpu]) -> Layout:
+    """The candidate's memory on ``gpus``: its own TP group's, or every replica's (all alike) with data
+    parallelism."""
     slots = tuple(
         (g.index if g.index is not None else i, g.memory_bytes, math.ceil(cuda_total_bytes(g) * candidate.util))
-        for i, g in enumerate(candidate.gpus)
+        for i, g in enumerate(gpus)
     )
     return Layout(
         device="cuda",
@@ -276,29 +337,52 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     sizer = _Sizer(sizing=sizing, dtype=dtype, version=version)
     forced_util = options.gpu_memory_utilization
     valid = valid_tensor_parallel_sizes(shape=shape, gpu_count=len(gpus))
-    forced_tp = options.tensor_parallel_size
+    forced_tp, forced_dp, nodes = options.tensor_parallel_size, options.data_parallel_size, options.nodes
     if forced_tp is not None and forced_tp not in valid:
         problem = tensor_parallel_problem(shape=shape, size=forced_tp)
         raise InvalidOptionsError(
             f"tensor_parallel_size {forced_tp} is not valid for this model: {problem}.",
             hint=f"Valid sizes on this target: {', '.join(map(str, valid))}.",
         )
+    # Sizes whose replicas the node holds: with a forced data parallel size, TP × DP GPUs at most.
+    allowed = [
+        t for t in valid if (forced_tp is None or t == forced_tp) and t * (forced_dp or 1) <= len(gpus)
+    ]
+    if not allowed:
+        raise InvalidOptionsError(
+            f"data_parallel_size {forced_dp} leaves no valid tensor parallel size on {len(gpus)} GPUs "
+            f"(valid sizes: {', '.join(map(str, valid))}).",
+            hint="Lower --data-parallel-size, or leave it unset to let the planner choose.",
+        )
     candidates = {t: sizer.candidate(gpus=gpus, tp=t, forced_util=forced_util) for t in valid}
+    # More nodes: TP within a node (the largest valid size, all its GPUs when they divide the heads), one
+    # pipeline stage per node. Replicas are one-node plans, so a forced data parallel size stays on one node.
+    node_tp = forced_tp or valid[-1]
+    stage_limit = min(nodes, shape.num_layers) if (forced_dp or 1) == 1 else 1
+    staged = {pp: sizer.candidate(gpus=gpus, tp=node_tp, forced_util=forced_util, pp=pp)
+              for pp in range(2, stage_limit + 1)}
+    layouts = [candidates[t] for t in allowed] + [staged[pp] for pp in sorted(staged)]
     want = min(sizing.context, USEFUL_CONTEXT_TOKENS)
-    useful = [t for t in valid if candidates[t].longest >= want]
-    # The fewest GPUs that hold the model's whole context; when none does, the size with the longest context
-    # among those that hold a useful one (GPUs the server has anyway buy context, not idleness).
-    full = [t for t in valid if candidates[t].longest >= sizing.context]
-    if forced_tp is not None:
-        tp = forced_tp
-    elif full:
-        tp = full[0]
+    useful = [c for c in layouts if c.longest >= want]
+    # The fewest GPUs that hold the model's whole context; when none does, the layout with the longest context
+    # among those that hold a useful one (GPUs the server has anyway buy context, not idleness); when none
+    # does either, the one closest to fitting, so that the warnings give the shortfall of the best layout.
+    full = [c for c in layouts if c.longest >= sizing.context]
+    if full:
+        chosen = full[0]
     elif useful:
-        tp = max(useful, key=lambda t: (candidates[t].longest, -t))
+        chosen = max(useful, key=lambda c: (c.longest, -c.gpu_count))
     else:
-        tp = max(valid, key=lambda t: (candidates[t].longest, candidates[t].profile.max_concurrency, -t))
-    chosen = candidates[tp]
-    layout = _layout(candidate=chosen, dtype=dtype)
+        chosen = max(
+            layouts,
+            key=lambda c: (c.longest, c.profile.max_concurrency, c.profile.expected_kv_pool_bytes, -c.gpu_count),
+        )
+    tp, pp = chosen.tp, chosen.pp
+    # Every GPU of the node serves: as many replicas as the node holds groups of TP GPUs (vLLM's own balancer
+    # spreads requests over them behind one port).
+    dp = 1 if pp > 1 else forced_dp or max(1, len(gpus) // tp)
+    serving = gpus[: tp * dp]
+    layout = _layout(candidate=chosen, dtype=dtype, gpus=serving)
     util = chosen.util
     draft = PoolDraft(
         engine="vllm",
@@ -308,6 +392,8 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
         layout=layout,
         gpu_memory_utilization=util,
         valid_tps=tuple(valid),
+        pipeline_parallel_size=pp,
+        data_parallel_size=dp,
     )
     # tensor parallel size: why this one
     rejected = [
@@ -315,28 +401,29 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
         if candidates[t].profile.kv_pool_bytes > 0
         else f"TP {t} cannot hold the weights ({gib(candidates[t].profile.weights_bytes)} GiB per GPU)"
         for t in valid
-        if t < tp
+        if t < tp or (pp > 1 and t == tp)
     ]
     rules = (
         f"TP must divide the {shape.num_attention_heads} attention heads and the {shape.vocab_size:,}-token "
         f"vocabulary; valid sizes here: {', '.join(map(str, valid))}."
     )
+    where = "context" if pp == 1 else f"context on {pp} nodes"
     if forced_tp is not None:
         tp_text = f"Tensor parallel size {tp}, as requested. {rules}"
         tp_code = "tp_forced"
-    elif tp in full:
+    elif chosen in full:
         tp_text = (
             f"Tensor parallel size {tp}: the fewest GPUs that hold the weights "
             f"({gib(layout.weights_per_slot)} GiB per GPU, RoPE cache included) and one request of the model's "
-            f"full {sizing.context:,}-token context"
+            f"full {sizing.context:,}-token {where}"
             + (f" ({'; '.join(rejected)})" if rejected else "")
             + f". {rules}"
         )
         tp_code = "tp_fewest"
-    elif tp in useful:
+    elif chosen in useful:
         tp_text = (
             f"Tensor parallel size {tp}: no size holds the model's full {sizing.context:,}-token context, and this "
-            f"one leaves the longest ({candidates[tp].longest:,} tokens) of those with room for at least one "
+            f"one leaves the longest ({chosen.longest:,} tokens) of those with room for at least one "
             f"{want:,}-token request"
             + (f" ({'; '.join(rejected)})" if rejected else "")
             + f". {rules}"
@@ -345,7 +432,7 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     else:
         tp_text = (
             f"Tensor parallel size {tp}: no valid size leaves room for a full {want:,}-token request, so the "
-            f"plan uses the one with the most KV cache room. {rules}"
+            f"plan uses the one closest to fitting. {rules}"
         )
         tp_code = "tp_most_room"
     draft.reasons.append(
@@ -355,9 +442,17 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
             {"tensor_parallel_size": tp, "valid": list(valid), "weights_per_gpu_bytes": layout.weights_per_slot},
         )
     )
-    # more room: a larger TP on this target, else more/larger GPUs or a quantized variant
+    _parallel_notes(
+        draft=draft, sizer=sizer, chosen=chosen, dp=dp, gpus=gpus, forced_dp=forced_dp is not None, nodes=nodes
+    )
+    # more room: a larger TP on this target, else more nodes, more/larger GPUs or a quantized variant
     bigger = [
-        t for t in valid if t > tp and candidates[t].profile.max_concurrency > chosen.profile.max_concurrency
+        t
+        for t in valid
+        if pp == 1
+        and t > tp
+        and t * (forced_dp or 1) <= len(gpus)
+        and candidates[t].profile.max_concurrency > chosen.profile.max_concurrency
     ]
     more_room: dict[str, Any] = {"tensor_parallel_size": bigger[0]} if bigger else {}
 
@@ -371,6 +466,8 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
 
     gpus_needed = sizer.gpus_needed(gpu=gpus[0], forced_util=forced_util, want=want)
     more_text = more_text_for(want)
+    if chosen not in useful and (forced_dp or 1) == 1:
+        _more_nodes_warning(draft=draft, sizer=sizer, gpus=gpus, tp=node_tp, forced_util=forced_util, want=want)
     max_len = _choose_max_model_len(
         draft=draft,
         sizer=sizer,
@@ -378,7 +475,7 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
         more_room=more_room,
         more_room_text=more_text_for(options.max_model_len or sizing.context),
     )
-    final = sizer.profile(gpus=chosen.gpus, tp=tp, util=util, max_model_len=max_len)
+    final = sizer.profile(gpus=chosen.gpus, tp=tp, util=util, max_model_len=max_len, pp=pp)
     if layout.pool_bytes <= 0:
         draft.warnings.append(
             PlanWarning(
@@ -482,6 +579,106 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     return draft
 
 
+def _parallel_notes(
+    *,
+    draft: PoolDraft,
+    sizer: _Sizer,
+    chosen: _Candidate,
+    dp: int,
+    gpus: Sequence[Gpu],
+    forced_dp: bool,
+    nodes: int,
+) -> None:
+    """Why the plan spans these nodes and replicas, and what it leaves unused."""
+    tp, pp = chosen.tp, chosen.pp
+    node = f"{len(gpus)} × {gpus[0].name}"
+    if pp > 1:
+        layers = sizer.sizing.shape.num_layers
+        stages = pipeline_stage_layers(num_layers=layers, pipeline_parallel_size=pp)
+        split = (
+            f"evenly, {stages[0]} per stage"
+            if len(set(stages)) == 1
+            else f"as {', '.join(map(str, stages))} (vLLM gives the remainder to the stages before the last)"
+        )
+        draft.reasons.append(
+            Note(
+                "pipeline_parallel",
+                f"Pipeline parallel size {pp}: {pp} nodes of {node}, one pipeline stage per node and tensor "
+                f"parallel size {tp} within each; one node cannot hold the model with a useful context. The "
+                f"{layers} decoder layers split {split}; the first stage also holds the input embeddings and the "
+                f"last one the output head, so each GPU holds at most {gib(chosen.profile.weights_bytes)} GiB of "
+                "weights and the KV cache of its own stage's layers. vLLM runs the stages over Ray: the first "
+                "node starts the Ray head and the server, the others join it.",
+                {
+                    "nodes": pp,
+                    "pipeline_parallel_size": pp,
+                    "tensor_parallel_size": tp,
+                    "layers_per_stage": stages,
+                    "weights_per_gpu_bytes": chosen.profile.weights_bytes,
+                },
+            )
+        )
+    elif dp > 1:
+        draft.reasons.append(
+            Note(
+                "data_parallel",
+                f"Data parallel size {dp}{', as requested' if forced_dp else ''}: {dp} replicas of the model, "
+                f"each on {tp} GPU{'s' if tp > 1 else ''}, so {tp * dp} GPUs serve requests; vLLM's API server "
+                "spreads requests over the replicas behind one port. Each replica has its own KV cache pool (the "
+                f"figures below are one replica's), so the server holds {dp} times the concurrency.",
+                {"data_parallel_size": dp, "tensor_parallel_size": tp, "gpus_used": tp * dp},
+            )
+        )
+    idle = len(gpus) - tp * dp if pp == 1 else len(gpus) - tp
+    if idle > 0:
+        draft.reasons.append(
+            Note(
+                "gpus_idle",
+                f"{idle} of the {len(gpus)} GPUs {'stays' if idle == 1 else 'stay'} idle: "
+                + (f"data_parallel_size {dp} × tensor_parallel_size {tp} uses {tp * dp}."
+                   if forced_dp or pp > 1
+                   else f"groups of {tp} GPUs fill {tp * dp} of them."),
+                {"idle_gpus": idle, "gpus": len(gpus)},
+            )
+        )
+    if nodes > pp:
+        draft.warnings.append(
+            PlanWarning(
+                "nodes_not_needed",
+                (
+                    f"One node is enough: {node} hold the model, so the plan runs on one node and leaves the "
+                    f"other {nodes - 1} free (another copy of the pack can serve there)."
+                    if pp == 1
+                    else f"{pp} of the {nodes} nodes hold the model, so the plan uses {pp} and leaves {nodes - pp} "
+                    "free."
+                ),
+                {"nodes": nodes, "nodes_used": pp},
+                {"nodes": pp},
+            )
+        )
+
+
+def _more_nodes_warning(
+    *, draft: PoolDraft, sizer: _Sizer, gpus: Sequence[Gpu], tp: int, forced_util: float | None, want: int
+) -> None:
+    """When the nodes given cannot hold the model: how many such nodes would, if any up to ``MAX_NODES`` do."""
+    nodes = sizer.sizing.options.nodes
+    needed = sizer.nodes_needed(gpus=gpus, tp=tp, forced_util=forced_util, want=want, first=nodes + 1)
+    if needed is None:
+        return
+    here = "one node" if nodes == 1 else f"{nodes} nodes"
+    draft.warnings.append(
+        PlanWarning(
+            "needs_more_nodes",
+            f"The model does not fit {here} of {len(gpus)} × {gpus[0].name} with room for one {want:,}-token "
+            f"request; {needed} such nodes hold it with vLLM's pipeline parallelism (tensor parallel size {tp} "
+            f"within each node, one pipeline stage per node, Ray between them): plan with --nodes {needed}.",
+            {"nodes_needed": needed, "tensor_parallel_size": tp, "pipeline_parallel_size": needed},
+            {"nodes": needed},
+        )
+    )
+
+
 def _choose_max_model_len(
     *, draft: PoolDraft, sizer: _Sizer, candidate: _Candidate, more_room: Mapping[str, Any], more_room_text: str
 ) -> int:
@@ -495,7 +692,9 @@ def _choose_max_model_len(
     requested = sizing.options.max_model_len
 
     def at(length: int) -> VllmMemoryProfile:
-        return sizer.profile(gpus=candidate.gpus, tp=candidate.tp, util=candidate.util, max_model_len=length)
+        return sizer.profile(
+            gpus=candidate.gpus, tp=candidate.tp, util=candidate.util, max_model_len=length, pp=candidate.pp
+        )
 
     if requested is not None:
         p = at(requested)

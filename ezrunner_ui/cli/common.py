@@ -94,6 +94,8 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-cores", type=int, metavar="N", help="CPU cores of the target")
     g.add_argument("--gpu-api", choices=["cuda", "rocm", "vulkan"],
                    help="how the GPUs are driven where the card offers a choice (e.g. vulkan for an AMD card)")
+    g.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help="identical servers, each with the GPUs above, the model may span (vLLM over Ray; default 1)")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +105,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plan options")
     g.add_argument("--engine", choices=["auto", *engine_names()], default="auto")
     g.add_argument("--tensor-parallel-size", "--tp", type=int, dest="tensor_parallel_size")
+    g.add_argument("--data-parallel-size", "--dp", type=int, dest="data_parallel_size",
+                   help="vLLM replicas of the model on the node (default: as many as its GPUs hold)")
     g.add_argument("--max-model-len", type=int)
     g.add_argument("--gpu-memory-utilization", type=float)
     g.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
@@ -147,6 +151,8 @@ def options(args: argparse.Namespace) -> Options:
     return Options(
         engine=args.engine,
         tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        nodes=args.nodes,
         max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
         dtype=args.dtype,

@@ -145,6 +145,16 @@ def test_the_matrix_covers_what_the_issue_asks(prepared: dict[str, Any]) -> None
     assert {"DeepseekV3ForCausalLM", "MixtralForCausalLM", "Qwen2_5_VLForConditionalGeneration"} <= architectures
     methods = {str((p.model.quantization or {}).get("quant_method")) for p in plans}
     assert {"awq", "fp8", "compressed-tensors"} <= methods
+    # every GPU used: replicas; models larger than one node: pipeline stages across nodes on Ray
+    assert {p.data_parallel_size for p in plans} >= {1, 2, 4}
+    assert {p.pipeline_parallel_size for p in plans} >= {1, 2, 3}
+    for case in prepared.values():
+        argv, made = case.image_argv, case.plan
+        if made.pipeline_parallel_size > 1:
+            assert argv[argv.index("--pipeline-parallel-size") + 1] == str(made.pipeline_parallel_size)
+            assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+        if made.data_parallel_size > 1:
+            assert argv[argv.index("--data-parallel-size") + 1] == str(made.data_parallel_size)
 
 
 def test_coverage_drift_is_a_failure() -> None:
@@ -211,6 +221,8 @@ def test_verdicts(prepared: dict[str, Any]) -> None:
         "model": base.local_model_dir,
         "served_model_name": base.served_model_name,
         "tensor_parallel_size": made.tensor_parallel_size,
+        "pipeline_parallel_size": made.pipeline_parallel_size,
+        "data_parallel_size": made.data_parallel_size,
         "max_model_len": made.max_model_len,
         "dtype": made.dtype,
         "gpu_memory_utilization": made.gpu_memory_utilization,
@@ -222,6 +234,8 @@ def test_verdicts(prepared: dict[str, Any]) -> None:
     assert verdict.passed and verdict.warnings == ("Casting x",)
     misread = cva.judge(base, {**accepted, "resolved": {**resolved, "max_model_len": 4096}})
     assert not misread.passed and "max_model_len 4096" in misread.detail
+    unstaged = cva.judge(base, {**accepted, "resolved": {**resolved, "pipeline_parallel_size": 2}})
+    assert not unstaged.passed and "pipeline_parallel_size 2, the plan means 1" in unstaged.detail
     rejected = cva.judge(base, {"accepted": False, "message": "no"})
     assert not rejected.passed and "vLLM rejected it: no" in rejected.detail
     assert not cva.judge(base, None).passed

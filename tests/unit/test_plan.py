@@ -166,7 +166,9 @@ def test_llama_70b_on_four_a100_80_uses_the_fewest_gpus_that_hold_its_full_conte
 def test_llama_70b_on_eight_h100_uses_the_fewest_gpus_that_fit() -> None:
     p = plan(model=model_info("Llama-3.1-70B"), target=gpus(H100, 8))
     assert p.tensor_parallel_size == 4
-    assert len(p.per_gpu) == 4
+    # the other four GPUs serve a second replica (data parallel), each with the same budget
+    assert p.data_parallel_size == 2 and len(p.per_gpu) == 8 and p.idle_gpu_indices == ()
+    assert len({(b.weights_bytes, b.kv_cache_bytes) for b in p.per_gpu}) == 1
     assert p.valid_tensor_parallel_sizes == (1, 2, 4, 8)
     # and forcing 8 is honoured, with more KV room per GPU
     p8 = plan(
