@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from core.errors import EzRunnerError
-from ezrunner_ui.cli import dockerfile, hardware, inspect, pack, plan, run, search, ui
+from ezrunner_ui.cli import dockerfile, hardware, inspect, pack, plan, push, run, search, ui
 from ezrunner_ui.cli.common import print_json
 
-COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, run, ui)
+COMMANDS: tuple[ModuleType, ...] = (search, inspect, hardware, plan, dockerfile, pack, push, run, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
