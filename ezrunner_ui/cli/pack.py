@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from core.errors import InvalidOptionsError
+from core.registry.client import parse_image_ref
 from ezrunner_ui.cli.common import Progress, add_plan_args, gib, make_plan, parse_size, print_json, token
+from ezrunner_ui.cli.push import print_result, push, result_json
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -26,12 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fast: stream the weights into the archive (default); docker-build: docker build + docker save",
     )
     p.add_argument("--dockerfile", metavar="FILE", help="build this hand-edited Dockerfile (docker-build path)")
+    p.add_argument("--push", metavar="REF", help="then push the image to a registry, e.g. registry.local:5000/m:v1")
+    p.add_argument("--push-insecure", action="store_true", help="with --push: the registry serves plain HTTP")
 
 
 def run(args: argparse.Namespace) -> None:
     from core.history import History
     from core.pack import pack
 
+    if args.push:  # a bad reference fails now, not after the pack
+        parse_image_ref(ref=args.push)
     result = make_plan(args)
     if not result.fits and not args.force:
         raise InvalidOptionsError(
@@ -58,8 +64,9 @@ def run(args: argparse.Namespace) -> None:
         history=History(),
         on_event=Progress(),
     )
+    pushed = push(archive=artifact.archive, ref=args.push, insecure=args.push_insecure) if args.push else None
     if args.json:
-        print_json(artifact.__dict__)
+        print_json({**artifact.__dict__, **({"push": result_json(pushed)} if pushed else {})})
         return
     print(f"Wrote {artifact.archive} ({gib(artifact.size)}) in {artifact.seconds:.0f} s, sha256 {artifact.sha256}")
     print(f"  {artifact.export_reason}")
@@ -67,3 +74,5 @@ def run(args: argparse.Namespace) -> None:
         print(f"  part {part.name}")
     print(f"On the offline server, beside the archive: bash {artifact.load_script.name}")
     print(f"  or: docker load -i {artifact.archive.name} && {artifact.run_command}")
+    if pushed:
+        print_result(pushed)

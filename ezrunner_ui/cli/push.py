@@ -6,9 +6,13 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.events import Event
 from ezrunner_ui.cli.common import Progress, gib, print_json
+
+if TYPE_CHECKING:
+    from core.registry.push import PushResult
 
 NAME = "push"
 HELP = "push the image in an archive to a registry (credentials: EZRUNNER_REGISTRY_USER/_PASSWORD or docker login)"
@@ -18,11 +22,7 @@ JSON_OUTPUT = True
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive", help="a packed archive: NAME.tar, NAME.tar.zst, or the first part of a split one")
     p.add_argument("ref", help="where to push, e.g. registry.local:5000/team/model:v1")
-    add_insecure_argument(p, "--insecure")
-
-
-def add_insecure_argument(p: argparse.ArgumentParser, flag: str) -> None:
-    p.add_argument(flag, action="store_true", help="the registry serves plain HTTP (default: HTTPS)")
+    p.add_argument("--insecure", action="store_true", help="the registry serves plain HTTP (default: HTTPS)")
 
 
 class PushProgress(Progress):
@@ -35,14 +35,18 @@ class PushProgress(Progress):
             print(f"      {event.message}", file=sys.stderr)
 
 
-def push(*, archive: Path, ref: str, insecure: bool, json_output: bool) -> None:
-    """Push and print the outcome (``ezrunner push`` and ``ezrunner pack --push``)."""
+def push(*, archive: Path, ref: str, insecure: bool) -> PushResult:
+    """Push with progress on stderr (``ezrunner push`` and ``ezrunner pack --push``)."""
     from core.registry.push import push_archive
 
-    result = push_archive(archive=archive, ref=ref, insecure=insecure, on_event=PushProgress())
-    if json_output:
-        print_json({**dataclasses.asdict(result), "uploaded": result.uploaded, "skipped": result.skipped})
-        return
+    return push_archive(archive=archive, ref=ref, insecure=insecure, on_event=PushProgress())
+
+
+def result_json(result: PushResult) -> dict[str, Any]:
+    return {**dataclasses.asdict(result), "uploaded": result.uploaded, "skipped": result.skipped}
+
+
+def print_result(result: PushResult) -> None:
     print(f"Pushed {result.ref} (image {result.image_id[:19]}…, manifest {result.manifest_digest})")
     print(f"  {len(result.uploaded)} blobs sent ({gib(result.bytes_sent)}), {len(result.skipped)} already there, "
           f"in {result.seconds:.0f} s")  # fmt: skip
@@ -50,4 +54,8 @@ def push(*, archive: Path, ref: str, insecure: bool, json_output: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    push(archive=Path(args.archive), ref=args.ref, insecure=args.insecure, json_output=args.json)
+    result = push(archive=Path(args.archive), ref=args.ref, insecure=args.insecure)
+    if args.json:
+        print_json(result_json(result))
+    else:
+        print_result(result)
