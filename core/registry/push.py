@@ -284,7 +284,7 @@ def push_archive(
     reader = ArchiveBytes(parts=image.parts, compressed=image.compressed, cancel=cancel)
     try:
         on_event(Event(stage="push", message=f"Checking which blobs {image_ref.registry} already has"))
-        job.retrying("logging in", client.ping)
+        client.ping()  # not retried: a wrong address or login is far likelier than a blip here
         unique: dict[str, Blob] = {image.config.digest: image.config}
         for layer in image.layers:
             unique.setdefault(layer.digest, layer)
