@@ -24,9 +24,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
+import requests.adapters
 
 from core.errors import (
     InvalidOptionsError,
@@ -45,6 +47,7 @@ _DOCKER_HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io
 #: Connect quickly or say so; a PATCH of one chunk over a slow link may take minutes before its answer.
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0
+SEND_BLOCK_BYTES = 1 << 20
 
 # distribution reference grammar (reference/regexp.go): lower-case path components, a tag of 1-128 chars.
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -219,6 +222,22 @@ class UploadStatus:
     location: str  # the URL to continue at (the registry may change it with every answer)
 
 
+class Body(Protocol):
+    """A request body streamed as it is sent: its length up front, then ``read`` until it gives b""."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, amount: int = -1) -> bytes: ...
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """Sends bodies in blocks of SEND_BLOCK_BYTES (urllib3's default, 16 KiB, costs a Python call per block)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = SEND_BLOCK_BYTES
+        super().init_poolmanager(*args, **kwargs)
+
+
 class DigestRejectedError(RegistryError):
     """The registry computed another digest than the one we named for a blob (its bytes differ)."""
 
@@ -261,6 +280,8 @@ class RegistryClient:
         self._insecure = insecure
         self._search = credentials or CredentialSearch(credentials=None, config_file=Path(), helper=None)
         self._session = session or requests.Session()
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, _Adapter())
         self._authorization: str | None = None
         self._scope = f"repository:{ref.repository}:pull,push"
 
@@ -277,7 +298,7 @@ class RegistryClient:
         method: str,
         url: str,
         *,
-        data: bytes | None = None,
+        data: bytes | Body | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """One request, answering a 401 challenge once; transport failures become RegistryUnreachableError."""
@@ -306,7 +327,9 @@ class RegistryClient:
             )
         return response
 
-    def _transport(self, method: str, url: str, *, data: bytes | None, headers: Mapping[str, str]) -> requests.Response:
+    def _transport(
+        self, method: str, url: str, *, data: bytes | Body | None, headers: Mapping[str, str]
+    ) -> requests.Response:
         try:
             return self._session.request(
                 method, url, data=data, headers=headers, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
@@ -463,17 +486,18 @@ class RegistryClient:
             return current
         return self.url(location) if location.startswith("/") else location
 
-    def patch(self, *, location: str, data: bytes, start: int) -> UploadStatus:
-        """``PATCH`` one chunk at ``start``; where the registry now is, and the URL to continue at."""
+    def patch(self, *, location: str, body: Body, start: int) -> UploadStatus:
+        """``PATCH`` one chunk at ``start``, streamed from ``body``; where the registry now is, and the URL to
+        continue at."""
         headers = {
             "Content-Type": "application/octet-stream",
-            "Content-Range": f"{start}-{start + len(data) - 1}",
-            "Content-Length": str(len(data)),
+            "Content-Range": f"{start}-{start + len(body) - 1}",
+            "Content-Length": str(len(body)),
         }
-        response = self._send("PATCH", location, data=data, headers=headers)
+        response = self._send("PATCH", location, data=body, headers=headers)
         if response.status_code != 202:
             raise self._unexpected("take a chunk of an upload", response)
-        offset = self._offset(response) if response.headers.get("Range") else start + len(data)
+        offset = self._offset(response) if response.headers.get("Range") else start + len(body)
         return UploadStatus(offset=offset, location=self._next_location(response, location))
 
     def finish_upload(self, *, location: str, digest: str) -> None:
