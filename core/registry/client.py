@@ -223,11 +223,14 @@ class UploadStatus:
 
 
 class Body(Protocol):
-    """A request body streamed as it is sent: its length up front, then ``read`` until it gives b""."""
+    """A request body streamed as it is sent: its length up front, then ``read`` until it gives b"";
+    ``rewind`` starts it again (the request is sent again after a 401 asked for a new token)."""
 
     def __len__(self) -> int: ...
 
     def read(self, amount: int = -1) -> bytes: ...
+
+    def rewind(self) -> None: ...
 
 
 class _Adapter(requests.adapters.HTTPAdapter):
@@ -314,6 +317,8 @@ class RegistryClient:
             if refused:
                 raise self._auth_error(refused=self._search.credentials is not None)
             self._authenticate(challenge)
+            if data is not None and not isinstance(data, bytes):
+                data.rewind()
         if response.status_code == 429 or response.status_code >= 500:
             raise RegistryBusyError(
                 f"The registry at {self.base_url} answered {method} with {_describe(response)}.",

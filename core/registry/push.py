@@ -153,6 +153,7 @@ class _Segment:
         cancel: Cancel | None,
     ) -> None:  # fmt: skip
         self._read = read
+        self._start = start
         self._next = start
         self._left = length
         self._length = length
@@ -164,6 +165,10 @@ class _Segment:
 
     def __len__(self) -> int:
         return self._length
+
+    def rewind(self) -> None:
+        self._meter.current -= self._next - self._start
+        self._next, self._left, self._piece = self._start, self._length, memoryview(b"")
 
     def read(self, amount: int = -1) -> bytes:
         if not self._piece:

@@ -23,7 +23,7 @@ from core.docker import api as docker_api
 from core.errors import RegistryUnreachableError
 from core.registry.push import push_archive
 from tests.fixtures.cli import ezrunner
-from tests.fixtures.registry import Registry, registry, registry_factory, write_docker_archive
+from tests.fixtures.registry import Registry, TokenService, registry, registry_factory, write_docker_archive
 from tests.fixtures.tiny_gguf import make_tiny_gguf
 
 __all__ = ["registry", "registry_factory"]  # the fixtures, imported so pytest finds them here
@@ -345,3 +345,30 @@ def test_an_unreachable_registry_says_what_to_check(
     plain = ezrunner("push", str(made.archive), f"{registry.host}/m:v1", check=False, env=user_env)
     assert plain.returncode == 2
     assert "TLS handshake" in plain.stderr and "--insecure" in plain.stderr and "Traceback" not in plain.stderr
+
+
+def test_token_auth_asks_the_realm_for_a_push_scope_with_the_login(
+    registry_factory: Callable[..., Registry], user_env: dict[str, str], tmp_path: Path,
+) -> None:
+    tokens = TokenService(tmp_path / "tokens", users={"bob": "token-pass"})
+    try:
+        registry = registry_factory(tokens=tokens)
+        made = write_docker_archive(tmp_path / "img.tar", layer_bytes=(MiB, 2000), seed=51)
+        ref = f"{registry.host}/team/tok:v1"
+        login = {"EZRUNNER_REGISTRY_USER": "bob", "EZRUNNER_REGISTRY_PASSWORD": "token-pass"}
+        pushed = json.loads(ezrunner("push", str(made.archive), ref, "--insecure", "--json",
+                                     env={**user_env, **login}).stdout)  # fmt: skip
+        assert pushed["image_id"] == made.image_id and len(pushed["uploaded"]) == 3
+        query, user = tokens.asked[-1]
+        assert user == "bob"
+        assert query["service"] == [TokenService.SERVICE] and query["scope"] == ["repository:team/tok:pull,push"]
+        again = json.loads(ezrunner("push", str(made.archive), ref, "--insecure", "--json",
+                                    env={**user_env, **login}).stdout)  # fmt: skip
+        assert again["uploaded"] == []
+
+        refused = ezrunner("push", str(made.archive), ref, "--insecure", check=False,
+                           env={**user_env, **login, "EZRUNNER_REGISTRY_PASSWORD": "not-it"})  # fmt: skip
+        assert refused.returncode == 2 and "refused the login of user 'bob'" in refused.stderr
+        assert "Traceback" not in refused.stderr and "not-it" not in refused.stderr
+    finally:
+        tokens.stop()
