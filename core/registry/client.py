@@ -241,6 +241,10 @@ class _Adapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+def _as_sent(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
 class DigestRejectedError(RegistryError):
     """The registry computed another digest than the one we named for a blob (its bytes differ)."""
 
@@ -336,9 +340,11 @@ class RegistryClient:
         self, method: str, url: str, *, data: bytes | Body | None, headers: Mapping[str, str]
     ) -> requests.Response:
         try:
+            # auth=_as_sent: our Authorization header stands; requests would otherwise replace it with a
+            # ~/.netrc login for the host. No redirects: a blob HEAD may answer 307 to storage, which is enough.
             return self._session.request(
                 method, url, data=data, headers=headers, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
-                allow_redirects=method in ("GET", "HEAD"),
+                allow_redirects=False, auth=_as_sent,
             )  # fmt: skip
         except requests.exceptions.SSLError as error:
             raise RegistryUnreachableError(
@@ -453,7 +459,7 @@ class RegistryClient:
 
     def blob_exists(self, *, digest: str) -> bool:
         response = self._send("HEAD", self.url(f"/v2/{self.ref.repository}/blobs/{digest}"))
-        if response.status_code == 200:
+        if response.status_code in (200, 302, 303, 307):  # a redirect to where the blob is stored
             return True
         if response.status_code == 404:
             return False

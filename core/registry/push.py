@@ -4,7 +4,8 @@
 2. Log in (``GET /v2/``), then ``HEAD`` every blob: the ones the registry has are skipped, so a second push
    of the same archive sends no layer.
 3. Upload each missing blob in archive order: ``POST /v2/<name>/blobs/uploads/``, one ``PATCH`` per chunk
-   of ``chunk_bytes`` (``Content-Range``), ``PUT ?digest=``. At most one chunk is in memory.
+   of ``chunk_bytes`` (``Content-Range``), ``PUT ?digest=``. Each chunk is streamed from the archive in
+   ``READ_BYTES`` pieces, so memory stays flat whatever the chunk and archive sizes.
 4. ``PUT`` the Docker v2 schema 2 manifest under the tag. Its config is the archive's config byte for byte,
    so the pulled image has the archive's image ID.
 

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> None:
         history=History(),
         on_event=Progress(),
     )
-    pushed = push(archive=artifact.archive, ref=args.push, insecure=args.push_insecure) if args.push else None
+    pushed = None
+    if args.push:
+        pushed = push(archive=artifact.archive, ref=args.push, insecure=args.push_insecure, after_pack=True)
     if args.json:
         print_json({**artifact.__dict__, **({"push": result_json(pushed)} if pushed else {})})
         return

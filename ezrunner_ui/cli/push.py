@@ -35,11 +35,19 @@ class PushProgress(Progress):
             print(f"      {event.message}", file=sys.stderr)
 
 
-def push(*, archive: Path, ref: str, insecure: bool) -> PushResult:
-    """Push with progress on stderr (``ezrunner push`` and ``ezrunner pack --push``)."""
+def push(*, archive: Path, ref: str, insecure: bool, after_pack: bool = False) -> PushResult:
+    """Push with progress on stderr (``ezrunner push``, and ``ezrunner pack --push`` with ``after_pack``)."""
+    from core.errors import RegistryError
     from core.registry.push import push_archive
 
-    return push_archive(archive=archive, ref=ref, insecure=insecure, on_event=PushProgress())
+    try:
+        return push_archive(archive=archive, ref=ref, insecure=insecure, on_event=PushProgress())
+    except RegistryError as error:
+        if not after_pack:
+            raise
+        again = f"ezrunner push {archive} {ref}" + (" --insecure" if insecure else "")
+        hint = f"{error.hint or ''} The archive was written; push it with `{again}`.".strip()
+        raise type(error)(error.message, hint=hint) from error
 
 
 def result_json(result: PushResult) -> dict[str, Any]:

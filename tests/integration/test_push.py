@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from docker import DockerClient
 
 from core.docker import api as docker_api
 from core.errors import RegistryUnreachableError
+from core.events import Event
 from core.registry.push import push_archive
 from tests.fixtures.cli import ezrunner
 from tests.fixtures.registry import Registry, TokenService, registry, registry_factory, write_docker_archive
@@ -370,5 +372,25 @@ def test_token_auth_asks_the_realm_for_a_push_scope_with_the_login(
                            env={**user_env, **login, "EZRUNNER_REGISTRY_PASSWORD": "not-it"})  # fmt: skip
         assert refused.returncode == 2 and "refused the login of user 'bob'" in refused.stderr
         assert "Traceback" not in refused.stderr and "not-it" not in refused.stderr
+    finally:
+        tokens.stop()
+
+
+def test_a_token_that_expires_midway_is_asked_for_again(registry_factory: Callable[..., Registry],
+                                                        tmp_path: Path) -> None:  # fmt: skip
+    tokens = TokenService(tmp_path / "tokens", users={"bob": "token-pass"}, lifetime_s=2)
+    try:
+        registry = registry_factory(tokens=tokens)
+        made = write_docker_archive(tmp_path / "img.tar", layer_bytes=(6 * MiB,), seed=52)
+
+        def slow(event: Event) -> None:  # a slow link: each chunk takes a while, the push outlives its token
+            if event.total:
+                time.sleep(0.4)
+
+        result = push_archive(archive=made.archive, ref=f"{registry.host}/team/slow:v1", insecure=True,
+                              chunk_bytes=MiB, backoff_s=0.01, state_dir=tmp_path / "uploads", on_event=slow,
+                              environ={"EZRUNNER_REGISTRY_USER": "bob", "EZRUNNER_REGISTRY_PASSWORD": "token-pass"})
+        assert len(tokens.asked) >= 2  # one token at the start, more when the registry refused the expired one
+        assert result.image_id == made.image_id and len(result.uploaded) == 2
     finally:
         tokens.stop()
