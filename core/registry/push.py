@@ -227,7 +227,8 @@ class _Push:
             ) from error
         self.retried += 1
         delay = min(MAX_BACKOFF_S, self.backoff_s * 2 ** (self.failures_in_a_row - 1))
-        self.meter.report(file=what, message=f"{error.message} Retrying in {delay:.0f} s.")
+        # no byte counts: a status line of its own, which the CLI prints as it comes
+        self.on_event(Event(stage="push", message=f"{error.message} Retrying in {delay:.0f} s ({what})."))
         if self.cancel is not None:
             self.cancel.wait(delay)
         else:
