@@ -237,6 +237,33 @@ class CancelledError(EzRunnerError):
     code = "cancelled"
 
 
+# REGISTRY ERRORS (`ezrunner push`)
+
+
+class RegistryError(EzRunnerError):
+    """The registry refused or broke a push (a blob or manifest rejected, an unexpected answer)."""
+
+    code = "registry_error"
+
+
+class RegistryAuthError(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+    code = "registry_auth_failed"
+
+
+class RegistryUnreachableError(RegistryError):
+    """No HTTP answer from the registry: wrong address, down, TLS versus plain HTTP, a dropped connection."""
+
+    code = "registry_unreachable"
+
+
+class RegistryBusyError(RegistryError):
+    """The registry answered 5xx or 429: worth trying again later."""
+
+    code = "registry_busy"
+
+
 class LlamaCppSourceError(EzRunnerError):
     """The pinned llama.cpp source (for the converter and the offline image) could not be had."""
 

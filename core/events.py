@@ -14,7 +14,9 @@ from typing import Literal
 
 from core.errors import CancelledError
 
-Stage = Literal["check", "pull", "download", "convert", "verify", "stage", "build", "export", "load", "run", "done"]
+Stage = Literal[
+    "check", "pull", "download", "convert", "verify", "stage", "build", "export", "load", "push", "run", "done"
+]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 from core import errors
 from core.errors import InvalidOptionsError
+from core.registry.client import parse_image_ref
 from ezrunner_ui.cli.common import add_plan_args, check_pack_paths, make_plan, parse_size, print_json, token
 from ezrunner_ui.cli.progress import ProgressRenderer, human_bytes
+from ezrunner_ui.cli.push import print_result, push, result_json
 
 if TYPE_CHECKING:
     from core.pack import Artifact
@@ -32,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fast: stream the weights into the archive (default); docker-build: docker build + docker save",
     )
     p.add_argument("--dockerfile", metavar="FILE", help="build this hand-edited Dockerfile (docker-build path)")
+    p.add_argument("--push", metavar="REF", help="then push the image to a registry, e.g. registry.local:5000/m:v1")
+    p.add_argument("--push-insecure", action="store_true", help="with --push: the registry serves plain HTTP")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> None:
     from core.pack import pack
 
     check_pack_paths(args)
+    if args.push:  # a bad reference fails now, not after the pack
+        parse_image_ref(ref=args.push)
     result = make_plan(args)
     if not result.fits and not args.force:
         raise InvalidOptionsError(
@@ -70,10 +76,15 @@ def run(args: argparse.Namespace) -> None:
         )
     finally:
         progress.close()
+    pushed = None
+    if args.push:
+        pushed = push(archive=artifact.archive, ref=args.push, insecure=args.push_insecure, after_pack=True)
     if args.json:
-        print_json(artifact.__dict__)
+        print_json({**artifact.__dict__, **({"push": result_json(pushed)} if pushed else {})})
         return
     print("\n".join(summary(artifact)))
+    if pushed:
+        print_result(pushed)
 
 
 def written_files(artifact: Artifact) -> list[Path]:
