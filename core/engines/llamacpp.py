@@ -61,10 +61,12 @@ from core.planning import Device, EngineDraft, GpuBudget, Note, Options, Plan, P
 from core.runspec import Profile, RunSpec
 from core.sizing import GIB, ModelShape, cuda_visible_bytes, gib, round_down
 
-# Memory llama.cpp's own buffers do not include. Per GPU in use: the CUDA context, cuBLAS/cuDNN handles and
-# the allocator's reserve, as NVML counts them for the server process. Host: the server binary, tokenizer,
-# HTTP threads. Calibrated on the GPU machine with scripts/check-gpu-engines (see README).
-CUDA_RUNTIME_BYTES = 512 << 20
+# Memory llama.cpp's own buffers do not include. Per GPU in use: the CUDA context, cuBLAS handles and the
+# allocator's reserve, as NVML counts them for the server process. Measured on an H200 (llama-server b11312 built
+# with CUDA 13.0, scripts/check-gpu-engines, tests/unit/fixtures/gpu_measurements/llamacpp-h200.json): NVML's
+# peak minus the logged CUDA0 buffers was 628-739 MB for 0.5B and 8B models, F16 and Q4_K_M, while answering.
+# Host: the server binary, tokenizer, HTTP threads.
+CUDA_RUNTIME_BYTES = 768 << 20
 HOST_RUNTIME_BYTES = 256 << 20
 # llama.cpp does not preallocate past what it computes; keep a slice of each GPU for fragmentation and the
 # display driver on workstation cards.
