@@ -62,6 +62,11 @@ HOME: Final = "home"
 ARCHIVE: Final = "archive"
 TIMEOUT: Final = "timeout"
 NETWORK: Final = "network"
+#: generate: the image reference the manifests pull, the namespace; push: the registry reference
+IMAGE: Final = "image"
+NAMESPACE: Final = "namespace"
+NODES: Final = "nodes"
+DATA_PARALLEL_SIZE: Final = "data_parallel_size"
 #: search
 QUERY: Final = "query"
 LIMIT: Final = "limit"
@@ -73,6 +78,7 @@ FIELDS: Final[frozenset[str]] = frozenset(
         ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
         KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
         OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
+        IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE,
     }
 )  # fmt: skip
 

@@ -24,9 +24,11 @@ from typing import Any
 
 import yaml
 
+from core import errors
 from core.errors import ArtifactInvalidError, InvalidOptionsError
 from core.planning import Device
-from core.render import ezrunner_version, validate_image_ref
+from core.refs import validate_image_ref
+from core.render import ezrunner_version
 from core.runspec import Profile, RunSpec, worker_script
 
 #: Extended resource names of the GPU device plugins: NVIDIA's k8s-device-plugin and AMD's k8s-device-plugin.
@@ -88,7 +90,7 @@ def _check_name(name: str) -> str:
 
 
 def _check_inputs(*, image: str, namespace: str | None, api_key_env: str | None) -> None:
-    validate_image_ref(image, what="--image")
+    validate_image_ref(image, field=errors.IMAGE, pinned=False)
     if namespace is not None and not _NAMESPACE.fullmatch(namespace):
         raise InvalidOptionsError(
             f"--namespace {namespace!r} is not a valid Kubernetes namespace.",

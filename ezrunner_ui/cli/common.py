@@ -55,6 +55,10 @@ FLAGS: dict[str, str] = {
     errors.NETWORK: "--network",
     errors.QUERY: "QUERY",
     errors.LIMIT: "--limit",
+    errors.IMAGE: "--image",
+    errors.NAMESPACE: "--namespace",
+    errors.NODES: "--nodes",
+    errors.DATA_PARALLEL_SIZE: "--data-parallel-size",
 }
 
 
