@@ -216,14 +216,18 @@ _IMAGE_FORMS = (
 
 
 def validate_image_ref(text: str, *, field: str = errors.BASE_IMAGE, pinned: bool = True) -> str:
-    """``text`` stripped, when Docker would accept it as an image reference (and, with ``pinned``, it names a
+    """``text``, when Docker would accept it as an image reference (and, with ``pinned``, it names a
     tag other than ``latest`` or a digest); else ``InvalidOptionsError``.
 
     It ends up in a Dockerfile's ``FROM`` line and in ``docker run``: anything but a reference (a space, a
     newline, a shell character) is refused here rather than rendered."""
-    raw = text.strip() if isinstance(text, str) else ""
-    if not raw:
+    raw = text if isinstance(text, str) else ""
+    if not raw.strip():
         raise InvalidOptionsError("The image reference is empty.", hint=_IMAGE_FORMS, field=field)
+    if raw != raw.strip():  # a newline would end a Dockerfile line: refuse rather than guess
+        raise InvalidOptionsError(
+            f"{raw.strip()[:200]!r} has spaces or a line break around it.", hint=_IMAGE_FORMS, field=field
+        )
     match = _IMAGE_REF.fullmatch(raw)
     if match is None:
         shown = raw if len(raw) <= 200 else raw[:200] + "…"
