@@ -13,6 +13,12 @@ builder: ``model_root`` and its parents 0755, nested folders and files with thei
 owned by root, files hard-linked to each other inside one layer kept as hard links. Times are fixed
 (``mtime``), so an unchanged layer of a new model revision gets the same diff_id and ``docker load`` on
 the target reuses it.
+
+Reproducible: the same runtime image, model files and arguments give the same bytes, whenever and from
+wherever they are written. Nothing in the archive comes from the clock: tar times, the config's
+``created`` and our history entries are ``REPRODUCIBLE_EPOCH``, members come in a fixed order (runtime
+layers bottom first, model layers in ``plan_layers`` order, files in name order, config, manifest), and
+owners are root with empty names. The pack time is recorded in ``core.history``, not in the image.
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ BUFFERS_IN_FLIGHT = 8
 EVENT_EVERY_BYTES = 64 << 20
 #: COPY creates the model folder and its parents with this mode.
 PARENT_DIR_MODE = 0o755
+#: Every time the archive holds: tar mtimes, the image config's ``created`` and our history entries. The
+#: Unix epoch, as ko, Bazel's rules_docker, distroless and Cloud Native Buildpacks write by default (see
+#: https://github.com/docker/cli/issues/2995), rather than a "real" time: no time of the model is known
+#: to us (hubs give no commit date for every revision, local folders none at all), and any clock value
+#: would make two packs of the same files differ. `docker images` shows such an image as created decades
+#: ago; age-based clean-ups (`docker image prune --filter until=...`) see it as old.
+REPRODUCIBLE_EPOCH = 0
+REPRODUCIBLE_CREATED = datetime.fromtimestamp(REPRODUCIBLE_EPOCH, UTC)
 _PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
 
@@ -311,7 +325,7 @@ def _plan(
     layers: Sequence[ModelLayerSource],
     repo_tag: str,
     labels: Mapping[str, str] | None,
-    created: datetime | None,
+    created: datetime,
     mtime: int,
 ) -> _ArchivePlan:
     if not model_root.startswith("/") or model_root.rstrip("/") == "":
@@ -330,7 +344,7 @@ def _plan(
         runtime=runtime,
         layers=plans,
         repo_tag=_normalise_tag(repo_tag),
-        created=_timestamp(created or datetime.now(UTC)),
+        created=_timestamp(created),
         labels=labels,
         mtime=mtime,
     )
@@ -343,7 +357,8 @@ def exact_archive_size(
     layers: Sequence[ModelLayerSource],
     repo_tag: str,
     labels: Mapping[str, str] | None = None,
-    mtime: int = 0,
+    created: datetime = REPRODUCIBLE_CREATED,
+    mtime: int = REPRODUCIBLE_EPOCH,
 ) -> int:
     """Bytes of the tar ``write_image_archive`` will write with the same arguments (before compression).
 
@@ -355,7 +370,7 @@ def exact_archive_size(
         layers=layers,
         repo_tag=repo_tag,
         labels=labels,
-        created=None,
+        created=created,
         mtime=mtime,
     ).tar_size()
 
@@ -444,16 +459,17 @@ def write_image_archive(
     labels: Mapping[str, str] | None = None,
     compress: Compression = "none",
     split_bytes: int | None = None,
-    created: datetime | None = None,
-    mtime: int = 0,
+    created: datetime = REPRODUCIBLE_CREATED,
+    mtime: int = REPRODUCIBLE_EPOCH,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> ArchiveResult:
     """Write the image ``runtime`` + ``layers`` (under ``model_root``) as a docker-archive at ``out``.
 
     ``out`` (or ``out.part000`` … with ``split_bytes``) appears only once everything is written and
-    fsynced; an error or a cancel leaves nothing behind. ``created`` defaults to now; pass it (and
-    ``mtime``) to get byte-identical archives. Events: stage "export", bytes of the tar stream against
+    fsynced; an error or a cancel leaves nothing behind. ``created`` (the config's and our history
+    entries' time) and ``mtime`` (every tar entry's) default to ``REPRODUCIBLE_EPOCH``, so the same
+    inputs give byte-identical archives and the same image id. Events: stage "export", bytes of the tar stream against
     its exact size.
     """
     check_compression(compress)
