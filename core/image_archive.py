@@ -15,10 +15,22 @@ owned by root, files hard-linked to each other inside one layer kept as hard lin
 the target reuses it.
 
 Reproducible: the same runtime image, model files and arguments give the same bytes, whenever and from
-wherever they are written. Nothing in the archive comes from the clock: tar times, the config's
-``created`` and our history entries are ``REPRODUCIBLE_EPOCH``, members come in a fixed order (runtime
-layers bottom first, model layers in ``plan_layers`` order, files in name order, config, manifest), and
-owners are root with empty names. The pack time is recorded in ``core.history``, not in the image.
+wherever they are written, so the archive's sha256 names the artifact. Nothing here comes from the
+clock: tar times, the config's ``created`` and our history entries are ``REPRODUCIBLE_EPOCH``; members
+come in a fixed order (runtime layers bottom first, model layers in ``plan_layers`` order, files in name
+order, config, manifest); owners are root with empty names; PAX records appear only for what ustar
+cannot hold (long or non-ASCII names, sizes past 8 GiB), never times; JSON is compact with a fixed key
+order. The pack time is recorded in ``core.history``, not in the image. What this leaves to Docker:
+
+- The runtime layers and the runtime config (its history times included) are ``docker save``'s, byte
+  for byte (their diff_ids are what ``docker load`` checks). ``docker save`` of one image id always gives
+  the same layer tars, so a fresh layer cache (another EZRUNNER_HOME) changes nothing, and ``docker
+  build`` gives the same image id as long as its build cache hits (same engine, same base image, same
+  context files: ``core.render.write_context_files`` fixes their modes and times). A build without that
+  cache (another engine, ``docker builder prune``) re-runs the RUN steps, whose files, and the folders
+  COPY creates, carry the build's time (measured on Docker 20.10, classic builder): a new runtime image,
+  hence a new archive, of the same content.
+- Model file modes come from the files (COPY keeps them too), so a download under another umask differs.
 """
 
 from __future__ import annotations
@@ -469,8 +481,8 @@ def write_image_archive(
     ``out`` (or ``out.part000`` … with ``split_bytes``) appears only once everything is written and
     fsynced; an error or a cancel leaves nothing behind. ``created`` (the config's and our history
     entries' time) and ``mtime`` (every tar entry's) default to ``REPRODUCIBLE_EPOCH``, so the same
-    inputs give byte-identical archives and the same image id. Events: stage "export", bytes of the tar stream against
-    its exact size.
+    inputs give byte-identical archives and the same image id. Events: stage "export", bytes of the tar
+    stream against its exact size.
     """
     check_compression(compress)
     if split_bytes is not None and split_bytes <= 0:

@@ -27,23 +27,22 @@ from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancel
 from core.hardware import default_data_dir, target_summary
 from core.history import History
 from core.hubs.base import ModelFile, ModelInfo
-from core.image_archive import REPRODUCIBLE_EPOCH, ModelLayerSource, exact_archive_size, write_image_archive
+from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
-from core.render import BuildSpec, load_script_is_for, render, render_load_script, validate_file_name
+from core.render import (
+    BuildSpec,
+    load_script_is_for,
+    render,
+    render_load_script,
+    validate_file_name,
+    write_context_files,
+)
 
 ExportPath = Literal["fast", "docker-build"]
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
 # The archive also holds the runtime image (engine, Python, CUDA …); leave room for it and the build.
 _DISK_MARGIN = 1.10
-#: Modes of the files pack writes into a build context (the plan and run spec the Dockerfile COPYs) and of
-#: their folders. The classic builder's cache key for a COPY hashes each source file's name, mode, owner,
-#: size and content but not its mtime (tarsum v1 headers, moby pkg/tarsum/versioning.go), and COPY keeps
-#: mode and mtime in the layer. Fixed modes make that step hit the cache whatever the packing shell's umask,
-#: so the runtime image, and with it the fast path's archive, stays the same; a fixed mtime
-#: (``REPRODUCIBLE_EPOCH``) keeps the pack time out of the layer when the step does run.
-CONTEXT_FILE_MODE = 0o644
-CONTEXT_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -109,11 +108,7 @@ def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, includ
     context_dir.mkdir(parents=True, exist_ok=True)
     dockerfile = spec.dockerfile if include_model else spec.runtime_dockerfile
     (context_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
-    for relative, content in spec.context_files:
-        path = context_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    _fix_metadata(context_dir=context_dir, relatives=[relative for relative, _ in spec.context_files])
+    write_context_files(spec=spec, context_dir=context_dir)  # fixed modes and times: see core.render
     if not include_model:
         return
     for layer in spec.layers:
@@ -125,20 +120,6 @@ def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, includ
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-
-
-def _fix_metadata(*, context_dir: Path, relatives: Sequence[str]) -> None:
-    """Give the written context files and their folders (below ``context_dir``) fixed modes and times."""
-    times = (REPRODUCIBLE_EPOCH, REPRODUCIBLE_EPOCH)
-    folders: set[Path] = set()
-    for relative in relatives:
-        path = context_dir / relative
-        path.chmod(CONTEXT_FILE_MODE)
-        os.utime(path, times)
-        folders.update(p for p in path.parents if p.is_relative_to(context_dir) and p != context_dir)
-    for folder in folders:  # after the files: creating them changed the folders' mtimes
-        folder.chmod(CONTEXT_DIR_MODE)
-        os.utime(folder, times)
 
 
 def _download_cache(source: str) -> Path:
