@@ -242,7 +242,10 @@ def choose_export_path(
         return "docker-build", "The Dockerfile was edited by hand, so Docker builds it as written (slower)."
     if requested == "docker-build":
         return "docker-build", "The docker-build path was asked for: docker build with the weights, then docker save."
-    return "fast", "Fast path: Docker builds the engine layers; the weights stream straight into the archive."
+    return "fast", (
+        "Fast path: Docker builds the engine layers; the weights stream straight into the archive. Reproducible: "
+        "the same model, plan and options packed again on this Docker engine give the same sha256."
+    )
 
 
 @dataclass(frozen=True)
