@@ -63,10 +63,11 @@ EVENT_EVERY_BYTES = 64 << 20
 #: COPY creates the model folder and its parents with this mode.
 PARENT_DIR_MODE = 0o755
 #: Every time the archive holds: tar mtimes, the image config's ``created`` and our history entries. The
-#: Unix epoch, as ko, Bazel's rules_docker, distroless and Cloud Native Buildpacks write by default (see
-#: https://github.com/docker/cli/issues/2995), rather than a "real" time: no time of the model is known
-#: to us (hubs give no commit date for every revision, local folders none at all), and any clock value
-#: would make two packs of the same files differ. `docker images` shows such an image as created decades
+#: Unix epoch, as ko, Bazel's rules_docker and distroless write by default (listed in
+#: https://github.com/docker/cli/issues/2995; Cloud Native Buildpacks pick 1980-01-01T00:00:01Z for the
+#: same reason), rather than a "real" time: no time of the model is known to us (hubs give no commit
+#: date for every revision, local folders none at all), and any clock value would make two packs of the
+#: same files differ. `docker images` shows such an image as created decades
 #: ago; age-based clean-ups (`docker image prune --filter until=...`) see it as old.
 REPRODUCIBLE_EPOCH = 0
 REPRODUCIBLE_CREATED = datetime.fromtimestamp(REPRODUCIBLE_EPOCH, UTC)
