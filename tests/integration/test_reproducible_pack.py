@@ -127,6 +127,12 @@ def test_packs_from_two_homes_and_clocks_are_the_same_archive(
     assert len(plain) == 1, packs
     assert len(zstd) == 1, packs
     assert len({p["image_id"] for p in packs.values()}) == 1, packs
+    # Each home's layer cache got the runtime layers from its own `docker save`: the same blobs (named by sha256).
+    blobs = [
+        sorted(p.name for p in (tmp_path / home / "ezrunner-home" / "layer-cache" / "blobs" / "sha256").iterdir())
+        for home in ("home-a", "home-b", "home-c")
+    ]
+    assert blobs[0] and blobs[0] == blobs[1] == blobs[2]
     # The zstd archive is the plain tar, compressed.
     with open(packs["home-b/zstd"]["archive"], "rb") as f:
         reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
