@@ -13,6 +13,24 @@ builder: ``model_root`` and its parents 0755, nested folders and files with thei
 owned by root, files hard-linked to each other inside one layer kept as hard links. Times are fixed
 (``mtime``), so an unchanged layer of a new model revision gets the same diff_id and ``docker load`` on
 the target reuses it.
+
+Reproducible: the same runtime image, model files and arguments give the same bytes, whenever and from
+wherever they are written, so the archive's sha256 names the artifact. Nothing here comes from the
+clock: tar times, the config's ``created`` and our history entries are ``REPRODUCIBLE_EPOCH``; members
+come in a fixed order (runtime layers bottom first, model layers in ``plan_layers`` order, files in name
+order, config, manifest); owners are root with empty names; PAX records appear only for what ustar
+cannot hold (long or non-ASCII names, sizes past 8 GiB), never times; JSON is compact with a fixed key
+order. The pack time is recorded in ``core.history``, not in the image. What this leaves to Docker:
+
+- The runtime layers and the runtime config (its history times included) are ``docker save``'s, byte
+  for byte (their diff_ids are what ``docker load`` checks). ``docker save`` of one image id always gives
+  the same layer tars, so a fresh layer cache (another EZRUNNER_HOME) changes nothing, and ``docker
+  build`` gives the same image id as long as its build cache hits (same engine, same base image, same
+  context files: ``core.render.write_context_files`` fixes their modes and times). A build without that
+  cache (another engine, ``docker builder prune``) re-runs the RUN steps, whose files, and the folders
+  COPY creates, carry the build's time (measured on Docker 20.10, classic builder): a new runtime image,
+  hence a new archive, of the same content.
+- Model file modes come from the files (COPY keeps them too), so a download under another umask differs.
 """
 
 from __future__ import annotations
@@ -44,6 +62,15 @@ BUFFERS_IN_FLIGHT = 8
 EVENT_EVERY_BYTES = 64 << 20
 #: COPY creates the model folder and its parents with this mode.
 PARENT_DIR_MODE = 0o755
+#: Every time the archive holds: tar mtimes, the image config's ``created`` and our history entries. The
+#: Unix epoch, as ko, Bazel's rules_docker and distroless write by default (listed in
+#: https://github.com/docker/cli/issues/2995; Cloud Native Buildpacks pick 1980-01-01T00:00:01Z for the
+#: same reason), rather than a "real" time: no time of the model is known to us (hubs give no commit
+#: date for every revision, local folders none at all), and any clock value would make two packs of the
+#: same files differ. `docker images` shows such an image as created decades
+#: ago; age-based clean-ups (`docker image prune --filter until=...`) see it as old.
+REPRODUCIBLE_EPOCH = 0
+REPRODUCIBLE_CREATED = datetime.fromtimestamp(REPRODUCIBLE_EPOCH, UTC)
 _PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
 
@@ -311,7 +338,7 @@ def _plan(
     layers: Sequence[ModelLayerSource],
     repo_tag: str,
     labels: Mapping[str, str] | None,
-    created: datetime | None,
+    created: datetime,
     mtime: int,
 ) -> _ArchivePlan:
     if not model_root.startswith("/") or model_root.rstrip("/") == "":
@@ -330,7 +357,7 @@ def _plan(
         runtime=runtime,
         layers=plans,
         repo_tag=_normalise_tag(repo_tag),
-        created=_timestamp(created or datetime.now(UTC)),
+        created=_timestamp(created),
         labels=labels,
         mtime=mtime,
     )
@@ -343,7 +370,8 @@ def exact_archive_size(
     layers: Sequence[ModelLayerSource],
     repo_tag: str,
     labels: Mapping[str, str] | None = None,
-    mtime: int = 0,
+    created: datetime = REPRODUCIBLE_CREATED,
+    mtime: int = REPRODUCIBLE_EPOCH,
 ) -> int:
     """Bytes of the tar ``write_image_archive`` will write with the same arguments (before compression).
 
@@ -355,7 +383,7 @@ def exact_archive_size(
         layers=layers,
         repo_tag=repo_tag,
         labels=labels,
-        created=None,
+        created=created,
         mtime=mtime,
     ).tar_size()
 
@@ -444,17 +472,18 @@ def write_image_archive(
     labels: Mapping[str, str] | None = None,
     compress: Compression = "none",
     split_bytes: int | None = None,
-    created: datetime | None = None,
-    mtime: int = 0,
+    created: datetime = REPRODUCIBLE_CREATED,
+    mtime: int = REPRODUCIBLE_EPOCH,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> ArchiveResult:
     """Write the image ``runtime`` + ``layers`` (under ``model_root``) as a docker-archive at ``out``.
 
     ``out`` (or ``out.part000`` … with ``split_bytes``) appears only once everything is written and
-    fsynced; an error or a cancel leaves nothing behind. ``created`` defaults to now; pass it (and
-    ``mtime``) to get byte-identical archives. Events: stage "export", bytes of the tar stream against
-    its exact size.
+    fsynced; an error or a cancel leaves nothing behind. ``created`` (the config's and our history
+    entries' time) and ``mtime`` (every tar entry's) default to ``REPRODUCIBLE_EPOCH``, so the same
+    inputs give byte-identical archives and the same image id. Events: stage "export", bytes of the tar
+    stream against its exact size.
     """
     check_compression(compress)
     if split_bytes is not None and split_bytes <= 0:

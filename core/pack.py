@@ -31,7 +31,14 @@ from core.hubs.base import ModelFile, ModelInfo
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
-from core.render import BuildSpec, load_script_is_for, render, render_load_script, validate_file_name
+from core.render import (
+    BuildSpec,
+    load_script_is_for,
+    render,
+    render_load_script,
+    validate_file_name,
+    write_context_files,
+)
 
 ExportPath = Literal["fast", "docker-build"]
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
@@ -102,10 +109,7 @@ def stage_context(*, spec: BuildSpec, model_dir: Path, context_dir: Path, includ
     context_dir.mkdir(parents=True, exist_ok=True)
     dockerfile = spec.dockerfile if include_model else spec.runtime_dockerfile
     (context_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
-    for relative, content in spec.context_files:
-        path = context_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
+    write_context_files(spec=spec, context_dir=context_dir)  # fixed modes and times: see core.render
     if not include_model:
         return
     for layer in spec.layers:
@@ -239,7 +243,10 @@ def choose_export_path(
         return "docker-build", "The Dockerfile was edited by hand, so Docker builds it as written (slower)."
     if requested == "docker-build":
         return "docker-build", "The docker-build path was asked for: docker build with the weights, then docker save."
-    return "fast", "Fast path: Docker builds the engine layers; the weights stream straight into the archive."
+    return "fast", (
+        "Fast path: Docker builds the engine layers; the weights stream straight into the archive. Reproducible: "
+        "the same model, plan and options packed again on this Docker engine give the same sha256."
+    )
 
 
 @dataclass(frozen=True)

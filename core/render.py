@@ -8,6 +8,7 @@ no token or other secret is ever an input here.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
@@ -45,6 +46,16 @@ EZRUNNER_CONTEXT_DIR = "ezrunner"
 
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+#: Modes and time of the files ``write_context_files`` puts into a build context and of their folders.
+#: The classic builder's cache key for COPY hashes each source file's name, mode, owner, size and content
+#: but not its mtime (the tarsum v1 header selection, moby builder/remotecontext/filehash.go and
+#: pkg/tarsum/versioning.go), so fixed modes keep the cache hit whatever the packing shell's umask: the
+#: runtime image, and with it the fast path's archive, stays the same from any EZRUNNER_HOME. COPY keeps
+#: the files' mtimes in the layer, so a fixed one keeps the pack time out of it when the step does run
+#: (the folders COPY creates still get the build's time; see core.image_archive).
+CONTEXT_FILE_MODE = 0o644
+CONTEXT_DIR_MODE = 0o755
+CONTEXT_MTIME = 0
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -213,6 +224,22 @@ def render(*, plan: Plan) -> BuildSpec:
             (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
         ),
     )
+
+
+def write_context_files(*, spec: BuildSpec, context_dir: Path) -> None:
+    """Write ``spec.context_files`` under ``context_dir`` with fixed modes and times (files and folders)."""
+    times = (CONTEXT_MTIME, CONTEXT_MTIME)
+    folders: set[Path] = set()
+    for relative, content in spec.context_files:
+        path = context_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(CONTEXT_FILE_MODE)
+        os.utime(path, times)
+        folders.update(p for p in path.parents if p.is_relative_to(context_dir) and p != context_dir)
+    for folder in folders:  # after the files: writing them changed their folders' mtimes
+        folder.chmod(CONTEXT_DIR_MODE)
+        os.utime(folder, times)
 
 
 def validate_file_name(name: str) -> str:
