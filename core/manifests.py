@@ -90,7 +90,7 @@ def _check_name(name: str) -> str:
 
 
 def _check_inputs(*, image: str, namespace: str | None, api_key_env: str | None) -> None:
-    validate_image_ref(image, field=errors.IMAGE, pinned=False)
+    validate_image_ref(image, field=errors.IMAGE)
     if namespace is not None and not _NAMESPACE.fullmatch(namespace):
         raise InvalidOptionsError(
             f"--namespace {namespace!r} is not a valid Kubernetes namespace.",

@@ -30,7 +30,7 @@ def test_two_realistic_shapes_in_f16_and_q4_k_m_were_measured() -> None:
 def test_weights_and_kv_cache_are_what_llama_server_allocated(case: dict) -> None:
     logged, predicted = case["logged_mib"], case["predicted"]
     # quantized rows are padded on CUDA (a few KiB per model)
-    assert predicted["weights"] / MIB == pytest.approx(logged["CUDA0 model"], rel=1e-3)
+    assert predicted["weights"] / MIB == pytest.approx(logged["CUDA0 model"], rel=1e-3, abs=0.01)
     assert predicted["kv"] / MIB == pytest.approx(logged["CUDA0 KV"], abs=0.01)
 
 
