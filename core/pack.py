@@ -1,16 +1,21 @@
 """The pack job: download → stage → build → export → checksum + load.sh, as one Event stream.
 
 Every stage reports through ``on_event`` and honours ``cancel``; a failed or cancelled pack leaves no
-partial archive behind (the export writes ``*.partial`` and renames at the end).
+partial archive behind (the export writes temporary files of its own and renames them at the end). An
+existing archive is replaced only with ``overwrite``, and two packs to one name write it one after the
+other (a lock per output path), so its parts and sidecars always belong to one pack.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -22,7 +27,7 @@ from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
 from core.engines.versions import LLAMA_CPP_OFFLINE_IMAGE, LLAMA_CPP_TOOLS_IMAGE, LLAMA_CPP_TOOLS_QUANTIZE
-from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, LayerCacheUnusableError
+from core.errors import CancelledError, DiskSpaceError, ExportFailedError, InvalidOptionsError, LayerCacheUnusableError
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir, target_summary
 from core.history import History
@@ -74,6 +79,58 @@ def output_paths(*, output: Path, compression: Compression) -> Path:
         )
     validate_file_name(name)  # before any download or build: load.sh names the file
     return output.with_name(name)
+
+
+def existing_output(archive: Path) -> Path | None:
+    """The file of an earlier pack at ``archive`` (the archive, one of its parts, its checksum), or None."""
+    candidates = [archive, names.checksum_path(archive), *names.numbered_parts(archive)]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def refuse_existing_output(*, archive: Path, meanwhile: bool = False) -> None:
+    """Raise InvalidOptionsError when a pack already lies at ``archive`` (checked before any download)."""
+    found = existing_output(archive)
+    if found is None:
+        return
+    when = "was written meanwhile by another pack" if meanwhile else "already exists"
+    raise InvalidOptionsError(
+        f"{found} {when}; EZ Runner does not replace an archive unless asked to.",
+        hint="Pass --overwrite to replace it, or choose another output name (-o).",
+    )
+
+
+@contextlib.contextmanager
+def output_lock(*, archive: Path, on_event: EventSink = ignore_events, cancel: Cancel | None = None) -> Iterator[None]:
+    """Hold the lock of the output path ``archive`` (waiting, cancellably, for a pack that holds it).
+
+    The lock file lives in the data folder, not beside the archive, so the output folder holds only
+    what a pack leaves; the kernel releases the lock when its process ends, however it ends.
+    """
+    folder = default_data_dir() / "locks"
+    lock_file = folder / (hashlib.sha256(str(archive).encode()).hexdigest()[:32] + ".lock")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ExportFailedError(
+            f"Cannot create the lock file {lock_file}: {error.strerror or error}.",
+            hint="Check that EZRUNNER_HOME (the data folder) is writable, then try again.",
+        ) from error
+    try:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    waiting = True
+                    on_event(Event(stage="export", message=f"Waiting for another pack writing {archive.name}"))
+                _check_cancel(cancel)
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_disk(*, needs: Sequence[tuple[Path, int]]) -> None:
@@ -133,14 +190,15 @@ def _write_sidecars(
 ) -> tuple[Path, Path]:
     checksum_file = names.checksum_path(archive)
     checksum_file.write_text(f"{sha256}  {archive.name}\n", encoding="utf-8")
-    if len(parts) > 1:
+    split = tuple(parts) != (archive,)  # a split archive may have one part only: it is still listed
+    if split:
         lines = "".join(f"{s}  {p.name}\n" for s, p in zip(part_sums, parts, strict=True))
         names.parts_checksum_path(archive).write_text(lines, encoding="utf-8")
     script = render_load_script(
         plan=plan,
         spec=spec,
         archive_name=archive.name,
-        parts=[p.name for p in parts] if len(parts) > 1 else (),
+        parts=[p.name for p in parts] if split else (),
         compression=compression,
     )
     shared, own = names.load_script_candidates(archive)
@@ -162,10 +220,13 @@ def pack(
     dockerfile: str | None = None,
     work_dir: Path | None = None,
     history: History | None = None,
+    overwrite: bool = False,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> Artifact:
     """Download the model, build the image, export it to ``output``; return what was written.
+
+    An archive already at ``output`` is an error (raised before any download) unless ``overwrite``.
 
     ``export_path`` "auto" takes the fast path (the engine builds only the runtime image; the weights are
     streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
@@ -175,7 +236,7 @@ def pack(
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
-        cancel=cancel,
+        overwrite=overwrite, cancel=cancel,
     )
     if history is None:
         return _pack(request, on_event=on_event)
@@ -221,6 +282,7 @@ class _Request:
     export_path: ExportPath | Literal["auto"]
     dockerfile: str | None
     work_dir: Path
+    overwrite: bool
     cancel: Cancel | None
 
 
@@ -263,6 +325,8 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         split_bytes = FAT32_LIMIT + 1 - (1 << 20)
     plan = request.plan
     archive = output_paths(output=request.output.resolve(), compression=request.compression)
+    if not request.overwrite:
+        refuse_existing_output(archive=archive)  # before any download: minutes of work would be lost
     conversion = conversion_of(plan)
     if conversion is not None:
         convert.check_converter()  # before any download: the workstation must be able to convert
@@ -301,22 +365,26 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         client=client, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
         split_bytes=split_bytes, work_dir=request.work_dir, on_event=on_event, cancel=cancel,
     )
-    if path == "fast":
-        try:
-            exported = export.fast()
-        except LayerCacheUnusableError as error:
-            # An engine whose `docker save` layout we cannot cache from: the reference path still works.
-            path = "docker-build"
-            reason = f"{error.message} Falling back to the docker-build path (slower)."
-            on_event(Event(stage="check", message=reason))
-            exported = export.docker_build(dockerfile=None)
-    else:
-        exported = export.docker_build(dockerfile=request.dockerfile)
-    remove_stale_pieces(archive=archive, keep=exported.paths)
-    checksum_file, load_script = _write_sidecars(
-        plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
-        part_sums=exported.part_sha256, compression=request.compression,
-    )
+    # One pack at a time writes to this name, so parts and sidecars never mix two packs' files.
+    with output_lock(archive=archive, on_event=on_event, cancel=cancel):
+        if not request.overwrite:
+            refuse_existing_output(archive=archive, meanwhile=True)
+        if path == "fast":
+            try:
+                exported = export.fast()
+            except LayerCacheUnusableError as error:
+                # An engine whose `docker save` layout we cannot cache from: the reference path still works.
+                path = "docker-build"
+                reason = f"{error.message} Falling back to the docker-build path (slower)."
+                on_event(Event(stage="check", message=reason))
+                exported = export.docker_build(dockerfile=None)
+        else:
+            exported = export.docker_build(dockerfile=request.dockerfile)
+        remove_stale_pieces(archive=archive, keep=exported.paths)
+        checksum_file, load_script = _write_sidecars(
+            plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
+            part_sums=exported.part_sha256, compression=request.compression,
+        )
     on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=f"Wrote {archive}"))
     return Artifact(
         archive=archive,
@@ -452,7 +520,7 @@ def remove_stale_pieces(*, archive: Path, keep: Sequence[Path]) -> None:
     for stale in candidates:
         if stale.resolve() not in kept and stale.is_file():
             stale.unlink()
-    if len(keep) <= 1:
+    if tuple(keep) == (archive,):  # a whole archive has no parts list (a split one's is rewritten)
         names.parts_checksum_path(archive).unlink(missing_ok=True)
 
 
