@@ -7,8 +7,8 @@ For an archive ``NAME`` (``model.tar``, or ``model.tar.zst`` when compressed) a 
 - ``NAME.parts.sha256``: one line per part, only when split;
 - ``load.sh``, or ``<stem>.load.sh`` when another archive's ``load.sh`` already lies there;
 
-and, while writing, each file under its final name plus ``.<pid>-<random>.partial`` (unique to the
-writing run, so two packs to one name never share a temporary file), renamed when complete.
+and, while writing, each file as ``.NAME.<pid>-<random>.partial`` (hidden, and unique to the writing
+process and writer, so two packs to one name never share a temporary file), renamed when complete.
 
 A split archive is the parts its ``NAME.parts.sha256`` lists, in that order: a stray
 ``NAME.partNNN`` beside them (a leftover, a copy of another pack) is not part of it.
@@ -87,11 +87,13 @@ def partial_owner() -> str:
 
 
 def partial_path(final: Path, *, owner: str) -> Path:
-    """The name ``final`` is written under, by the writer ``owner`` (``partial_owner()``), until complete."""
-    return final.with_name(f"{final.name}.{owner}{PARTIAL_SUFFIX}")
+    """The name ``final`` is written under, by the writer ``owner`` (``partial_owner()``), until complete.
+
+    Hidden (a leading dot), so that neither ``ls`` nor a ``NAME.part*`` glob in a user's shell sees it."""
+    return final.with_name(f".{final.name}.{owner}{PARTIAL_SUFFIX}")
 
 
-_PARTIAL = re.compile(r"^(?P<final>.+)\.(?P<pid>[0-9]+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + "$")
+_PARTIAL = re.compile(r"^\.(?P<final>.+)\.(?P<pid>[0-9]+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + "$")
 
 
 def partial_of(name: str) -> tuple[str, int] | None:

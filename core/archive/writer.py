@@ -2,8 +2,10 @@
 
 ``PartsWriter`` puts bytes on disk as ``NAME`` (or ``NAME.part000``, ``NAME.part001`` … with
 ``split_bytes``), each written under a temporary name of its own (``<final name>.<pid>-<random>.partial``,
-so two writers of one name never touch each other's files), fsynced, and renamed only by ``finish()``;
-``close()`` deletes whatever this writer did not rename, so an error or a cancel leaves nothing behind. The sha256
+so two writers of one name never touch each other's files), fsynced, and renamed only by ``finish()``,
+which then writes the parts list ``NAME.parts.sha256`` of a split archive (what readers take the parts
+from); ``close()`` deletes whatever this writer did not rename, so an error or a cancel leaves nothing
+behind. The sha256
 of each part and of the whole are computed by ``Hasher`` threads while the next bytes are read and
 written (hashlib releases the GIL on large updates), so hashing costs no wall time on two cores.
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.archive.compression import Compression, check_compression, zstd_compressor
-from core.archive.names import part_path, partial_owner, partial_path
+from core.archive.names import part_path, partial_owner, partial_path, parts_checksum_path
 from core.errors import DiskSpaceError, ExportFailedError
 from core.events import Cancel, Event, EventSink, Stage, ignore_events, raise_if_cancelled
 
@@ -269,8 +271,24 @@ class PartsWriter:
             partial.replace(final)
             files.append(ArchiveFile(path=final, size=self._part_sizes[index], sha256=self._part_hashes[index]))
         self._partials = []
+        if self.split_bytes:
+            self._write_parts_list(files)
         fsync_dir(self.out.parent)
         return Written(files=tuple(files), sha256=whole)
+
+    def _write_parts_list(self, files: list[ArchiveFile]) -> None:
+        """``NAME.parts.sha256`` (``sha256sum`` format), written last: the parts are what it lists."""
+        listing = parts_checksum_path(self.out)
+        partial = partial_path(listing, owner=self.owner)
+        text = "".join(f"{f.sha256}  {f.path.name}\n" for f in files)
+        try:
+            with partial.open("x", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            partial.replace(listing)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop the threads and delete what was not renamed (after an error or a cancel)."""
