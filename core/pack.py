@@ -14,11 +14,12 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from docker import DockerClient
 
@@ -38,6 +39,10 @@ from core.plan import Plan, plan_to_dict
 from core.render import BuildSpec, load_script_is_for, render, render_load_script, validate_file_name
 
 ExportPath = Literal["fast", "docker-build"]
+_T = TypeVar("_T")
+#: How long a download that was cancelled may take to notice (the hub clients look between 10 MiB chunks)
+#: before the pack stops without it.
+DOWNLOAD_STOP_GRACE_S = 3.0
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
 # The archive also holds the runtime image (engine, Python, CUDA …); leave room for it and the build.
 _DISK_MARGIN = 1.10
@@ -79,6 +84,40 @@ def output_paths(*, output: Path, compression: Compression) -> Path:
         )
     validate_file_name(name)  # before any download or build: load.sh names the file
     return output.with_name(name)
+
+
+def until_cancelled(work: Callable[[], _T], *, cancel: Cancel | None, grace_s: float, name: str) -> _T:
+    """``work()``, run in a thread of its own so that a cancel stops the caller within ``grace_s`` even when
+    ``work`` only looks at ``cancel`` now and then (a hub client between chunks of a slow download).
+
+    A ``work`` that has not stopped by then is left to end by itself: it raises at its next look at
+    ``cancel`` and nothing waits for it (the hub cache keeps what it wrote, for the next try to resume).
+    """
+    if cancel is None:
+        return work()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while not done.wait(0.2):
+        if cancel.is_set():
+            done.wait(grace_s)
+            break
+    if failure:
+        raise failure[0]
+    if outcome:
+        return outcome[0]
+    _check_cancel(cancel)
+    raise AssertionError("unreachable: work neither finished nor was cancelled")
 
 
 def existing_output(archive: Path) -> Path | None:
@@ -185,15 +224,12 @@ def _download_cache(source: str) -> Path:
 
 
 def _write_sidecars(
-    *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, part_sums: Sequence[str],
-    compression: Compression,
+    *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, compression: Compression,
 ) -> tuple[Path, Path]:
     checksum_file = names.checksum_path(archive)
     checksum_file.write_text(f"{sha256}  {archive.name}\n", encoding="utf-8")
-    split = tuple(parts) != (archive,)  # a split archive may have one part only: it is still listed
-    if split:
-        lines = "".join(f"{s}  {p.name}\n" for s, p in zip(part_sums, parts, strict=True))
-        names.parts_checksum_path(archive).write_text(lines, encoding="utf-8")
+    # The parts list (NAME.parts.sha256) was written by the parts writer itself, with the parts.
+    split = tuple(parts) != (archive,)  # a split archive may have one part only: it is still a split one
     script = render_load_script(
         plan=plan,
         spec=spec,
@@ -226,13 +262,16 @@ def pack(
 ) -> Artifact:
     """Download the model, build the image, export it to ``output``; return what was written.
 
-    An archive already at ``output`` is an error (raised before any download) unless ``overwrite``.
+    An archive already at ``output`` is an error (raised before any download) unless ``overwrite``; a
+    cancel (``cancel`` set, e.g. by the CLI's SIGINT/SIGTERM handler) stops every stage within seconds.
 
     ``export_path`` "auto" takes the fast path (the engine builds only the runtime image; the weights are
     streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
     Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
     when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
     """
+    if not overwrite:  # before any download, and before a history row: nothing was tried yet
+        refuse_existing_output(archive=output_paths(output=output.resolve(), compression=compression))
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
@@ -325,8 +364,6 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         split_bytes = FAT32_LIMIT + 1 - (1 << 20)
     plan = request.plan
     archive = output_paths(output=request.output.resolve(), compression=request.compression)
-    if not request.overwrite:
-        refuse_existing_output(archive=archive)  # before any download: minutes of work would be lost
     conversion = conversion_of(plan)
     if conversion is not None:
         convert.check_converter()  # before any download: the workstation must be able to convert
@@ -354,7 +391,10 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     docker_api.ensure_images(
         refs=docker_api.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancel, client=client
     )
-    model_dir = hubs.download(model=source, token=request.token, on_event=on_event, cancel=cancel)
+    model_dir = until_cancelled(
+        lambda: hubs.download(model=source, token=request.token, on_event=on_event, cancel=cancel),
+        cancel=cancel, grace_s=DOWNLOAD_STOP_GRACE_S, name="pack-download",
+    )
     _check_cancel(cancel)
     if conversion is not None:
         model_dir, plan = _convert(plan=plan, conversion=conversion, model_dir=model_dir, client=client,
@@ -383,7 +423,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         remove_stale_pieces(archive=archive, keep=exported.paths)
         checksum_file, load_script = _write_sidecars(
             plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
-            part_sums=exported.part_sha256, compression=request.compression,
+            compression=request.compression,
         )
     on_event(Event(stage="done", done=exported.size, total=exported.size, unit="B", message=f"Wrote {archive}"))
     return Artifact(

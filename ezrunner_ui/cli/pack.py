@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.errors import InvalidOptionsError
 from ezrunner_ui.cli.common import Progress, add_plan_args, gib, make_plan, parse_size, print_json, token
+from ezrunner_ui.cli.signals import stop_on_signals
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compress", choices=["none", "zstd"], default="none")
     p.add_argument("--split", type=parse_size, metavar="SIZE", help="split into parts of SIZE (e.g. 4G for FAT32)")
     p.add_argument("--force", action="store_true", help="pack even when the plan says it does not fit")
+    p.add_argument("--overwrite", action="store_true", help="replace an archive already at --output")
     p.add_argument(
         "--export-path",
         choices=["auto", "fast", "docker-build"],
@@ -47,17 +49,21 @@ def run(args: argparse.Namespace) -> None:
                 f"Cannot read --dockerfile {args.dockerfile}: {exc.strerror}.",
                 hint="Write it first with `ezrunner dockerfile MODEL > Dockerfile`, edit it, then pass its path.",
             ) from exc
-    artifact = pack(
-        plan=result,
-        output=Path(args.output),
-        compression=args.compress,
-        split_bytes=args.split,
-        token=token(),
-        export_path=args.export_path,
-        dockerfile=dockerfile,
-        history=History(),
-        on_event=Progress(),
-    )
+    history = History()  # opening it repairs the rows of packs whose process is gone
+    with stop_on_signals(what="the pack", json_output=args.json) as cancel:
+        artifact = pack(
+            plan=result,
+            output=Path(args.output),
+            compression=args.compress,
+            split_bytes=args.split,
+            token=token(),
+            export_path=args.export_path,
+            dockerfile=dockerfile,
+            history=history,
+            overwrite=args.overwrite,
+            on_event=Progress(),
+            cancel=cancel,
+        )
     if args.json:
         print_json(artifact.__dict__)
         return
