@@ -18,16 +18,11 @@ from core.archive import names
 from core.archive.reader import verify_archive
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
-from core.engines.shared import start_period_s
 from core.errors import InvalidOptionsError
 from core.events import Cancel, Event, EventSink, ignore_events
 from core.planning import Device
-from core.runspec import Network, RunSpec, run_spec_from_labels
-
-#: The longest default wait for health; --timeout goes beyond it.
-MAX_DEFAULT_TIMEOUT_S = 7200
-#: The shortest default wait: even a tiny model's engine imports its libraries first.
-MIN_DEFAULT_TIMEOUT_S = 300
+from core.render import default_timeout_s
+from core.runspec import Network, run_spec_from_labels
 
 
 @dataclass(frozen=True)
@@ -38,14 +33,6 @@ class RunningServer:
     endpoint: str | None  # None with --network none: only reachable from inside the container
     served_model_name: str
     port: int
-
-
-def default_timeout_s(*, spec: RunSpec | None, archive_bytes: int) -> float:
-    """How long ``run`` waits for health unless told: twice the image's health-check start period (which
-    its engine scaled to the model's size), or, for images packed before run specs, the same rule on the
-    archive's size."""
-    start_period = spec.start_period_s if spec is not None else start_period_s(archive_bytes)
-    return float(min(MAX_DEFAULT_TIMEOUT_S, max(MIN_DEFAULT_TIMEOUT_S, 2 * start_period)))
 
 
 def check_timeout(timeout_s: float | None) -> None:
