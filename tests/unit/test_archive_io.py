@@ -268,3 +268,16 @@ def test_raise_if_cancelled_raises_only_once_set() -> None:
     with pytest.raises(CancelledError, match=r"^Stopped here\. Go on later\.$") as raised:
         raise_if_cancelled(cancel, message="Stopped here.", hint="Go on later.")
     assert raised.value.code == "cancelled"
+
+
+def test_two_writers_of_one_name_never_share_a_temporary_file(tmp_path: Path) -> None:
+    out = tmp_path / "m.tar"
+    with writer.PartsWriter(out, split_bytes=1000) as first, writer.PartsWriter(out, split_bytes=1000) as second:
+        first.write_bytes(b"1" * 1500)
+        second.write_bytes(b"2" * 2500)
+        temporary = sorted(p.name for p in tmp_path.iterdir())
+        assert len(temporary) == 5 and all(n.startswith(".m.tar.part") and n.endswith(".partial") for n in temporary)
+        written = first.finish()
+        # the second one stops (an error, a cancel): it removes its own files, never the first one's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tar.part000", "m.tar.part001", "m.tar.parts.sha256"]
+    assert b"".join(p.read_bytes() for p in written.paths) == b"1" * 1500
