@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ esac
 # A server that answers 200 to every GET: what the engine does once the model is loaded.
 SERVE = """
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 class Ok(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -269,3 +271,22 @@ def test_damage_messages_say_what_to_do_next(split_stick: Server) -> None:
     no_list = split_stick.load("--no-start")
     assert "m.tar.parts.sha256 is missing beside load.sh" in no_list.stderr
     assert not [c for c in split_stick.docker_calls() if c.startswith("load")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_removes_the_container_it_started(stick: Server, signum: int) -> None:
+    script = ["bash", str(stick.folder / "load.sh"), "--network", "host", "--port", str(_free_port())]
+    process = subprocess.Popen(script, env=stick.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(c.startswith("run ") for c in stick.docker_calls()):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "stopped; the container qwen2.5-0.5b was removed" in stderr
+    assert stick.docker_calls()[-1] == "rm -f qwen2.5-0.5b"
