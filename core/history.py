@@ -1,9 +1,17 @@
-"""A local SQLite record of every pack: what was packed, for which target, how it went, where it lies."""
+"""A local SQLite record of every pack: what was packed, for which target, how it went, where it lies.
+
+A row is "running" while its pack runs; it names the process that owns it (pid, host and the process's
+start time, so a reused pid is not taken for the owner). Opening the history repairs the rows whose
+process is gone (killed, the machine rebooted): they become "cancelled", with the reason, instead of
+staying "running" for ever.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
@@ -12,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from core.archive import names
 from core.hardware import default_data_dir
@@ -43,7 +53,14 @@ CREATE TABLE IF NOT EXISTS packs (
 """
 
 
-_ADDED_COLUMNS = (("run_command", "TEXT"),)
+_ADDED_COLUMNS = (
+    ("run_command", "TEXT"),
+    ("owner_pid", "INTEGER"),  # the process running the pack: os.getpid()
+    ("owner_host", "TEXT"),  # socket.gethostname() of its machine (a history on a shared disk)
+    ("owner_started", "REAL"),  # its start time (psutil), which tells it from a later process with its pid
+)
+#: How much two readings of one process's start time may differ (psutil derives it from clock ticks).
+_START_TIME_SLACK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class PackRecord:
     outcome: str  # running | succeeded | failed | cancelled
     error: str | None
     log: str | None
+    owner_pid: int | None = None  # the process that ran (runs) the pack, where recorded
+    owner_host: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -89,6 +108,33 @@ class History:
             for column, kind in _ADDED_COLUMNS:
                 if column not in have:
                     db.execute(f"ALTER TABLE packs ADD COLUMN {column} {kind}")
+        self.repair_stale()
+
+    def repair_stale(self) -> builtins.list[str]:
+        """Mark "running" rows whose process is gone as cancelled; return their ids.
+
+        Rows of another host are left alone (their process cannot be seen from here). Rows written before
+        owners were recorded are taken as gone: should such a pack still finish, its own ``finish()``
+        records the real outcome over this one.
+        """
+        host = socket.gethostname()
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, owner_pid, owner_host, owner_started FROM packs WHERE outcome = 'running'"
+            ).fetchall()
+            repaired = []
+            for row in rows:
+                pid, owner_host = row["owner_pid"], row["owner_host"]
+                if owner_host not in (None, host) or (pid is not None and _alive(pid, row["owner_started"])):
+                    continue
+                who = f"the process that ran it (pid {pid} on {owner_host})" if pid is not None else "its process"
+                db.execute(
+                    "UPDATE packs SET outcome = 'cancelled', finished = ?, error = ? WHERE id = ?"
+                    " AND outcome = 'running'",
+                    (time.time(), f"Interrupted: {who} ended before the pack finished. Start it again.", row["id"]),
+                )
+                repaired.append(str(row["id"]))
+        return repaired
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -105,12 +151,14 @@ class History:
         plan: Mapping[str, Any], dockerfile: str, image_tag: str,
     ) -> str:
         record_id = uuid.uuid4().hex
+        pid = os.getpid()
         with self._db() as db:
             db.execute(
                 "INSERT INTO packs (id, started, model_id, source, revision, model_commit, target, plan, dockerfile,"
-                " image_tag, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                " image_tag, outcome, owner_pid, owner_host, owner_started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
                 (record_id, time.time(), model_id, source, revision, model_commit, json.dumps(target),
-                 json.dumps(plan), dockerfile, image_tag),
+                 json.dumps(plan), dockerfile, image_tag, pid, socket.gethostname(), _start_time(pid)),
             )
         return record_id
 
@@ -178,4 +226,26 @@ def _record(row: sqlite3.Row) -> PackRecord:
         parts=tuple(json.loads(row["parts"] or "[]")), size=row["size"], sha256=row["sha256"],
         run_command=row["run_command"],
         outcome=row["outcome"], error=row["error"], log=row["log"],
+        owner_pid=row["owner_pid"], owner_host=row["owner_host"],
     )
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not merely a later one with its pid)."""
+    try:
+        process = psutil.Process(pid)
+        now_started = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
+            return False
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return False
+    except (psutil.Error, OSError):
+        return True  # cannot look (another user's process): never repair what may still run
+    return started is None or abs(now_started - started) <= _START_TIME_SLACK_S

@@ -1,19 +1,25 @@
 """The pack job: download → stage → build → export → checksum + load.sh, as one Event stream.
 
 Every stage reports through ``on_event`` and honours ``cancel``; a failed or cancelled pack leaves no
-partial archive behind (the export writes ``*.partial`` and renames at the end).
+partial archive behind (the export writes temporary files of its own and renames them at the end). An
+existing archive is replaced only with ``overwrite``, and two packs to one name write it one after the
+other (a lock per output path), so its parts and sidecars always belong to one pack.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from docker import DockerClient
 
@@ -22,7 +28,7 @@ from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
 from core.engines.versions import LLAMA_CPP_OFFLINE_IMAGE, LLAMA_CPP_TOOLS_IMAGE, LLAMA_CPP_TOOLS_QUANTIZE
-from core.errors import CancelledError, DiskSpaceError, InvalidOptionsError, LayerCacheUnusableError
+from core.errors import CancelledError, DiskSpaceError, ExportFailedError, InvalidOptionsError, LayerCacheUnusableError
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir, target_summary
 from core.history import History
@@ -41,6 +47,10 @@ from core.render import (
 )
 
 ExportPath = Literal["fast", "docker-build"]
+_T = TypeVar("_T")
+#: How long a download that was cancelled may take to notice (the hub clients look between 10 MiB chunks)
+#: before the pack stops without it.
+DOWNLOAD_STOP_GRACE_S = 3.0
 FAT32_LIMIT = (4 << 30) - 1  # the largest file a FAT32 stick holds
 # The archive also holds the runtime image (engine, Python, CUDA …); leave room for it and the build.
 _DISK_MARGIN = 1.10
@@ -82,6 +92,92 @@ def output_paths(*, output: Path, compression: Compression) -> Path:
         )
     validate_file_name(name)  # before any download or build: load.sh names the file
     return output.with_name(name)
+
+
+def until_cancelled(work: Callable[[], _T], *, cancel: Cancel | None, grace_s: float, name: str) -> _T:
+    """``work()``, run in a thread of its own so that a cancel stops the caller within ``grace_s`` even when
+    ``work`` only looks at ``cancel`` now and then (a hub client between chunks of a slow download).
+
+    A ``work`` that has not stopped by then is left to end by itself: it raises at its next look at
+    ``cancel`` and nothing waits for it (the hub cache keeps what it wrote, for the next try to resume).
+    """
+    if cancel is None:
+        return work()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while not done.wait(0.2):
+        if cancel.is_set():
+            done.wait(grace_s)
+            break
+    if failure:
+        raise failure[0]
+    if outcome:
+        return outcome[0]
+    _check_cancel(cancel)
+    raise AssertionError("unreachable: work neither finished nor was cancelled")
+
+
+def existing_output(archive: Path) -> Path | None:
+    """The file of an earlier pack at ``archive`` (the archive, one of its parts, its checksum), or None."""
+    candidates = [archive, names.checksum_path(archive), *names.numbered_parts(archive)]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def refuse_existing_output(*, archive: Path, meanwhile: bool = False) -> None:
+    """Raise InvalidOptionsError when a pack already lies at ``archive`` (checked before any download)."""
+    found = existing_output(archive)
+    if found is None:
+        return
+    when = "was written meanwhile by another pack" if meanwhile else "already exists"
+    raise InvalidOptionsError(
+        f"{found} {when}; EZ Runner does not replace an archive unless asked to.",
+        hint="Pass --overwrite to replace it, or choose another output name (-o).",
+    )
+
+
+@contextlib.contextmanager
+def output_lock(*, archive: Path, on_event: EventSink = ignore_events, cancel: Cancel | None = None) -> Iterator[None]:
+    """Hold the lock of the output path ``archive`` (waiting, cancellably, for a pack that holds it).
+
+    The lock file lives in the data folder, not beside the archive, so the output folder holds only
+    what a pack leaves; the kernel releases the lock when its process ends, however it ends.
+    """
+    folder = default_data_dir() / "locks"
+    lock_file = folder / (hashlib.sha256(str(archive).encode()).hexdigest()[:32] + ".lock")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ExportFailedError(
+            f"Cannot create the lock file {lock_file}: {error.strerror or error}.",
+            hint="Check that EZRUNNER_HOME (the data folder) is writable, then try again.",
+        ) from error
+    try:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    waiting = True
+                    on_event(Event(stage="export", message=f"Waiting for another pack writing {archive.name}"))
+                _check_cancel(cancel)
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_disk(*, needs: Sequence[tuple[Path, int]]) -> None:
@@ -133,19 +229,17 @@ def _download_cache(source: str) -> Path:
 
 
 def _write_sidecars(
-    *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, part_sums: Sequence[str],
-    compression: Compression,
+    *, plan: Plan, spec: BuildSpec, archive: Path, parts: Sequence[Path], sha256: str, compression: Compression,
 ) -> tuple[Path, Path]:
     checksum_file = names.checksum_path(archive)
     checksum_file.write_text(f"{sha256}  {archive.name}\n", encoding="utf-8")
-    if len(parts) > 1:
-        lines = "".join(f"{s}  {p.name}\n" for s, p in zip(part_sums, parts, strict=True))
-        names.parts_checksum_path(archive).write_text(lines, encoding="utf-8")
+    # The parts list (NAME.parts.sha256) was written by the parts writer itself, with the parts.
+    split = tuple(parts) != (archive,)  # a split archive may have one part only: it is still a split one
     script = render_load_script(
         plan=plan,
         spec=spec,
         archive_name=archive.name,
-        parts=[p.name for p in parts] if len(parts) > 1 else (),
+        parts=[p.name for p in parts] if split else (),
         compression=compression,
     )
     shared, own = names.load_script_candidates(archive)
@@ -167,20 +261,26 @@ def pack(
     dockerfile: str | None = None,
     work_dir: Path | None = None,
     history: History | None = None,
+    overwrite: bool = False,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> Artifact:
     """Download the model, build the image, export it to ``output``; return what was written.
+
+    An archive already at ``output`` is an error (raised before any download) unless ``overwrite``; a
+    cancel (``cancel`` set, e.g. by the CLI's SIGINT/SIGTERM handler) stops every stage within seconds.
 
     ``export_path`` "auto" takes the fast path (the engine builds only the runtime image; the weights are
     streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
     Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
     when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
     """
+    if not overwrite:  # before any download, and before a history row: nothing was tried yet
+        refuse_existing_output(archive=output_paths(output=output.resolve(), compression=compression))
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
-        cancel=cancel,
+        overwrite=overwrite, cancel=cancel,
     )
     if history is None:
         return _pack(request, on_event=on_event)
@@ -226,6 +326,7 @@ class _Request:
     export_path: ExportPath | Literal["auto"]
     dockerfile: str | None
     work_dir: Path
+    overwrite: bool
     cancel: Cancel | None
 
 
@@ -298,7 +399,10 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
     docker_api.ensure_images(
         refs=docker_api.dockerfile_base_images(dockerfile_text), on_event=on_event, cancel=cancel, client=client
     )
-    model_dir = hubs.download(model=source, token=request.token, on_event=on_event, cancel=cancel)
+    model_dir = until_cancelled(
+        lambda: hubs.download(model=source, token=request.token, on_event=on_event, cancel=cancel),
+        cancel=cancel, grace_s=DOWNLOAD_STOP_GRACE_S, name="pack-download",
+    )
     _check_cancel(cancel)
     if conversion is not None:
         model_dir, plan = _convert(plan=plan, conversion=conversion, model_dir=model_dir, client=client,
@@ -309,22 +413,26 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         client=client, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
         split_bytes=split_bytes, work_dir=request.work_dir, on_event=on_event, cancel=cancel,
     )
-    if path == "fast":
-        try:
-            exported = export.fast()
-        except LayerCacheUnusableError as error:
-            # An engine whose `docker save` layout we cannot cache from: the reference path still works.
-            path = "docker-build"
-            reason = f"{error.message} Falling back to the docker-build path (slower)."
-            on_event(Event(stage="check", message=reason))
-            exported = export.docker_build(dockerfile=None)
-    else:
-        exported = export.docker_build(dockerfile=request.dockerfile)
-    remove_stale_pieces(archive=archive, keep=exported.paths)
-    checksum_file, load_script = _write_sidecars(
-        plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
-        part_sums=exported.part_sha256, compression=request.compression,
-    )
+    # One pack at a time writes to this name, so parts and sidecars never mix two packs' files.
+    with output_lock(archive=archive, on_event=on_event, cancel=cancel):
+        if not request.overwrite:
+            refuse_existing_output(archive=archive, meanwhile=True)
+        if path == "fast":
+            try:
+                exported = export.fast()
+            except LayerCacheUnusableError as error:
+                # An engine whose `docker save` layout we cannot cache from: the reference path still works.
+                path = "docker-build"
+                reason = f"{error.message} Falling back to the docker-build path (slower)."
+                on_event(Event(stage="check", message=reason))
+                exported = export.docker_build(dockerfile=None)
+        else:
+            exported = export.docker_build(dockerfile=request.dockerfile)
+        remove_stale_pieces(archive=archive, keep=exported.paths)
+        checksum_file, load_script = _write_sidecars(
+            plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
+            compression=request.compression,
+        )
     wrote = (  # the files on disk: a split archive has no file of its own name
         f"Wrote {archive}" if len(exported.paths) == 1 and exported.paths[0] == archive
         else f"Wrote {', '.join(p.name for p in exported.paths)} in {archive.parent}"
@@ -464,7 +572,7 @@ def remove_stale_pieces(*, archive: Path, keep: Sequence[Path]) -> None:
     for stale in candidates:
         if stale.resolve() not in kept and stale.is_file():
             stale.unlink()
-    if len(keep) <= 1:
+    if tuple(keep) == (archive,):  # a whole archive has no parts list (a split one's is rewritten)
         names.parts_checksum_path(archive).unlink(missing_ok=True)
 
 

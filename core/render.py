@@ -23,11 +23,20 @@ from core import errors, refs
 from core.archive.compression import Compression
 from core.archive.names import load_script_candidates
 from core.engines import engine_for
+from core.engines.shared import start_period_s
 from core.errors import EzRunnerError, InvalidOptionsError, InvalidReferenceError
 from core.layers import WeightLayer, plan_layers
 from core.plan import plan_to_dict
 from core.planning import Plan
-from core.runspec import RUN_SPEC_LABEL, RunSpec, container_flags, entrypoint, run_command, run_spec_json
+from core.runspec import (
+    RUN_SPEC_LABEL,
+    Network,
+    RunSpec,
+    docker_run_argv,
+    entrypoint,
+    run_command,
+    run_spec_json,
+)
 
 
 def templates_root() -> Traversable:
@@ -56,6 +65,10 @@ _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 CONTEXT_FILE_MODE = 0o644
 CONTEXT_DIR_MODE = 0o755
 CONTEXT_MTIME = 0
+#: The longest default wait for a server to answer (``ezrunner run``, load.sh); --timeout goes beyond it.
+MAX_DEFAULT_TIMEOUT_S = 7200
+#: The shortest default wait: even a tiny model's engine imports its libraries first.
+MIN_DEFAULT_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class BuildSpec:
@@ -269,10 +282,40 @@ def find_load_script(archive: Path) -> Path | None:
     return None
 
 
+def default_timeout_s(*, spec: RunSpec | None, archive_bytes: int = 0) -> int:
+    """How long ``ezrunner run`` and load.sh wait for the server unless told: twice the image's
+    health-check start period (which its engine scaled to the model's size); for images packed before
+    run specs, the same rule on the archive's size."""
+    start_period = spec.start_period_s if spec is not None else start_period_s(archive_bytes)
+    return min(MAX_DEFAULT_TIMEOUT_S, max(MIN_DEFAULT_TIMEOUT_S, 2 * start_period))
+
+
+# Stand-ins that load.sh's shell variables replace in the rendered ``docker run`` line.
+_NAME_SLOT = "EZRUNNER-NAME-SLOT"
+_PORT_SLOT = 987654321
+_SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
+
+
+def _shell_run_line(spec: RunSpec, *, network: Network) -> str:
+    """``core.runspec.docker_run_argv`` as one shell line whose container name and host port are load.sh's
+    ``$NAME`` and ``$PORT``: the flags come from the run spec only, never from the template."""
+    words = []
+    for arg in docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network):
+        if _NAME_SLOT in arg or str(_PORT_SLOT) in arg:
+            if not _SHELL_SAFE.fullmatch(arg):
+                raise ValueError(f"cannot put {arg!r} in a double-quoted shell word")
+            words.append('"' + arg.replace(_NAME_SLOT, "$NAME").replace(str(_PORT_SLOT), "$PORT") + '"')
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
+
+
 def render_load_script(
     *, plan: Plan, spec: BuildSpec, archive_name: str, parts: Sequence[str] = (), compression: Compression = "none"
 ) -> str:
-    """``load.sh``: verify, reassemble parts, ``docker load``, ``docker run``, wait for health."""
+    """``load.sh``: one argument parser (``--help``), checks that take seconds (network, port, files),
+    verify, reassemble parts, ``docker load``, ``docker run`` (from the run spec), and a bounded wait
+    until the published port answers before it says Ready."""
     for name in (archive_name, *parts):
         validate_file_name(name)
     return (
@@ -288,7 +331,10 @@ def render_load_script(
             archive_name=archive_name,
             parts=list(parts),
             compression=compression,
-            run_flags=" ".join(shlex.quote(f) for f in container_flags(spec.run_spec)),
+            health_path=spec.run_spec.health_path,
+            timeout_s=default_timeout_s(spec=spec.run_spec),
+            run_host=_shell_run_line(spec.run_spec, network="host"),
+            run_bridge=_shell_run_line(spec.run_spec, network="bridge"),
             served_model_name=spec.served_model_name,
         )
     )

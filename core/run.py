@@ -1,20 +1,27 @@
-"""`ezrunner run`: verify an archive, load it, start it, wait until it answers, say where."""
+"""`ezrunner run`: verify an archive, load it, start it, wait until it answers, say where.
+
+What takes seconds is checked before what takes minutes: the network mode (an engine without its default
+bridge cannot publish a port) and the host port come before the archive is verified and loaded. The wait
+for health is bounded (by default scaled to the model's size, as the image's own health check is) and
+cancellable; when the server does not come up, or the run is cancelled, the container this run started
+is removed and the error carries its last log lines and the next step.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from docker import DockerClient
 
-from core.archive.names import archive_of
+from core.archive import names
 from core.archive.reader import verify_archive
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
-from core.errors import HealthTimeoutError
-from core.events import Event, EventSink, ignore_events
+from core.errors import InvalidOptionsError
+from core.events import Cancel, Event, EventSink, ignore_events
 from core.planning import Device
+from core.render import default_timeout_s
 from core.runspec import Network, run_spec_from_labels
 
 
@@ -28,20 +35,41 @@ class RunningServer:
     port: int
 
 
+def check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not (0 < timeout_s < float("inf")):
+        raise InvalidOptionsError(
+            f"--timeout {timeout_s} is not a number of seconds.", hint="Pass a positive number, e.g. --timeout 600."
+        )
+
+
 def run_archive(
     *,
     archive: Path,
     port: int | None = None,
     network: Network = "bridge",
     name: str | None = None,
-    timeout_s: float = 1800,
+    timeout_s: float | None = None,
     on_event: EventSink = ignore_events,
+    cancel: Cancel | None = None,
 ) -> RunningServer:
-    verify_archive(archive=archive, on_event=on_event)
-    archive = archive_of(archive)
+    """Verify ``archive``, load it, start its server and wait (at most ``timeout_s``, default
+    ``default_timeout_s``) until it answers; raise, having removed the container, when it does not."""
+    check_timeout(timeout_s)
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidOptionsError(f"--port {port} is out of range.", hint="Use a port from 1 to 65535.")
+    archive = names.archive_of(archive)
     client = docker_api.connect()
+    if port is not None and network != "none":
+        docker_containers.require_port_free(port=port)
+    docker_containers.require_network(network=network, port=port, client=client)
+    stray = names.stray_parts(archive)
+    if stray:
+        on_event(Event(stage="verify", message=f"Ignoring {', '.join(p.name for p in stray)}: "
+                       f"{names.parts_checksum_name(archive.name)} does not list it"))  # fmt: skip
+    verify_archive(archive=archive, on_event=on_event, cancel=cancel)
+    archive_bytes = sum(p.stat().st_size for p in names.archive_parts(archive))
     on_event(Event(stage="load", message=f"Loading {archive.name}"))
-    refs = docker_api.load_image(client=client, tar=archive, on_event=on_event)
+    refs = docker_api.load_image(client=client, tar=archive, on_event=on_event, cancel=cancel)
     image_ref = next((r for r in refs if r.startswith("ezrunner/")), refs[0])
     labels = client.images.get(image_ref).labels or {}
     served = labels.get("io.ezrunner.served-model-name", "")
@@ -55,8 +83,10 @@ def run_archive(
     else:  # packed before run specs: only the GPU label says how to start it
         device = "cuda" if labels.get("io.ezrunner.gpus") == "all" else "cpu"
         ipc_host = True
+    timeout = timeout_s or default_timeout_s(spec=spec, archive_bytes=archive_bytes)
+    health_path = spec.health_path if spec is not None else "/health"
     container_name = name or "ezrunner-" + image_ref.split("/", 1)[-1].split(":", 1)[0]
-    on_event(Event(stage="run", message=f"Starting {container_name}"))
+    on_event(Event(stage="run", message=f"Starting {container_name} (waiting at most {timeout:.0f} s)"))
     container_id = docker_containers.run_container(
         client=client,
         image=image_ref,
@@ -67,18 +97,27 @@ def run_archive(
         ipc_host=ipc_host,
         env=env,
     )
-    if network == "none":
-        _wait_docker_health(client=client, container_id=container_id, timeout_s=timeout_s, on_event=on_event)
-        endpoint = None
-    else:
-        docker_containers.wait_healthy(
-            client=client,
-            container=container_id,
-            url=f"http://127.0.0.1:{host_port}/health",
-            timeout=timeout_s,
-            on_event=on_event,
-        )
-        endpoint = f"http://127.0.0.1:{host_port}/v1"
+    try:
+        if network == "none":  # the host cannot ask the server: the image's own HEALTHCHECK tells
+            docker_containers.wait_docker_healthy(
+                client=client, container=container_id, timeout=timeout, on_event=on_event, cancel=cancel
+            )
+            endpoint = None
+        else:
+            docker_containers.wait_healthy(
+                client=client,
+                container=container_id,
+                url=f"http://127.0.0.1:{host_port}{health_path}",
+                timeout=timeout,
+                on_event=on_event,
+                cancel=cancel,
+            )
+            endpoint = f"http://127.0.0.1:{host_port}/v1"
+    except BaseException:
+        # Not up (timeout, crash, cancel, Ctrl-C): the error holds its last log lines; the container
+        # would only hold the name and the port against the next try.
+        docker_containers.remove_container(container=container_id, client=client)
+        raise
     return RunningServer(
         container_id=container_id,
         container_name=container_name,
@@ -96,24 +135,3 @@ def _env_port(client: DockerClient, image_ref: str) -> int:
         if item.startswith("PORT="):
             return int(item.split("=", 1)[1])
     return 8000
-
-
-def _wait_docker_health(*, client: DockerClient, container_id: str, timeout_s: float, on_event: EventSink) -> None:
-    """With no network the host cannot probe the server: rely on the image's own HEALTHCHECK."""
-    deadline = time.monotonic() + timeout_s
-    container = client.containers.get(container_id)
-    while time.monotonic() < deadline:
-        container.reload()
-        state = container.attrs["State"]
-        health = (state.get("Health") or {}).get("Status")
-        if health == "healthy":
-            return
-        if not state.get("Running"):
-            break
-        on_event(Event(stage="run", message=f"Waiting for the health check ({health or 'starting'})"))
-        time.sleep(2)
-    logs = container.logs(tail=30).decode("utf-8", "replace")
-    raise HealthTimeoutError(
-        f"The server did not become healthy within {timeout_s:.0f} s. Last log lines:\n{logs}",
-        hint="Check the log above; a large model may need a longer --timeout.",
-    )

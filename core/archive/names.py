@@ -7,7 +7,11 @@ For an archive ``NAME`` (``model.tar``, or ``model.tar.zst`` when compressed) a 
 - ``NAME.parts.sha256``: one line per part, only when split;
 - ``load.sh``, or ``<stem>.load.sh`` when another archive's ``load.sh`` already lies there;
 
-and, while writing, each file under its final name plus ``.partial``, renamed when complete.
+and, while writing, each file as ``.NAME.<pid>-<random>.partial`` (hidden, and unique to the writing
+process and writer, so two packs to one name never share a temporary file), renamed when complete.
+
+A split archive is the parts its ``NAME.parts.sha256`` lists, in that order: a stray
+``NAME.partNNN`` beside them (a leftover, a copy of another pack) is not part of it.
 ``templates/load.sh.j2`` spells the same names in shell (``"$ARCHIVE.sha256"`` …); the golden load.sh
 tests keep the two in step.
 """
@@ -15,6 +19,9 @@ tests keep the two in step.
 from __future__ import annotations
 
 import glob
+import os
+import re
+import secrets
 from pathlib import Path
 
 from core.archive.compression import Compression
@@ -74,9 +81,26 @@ def parts_checksum_path(archive: Path) -> Path:
     return archive.with_name(parts_checksum_name(archive.name))
 
 
-def partial_path(final: Path) -> Path:
-    """The name ``final`` is written under until it is complete."""
-    return final.with_name(final.name + PARTIAL_SUFFIX)
+def partial_owner() -> str:
+    """A tag unique to one writer: this process's pid and a random part (``12345-9f3a61c2``)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def partial_path(final: Path, *, owner: str) -> Path:
+    """The name ``final`` is written under, by the writer ``owner`` (``partial_owner()``), until complete.
+
+    Hidden (a leading dot), so that neither ``ls`` nor a ``NAME.part*`` glob in a user's shell sees it."""
+    return final.with_name(f".{final.name}.{owner}{PARTIAL_SUFFIX}")
+
+
+_PARTIAL = re.compile(r"^\.(?P<final>.+)\.(?P<pid>[0-9]+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + "$")
+
+
+def partial_of(name: str) -> tuple[str, int] | None:
+    """For a temporary file's name, the final name it becomes and the pid of the process writing it
+    (``ezrunner clean`` removes those whose process is gone); None for any other name."""
+    match = _PARTIAL.fullmatch(name)
+    return (match["final"], int(match["pid"])) if match else None
 
 
 def archive_of(path: Path) -> Path:
@@ -89,23 +113,86 @@ def numbered_parts(archive: Path) -> list[Path]:
     return sorted(archive.parent.glob(glob.escape(archive.name) + PART_SUFFIX + "[0-9]" * 3))
 
 
-def archive_parts(path: Path) -> list[Path]:
-    """The files that make up the archive ``path``: itself, or ``path.part000``, ``path.part001`` …
+_SHA256_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+#: A parts list is one short line per part; anything much larger is not one (and is not read whole).
+_MAX_PARTS_LIST_BYTES = 1 << 20
 
-    ``path`` may also name the first part. Raises ArtifactInvalidError when neither is there.
+
+def read_parts_list(archive: Path) -> list[tuple[Path, str]]:
+    """The parts ``NAME.parts.sha256`` lists for the split archive ``archive``, in order, each with its
+    sha256 (lower case). Raises ArtifactInvalidError when the list is unreadable, names a file that is
+    not the next part of this archive, or is empty; it does not look at the parts themselves."""
+    listing = parts_checksum_path(archive)
+    try:
+        if listing.stat().st_size > _MAX_PARTS_LIST_BYTES:
+            raise _damaged_list(listing, "it is far too large for a list of parts")
+        text = listing.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise _damaged_list(listing, f"it cannot be read ({error.strerror or error})") from error
+    parts: list[tuple[Path, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _SHA256_LINE.fullmatch(line.strip())
+        if match is None:
+            raise _damaged_list(listing, f"line {number} is not '<sha256>  <file>'")
+        # Only this archive's next part, by its exact name: never a path, never another file.
+        expected = part_name(archive.name, len(parts))
+        if match[2] != expected:
+            raise _damaged_list(listing, f"line {number} names {match[2]!r} where {expected!r} belongs")
+        parts.append((archive.with_name(expected), match[1].lower()))
+    if not parts:
+        raise _damaged_list(listing, "it lists no parts")
+    return parts
+
+
+def _damaged_list(listing: Path, why: str) -> ArtifactInvalidError:
+    return ArtifactInvalidError(
+        f"{listing.name} is damaged: {why}.",
+        hint="Copy it again from the machine that packed the archive (it was written beside the parts).",
+    )
+
+
+def archive_parts(path: Path) -> list[Path]:
+    """The files that make up the archive ``path``: itself, or the parts its ``NAME.parts.sha256`` lists.
+
+    ``path`` may also name the first part. Numbered parts the list does not name are not included
+    (``stray_parts`` names them). Raises ArtifactInvalidError when the archive is not there, a listed
+    part is missing, or parts lie there without their list.
     """
     path = archive_of(path)
     if path.is_file():
         return [path]
-    parts: list[Path] = []
-    while part_path(path, len(parts)).is_file():
-        parts.append(part_path(path, len(parts)))
-    if not parts:
+    listing = parts_checksum_path(path)
+    if not listing.is_file():
+        if part_path(path, 0).is_file():
+            raise ArtifactInvalidError(
+                f"{listing.name} is missing beside {part_name(path.name, 0)}: it lists which parts make up "
+                "the archive.",
+                hint=f"Copy {listing.name} (written with the parts) into {path.parent}, then try again.",
+            )
         raise ArtifactInvalidError(
             f"There is no archive at {path} (nor parts {part_name(path.name, 0)} …).",
             hint="Check the path; for a split archive keep all the parts in one folder.",
         )
+    parts = [part for part, _ in read_parts_list(path)]
+    missing = [part.name for part in parts if not part.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ArtifactInvalidError(
+            f"{len(missing)} of the {len(parts)} parts of {path.name} are missing: {shown}.",
+            hint=f"Copy every part {listing.name} lists into {path.parent}, then try again.",
+        )
     return parts
+
+
+def stray_parts(archive: Path) -> list[Path]:
+    """Numbered parts beside the split archive ``archive`` that its parts list does not name (ignored)."""
+    archive = archive_of(archive)
+    if archive.is_file() or not parts_checksum_path(archive).is_file():
+        return []
+    listed = {part for part, _ in read_parts_list(archive)}
+    return [part for part in numbered_parts(archive) if part not in listed]
 
 
 def load_script_candidates(archive: Path) -> tuple[Path, Path]:

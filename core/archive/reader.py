@@ -2,6 +2,8 @@
 
 ``read_stream`` is what ``core.docker.api.load_image`` uploads, so archives load even on engines whose
 ``docker load`` predates zstd (Docker 20.10); ``verify_archive`` is what ``ezrunner run`` checks first.
+A split archive is the parts its ``NAME.parts.sha256`` lists (``core.archive.names.archive_parts``):
+both read exactly those, so a stray next-numbered file beside them is never appended.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import hashlib
 import io
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from core.archive.compression import ZSTD_MAGIC, zstd_reader
-from core.archive.names import archive_of, archive_parts, checksum_path
+from core.archive.names import archive_of, archive_parts, checksum_path, read_parts_list
 from core.errors import ArtifactInvalidError
 from core.events import Cancel, Event, EventSink, Stage, ignore_events, raise_if_cancelled
 
@@ -102,10 +105,13 @@ def read_stream(
         source.close()
 
 
-def verify_archive(*, archive: Path, on_event: EventSink = ignore_events) -> str:
+def verify_archive(
+    *, archive: Path, on_event: EventSink = ignore_events, cancel: Cancel | None = None
+) -> str:
     """Check the archive (or its parts) against ``ARCHIVE.sha256`` beside it; return the digest.
 
-    ``archive`` may also name the first part of a split archive.
+    ``archive`` may also name the first part of a split archive; each part is also checked against its
+    line in ``ARCHIVE.parts.sha256``, so that a damaged copy names the part to copy again.
     """
     archive = archive_of(archive)
     parts = archive_parts(archive)
@@ -122,15 +128,33 @@ def verify_archive(*, archive: Path, on_event: EventSink = ignore_events) -> str
             f"{checksum_file.name} does not hold a sha256 checksum.",
             hint="Copy the .sha256 file that was written with the archive again.",
         )
+    part_sums = dict(read_parts_list(archive)) if parts != [archive] else {}
     total = sum(p.stat().st_size for p in parts)
     digest = hashlib.sha256()
+    damaged: list[str] = []
     done = 0
-    for part in parts:
-        with part.open("rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                digest.update(chunk)
-                done += len(chunk)
-                on_event(Event(stage="verify", done=done, total=total, unit="B", file=part.name))
+    # The part's hash in a second thread while this one hashes the whole (hashlib releases the GIL on
+    # large updates): checking both costs no more time than checking one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-sha256") as pool:
+        for part in parts:
+            part_digest = hashlib.sha256()
+            with part.open("rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    raise_if_cancelled(cancel, message="Cancelled while verifying the archive.")
+                    hashed = pool.submit(part_digest.update, chunk) if part_sums else None
+                    digest.update(chunk)
+                    if hashed is not None:
+                        hashed.result()
+                    done += len(chunk)
+                    on_event(Event(stage="verify", done=done, total=total, unit="B", file=part.name))
+            if part_sums and part_digest.hexdigest() != part_sums[part]:
+                damaged.append(part.name)
+    if damaged:
+        raise ArtifactInvalidError(
+            f"{len(damaged)} part(s) of {archive.name} do not match their checksums: {', '.join(damaged[:5])}"
+            f"{' …' if len(damaged) > 5 else ''}: the copy is damaged or incomplete.",
+            hint="Copy those parts again from the machine that built the archive.",
+        )
     if digest.hexdigest() != expected:
         raise ArtifactInvalidError(
             f"{archive.name} does not match its checksum (expected {expected[:12]}…, got "

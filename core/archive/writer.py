@@ -1,8 +1,11 @@
 """The one writer of archive bytes: optional zstd, optional split into parts, sha256s hashed in threads.
 
 ``PartsWriter`` puts bytes on disk as ``NAME`` (or ``NAME.part000``, ``NAME.part001`` … with
-``split_bytes``), each written as ``<final name>.partial``, fsynced, and renamed only by ``finish()``;
-``close()`` deletes whatever was not renamed, so an error or a cancel leaves nothing behind. The sha256
+``split_bytes``), each written under a temporary name of its own (``<final name>.<pid>-<random>.partial``,
+so two writers of one name never touch each other's files), fsynced, and renamed only by ``finish()``,
+which then writes the parts list ``NAME.parts.sha256`` of a split archive (what readers take the parts
+from); ``close()`` deletes whatever this writer did not rename, so an error or a cancel leaves nothing
+behind. The sha256
 of each part and of the whole are computed by ``Hasher`` threads while the next bytes are read and
 written (hashlib releases the GIL on large updates), so hashing costs no wall time on two cores.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.archive.compression import Compression, check_compression, zstd_compressor
-from core.archive.names import part_path, partial_path
+from core.archive.names import part_path, partial_owner, partial_path, parts_checksum_path
 from core.errors import DiskSpaceError, ExportFailedError
 from core.events import Cancel, Event, EventSink, Stage, ignore_events, raise_if_cancelled
 
@@ -166,7 +169,7 @@ class _InFlight:
 
 
 class PartsWriter:
-    """The bytes on disk: optional zstd, optional split into parts, ``.partial`` names renamed at the end.
+    """The bytes on disk: optional zstd, optional split into parts, temporary names renamed at the end.
 
     Use it as a context manager (or call ``close()`` in a ``finally``): ``finish()`` renames the files
     and returns what was written; leaving the block without ``finish()`` deletes them.
@@ -175,6 +178,7 @@ class PartsWriter:
     def __init__(self, out: Path, *, compress: Compression = "none", split_bytes: int | None = None) -> None:
         self.out = out
         self.split_bytes = split_bytes
+        self.owner = partial_owner()  # this writer's temporary names, and only these, are its to delete
         # The compressor first: when zstandard is missing, no thread has been started yet.
         self._compressor: Any = zstd_compressor() if check_compression(compress) == "zstd" else None
         self._partials: list[Path] = []
@@ -198,9 +202,11 @@ class PartsWriter:
 
     def _open_next(self) -> None:
         self._close_current()
-        partial = partial_path(self._final(len(self._partials)))
+        partial = partial_path(self._final(len(self._partials)), owner=self.owner)
+        # O_EXCL: the name is this writer's alone; never truncate a file someone else is writing. Listed
+        # (for close() to delete) only once created: a name that could not be made is not ours to delete.
+        self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._partials.append(partial)
-        self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._in_part = 0
 
     def _close_current(self) -> None:
@@ -265,8 +271,24 @@ class PartsWriter:
             partial.replace(final)
             files.append(ArchiveFile(path=final, size=self._part_sizes[index], sha256=self._part_hashes[index]))
         self._partials = []
+        if self.split_bytes:
+            self._write_parts_list(files)
         fsync_dir(self.out.parent)
         return Written(files=tuple(files), sha256=whole)
+
+    def _write_parts_list(self, files: list[ArchiveFile]) -> None:
+        """``NAME.parts.sha256`` (``sha256sum`` format), written last: the parts are what it lists."""
+        listing = parts_checksum_path(self.out)
+        partial = partial_path(listing, owner=self.owner)
+        text = "".join(f"{f.sha256}  {f.path.name}\n" for f in files)
+        try:
+            with partial.open("x", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            partial.replace(listing)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop the threads and delete what was not renamed (after an error or a cancel)."""
@@ -298,7 +320,7 @@ def write_stream(
 ) -> Written:
     """Write ``chunks`` to ``out`` (or ``out.part000`` … when ``split_bytes`` is set), atomically.
 
-    Files are written as ``NAME.partial``, fsynced and renamed only when the whole stream is in, so a
+    Files are written under temporary names, fsynced and renamed only when the whole stream is in, so a
     failure, a full disk or a cancel leaves nothing behind. Events count input bytes against ``total``.
     """
     if split_bytes is not None and split_bytes <= 0:

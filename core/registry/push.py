@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.archive.names import partial_path
+from core.archive.names import partial_owner, partial_path
 from core.errors import RegistryBusyError, RegistryError, RegistryUnreachableError
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.hardware import default_data_dir
@@ -107,7 +107,7 @@ class _SavedUploads:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         self._folder.mkdir(parents=True, exist_ok=True)
         target = self._path(digest)
-        partial = partial_path(target)
+        partial = partial_path(target, owner=partial_owner())
         partial.write_text(json.dumps({"ref": self._key + digest, "path": path}), encoding="utf-8")
         os.replace(partial, target)
 

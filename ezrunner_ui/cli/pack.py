@@ -12,6 +12,7 @@ from core.registry.client import parse_image_ref
 from ezrunner_ui.cli.common import add_plan_args, check_pack_paths, make_plan, parse_size, print_json, token
 from ezrunner_ui.cli.progress import ProgressRenderer, human_bytes
 from ezrunner_ui.cli.push import print_result, push, result_json
+from ezrunner_ui.cli.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from core.pack import Artifact
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compress", choices=["none", "zstd"], default="none")
     p.add_argument("--split", type=parse_size, metavar="SIZE", help="split into parts of SIZE (e.g. 4G for FAT32)")
     p.add_argument("--force", action="store_true", help="pack even when the plan says it does not fit")
+    p.add_argument("--overwrite", action="store_true", help="replace an archive already at --output")
     p.add_argument(
         "--export-path",
         choices=["auto", "fast", "docker-build"],
@@ -61,19 +63,23 @@ def run(args: argparse.Namespace) -> None:
                 hint="Write it first with `ezrunner dockerfile MODEL > Dockerfile`, edit it, then pass its path.",
                 field=errors.DOCKERFILE,
             ) from exc
+    history = History()  # opening it repairs the rows of packs whose process is gone
     progress = ProgressRenderer()
     try:
-        artifact = pack(
-            plan=result,
-            output=Path(args.output),
-            compression=args.compress,
-            split_bytes=args.split,
-            token=token(),
-            export_path=args.export_path,
-            dockerfile=dockerfile,
-            history=History(),
-            on_event=progress,
-        )
+        with stop_on_signals(what="the pack", json_output=args.json) as cancel:
+            artifact = pack(
+                plan=result,
+                output=Path(args.output),
+                compression=args.compress,
+                split_bytes=args.split,
+                token=token(),
+                export_path=args.export_path,
+                dockerfile=dockerfile,
+                history=history,
+                overwrite=args.overwrite,
+                on_event=progress,
+                cancel=cancel,
+            )
     finally:
         progress.close()
     pushed = None

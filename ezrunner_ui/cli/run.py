@@ -3,38 +3,100 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
+from core.events import Event, EventSink
 from ezrunner_ui.cli.common import print_json
 from ezrunner_ui.cli.progress import ProgressRenderer
+from ezrunner_ui.cli.signals import stop_on_signals
 
 NAME = "run"
 HELP = "verify, load and start an archive; wait until it answers"
 JSON_OUTPUT = True
+#: Without a terminal (a log file, CI), one plain line per this many seconds of waiting.
+PLAIN_WAIT_LINE_EVERY_S = 15.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive")
-    p.add_argument("--port", type=int)
-    p.add_argument("--network", choices=["bridge", "host", "none"], default="bridge")
+    p.add_argument("--port", type=int, help="host port (default: the image's port, 8000)")
+    p.add_argument(
+        "--network",
+        choices=["bridge", "host", "none"],
+        default="bridge",
+        help="bridge: publish the port on 127.0.0.1 (default); host: share this machine's network; none: no network",
+    )
     p.add_argument("--name", help="container name")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for health (default 1800)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds to wait for the server to answer (default: scaled to the model's size)",
+    )
+
+
+class WaitLine:
+    """The wait for health as one line: rewritten in place on a terminal, a plain line now and then
+    otherwise; every other event goes to the CLI's progress renderer."""
+
+    def __init__(self, stream: TextIO | None = None, *, other: EventSink | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.other = other or ProgressRenderer()
+        self.tty = self.stream.isatty()
+        self.open = False  # an in-place line is on screen and needs its newline
+        self.last_plain = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if event.stage != "run" or event.unit != "s":
+            self.end_line()
+            self.other(event)
+            return
+        line = f"    waiting for the server: {event.done} s of {event.total} s ({event.message})"
+        if self.tty:
+            self.stream.write("\r" + line + "\033[K")
+            self.stream.flush()
+            self.open = True
+            if event.message == "healthy":
+                self.end_line()
+            return
+        now = time.monotonic()
+        if event.message == "healthy" or now - self.last_plain >= PLAIN_WAIT_LINE_EVERY_S:
+            self.last_plain = now
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        close = getattr(self.other, "close", None)
+        if close is not None:
+            close()
+
+    def end_line(self) -> None:
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
 
 
 def run(args: argparse.Namespace) -> None:
-    from core.run import run_archive
+    from core.run import check_timeout, run_archive
 
-    progress = ProgressRenderer()
+    check_timeout(args.timeout)
+    progress = WaitLine()
     try:
-        server = run_archive(
-            archive=Path(args.archive),
-            port=args.port,
-            network=args.network,
-            name=args.name,
-            timeout_s=args.timeout,
-            on_event=progress,
-        )
+        with stop_on_signals(what="the run", json_output=args.json) as cancel:
+            server = run_archive(
+                archive=Path(args.archive),
+                port=args.port,
+                network=args.network,
+                name=args.name,
+                timeout_s=args.timeout,
+                on_event=progress,
+                cancel=cancel,
+            )
     finally:
+        progress.end_line()
         progress.close()
     if args.json:
         print_json(server.__dict__)

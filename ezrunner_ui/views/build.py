@@ -73,6 +73,7 @@ def _start(the_plan: Plan, output: Path, compress: bool, split_bytes: int | None
             split_bytes=split_bytes,
             token=token,
             history=history,
+            overwrite=True,  # as before: the wizard names archives by model, commit and engine, so a re-pack replaces
             on_event=on_event,
             cancel=cancel,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,11 @@ def test_write_stream_split_parts_reassemble_and_carry_their_own_sums(tmp_path: 
     assert on_disk == payload
     assert written.sha256 == hashlib.sha256(on_disk).hexdigest()
     assert written.part_sha256 == tuple(hashlib.sha256(p.read_bytes()).hexdigest() for p in written.paths)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in written.paths]
+    # the parts list is written with the parts: readers take the parts from it
+    listing = names.parts_checksum_path(tmp_path / "image.tar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([listing.name, *(p.name for p in written.paths)])
+    sums = zip(written.part_sha256, written.paths, strict=True)
+    assert listing.read_text() == "".join(f"{s}  {p.name}\n" for s, p in sums)
     assert b"".join(read_stream(tmp_path / "image.tar")) == payload
     assert archive_parts(tmp_path / "image.tar.part000") == list(written.paths)
 
@@ -126,7 +131,11 @@ def test_names_of_an_archive_its_parts_and_sidecars(tmp_path: Path) -> None:
     assert names.part_path(archive, 7) == tmp_path / "m.tar.zst.part007"
     assert names.checksum_path(archive) == tmp_path / "m.tar.zst.sha256"
     assert names.parts_checksum_path(archive) == tmp_path / "m.tar.zst.parts.sha256"
-    assert names.partial_path(names.part_path(archive, 0)) == tmp_path / "m.tar.zst.part000.partial"
+    partial = names.partial_path(names.part_path(archive, 0), owner=f"{os.getpid()}-0badcafe")
+    assert partial == tmp_path / f".m.tar.zst.part000.{os.getpid()}-0badcafe.partial"
+    assert names.partial_of(partial.name) == ("m.tar.zst.part000", os.getpid())
+    assert names.partial_of("m.tar.zst.part000") is None
+    assert names.partial_owner() != names.partial_owner()  # two writers in one process never share a name
     assert names.archive_of(tmp_path / "m.tar.zst.part000") == archive
     assert names.archive_of(tmp_path / "m.tar.zst.part001") == tmp_path / "m.tar.zst.part001"  # not the first part
     assert names.archive_of(archive) == archive
@@ -139,15 +148,51 @@ def test_names_of_an_archive_its_parts_and_sidecars(tmp_path: Path) -> None:
     assert names.load_script_candidates(archive) == (tmp_path / "load.sh", tmp_path / "m.load.sh")
 
 
-def test_archive_parts_stop_at_the_first_gap_and_numbered_parts_see_all(tmp_path: Path) -> None:
+def _listed(archive: Path, count: int) -> None:
+    """Write ``count`` parts of ``archive`` and the parts list naming them."""
+    lines = []
+    for index in range(count):
+        part = names.part_path(archive, index)
+        part.write_bytes(b"x%d" % index)
+        lines.append(f"{hashlib.sha256(part.read_bytes()).hexdigest()}  {part.name}\n")
+    names.parts_checksum_path(archive).write_text("".join(lines))
+
+
+def test_archive_parts_come_from_the_parts_list_and_stray_parts_are_named(tmp_path: Path) -> None:
     archive = tmp_path / "m.tar"
-    for index in (0, 1, 3):
-        names.part_path(archive, index).write_bytes(b"x")
+    _listed(archive, 2)
+    names.part_path(archive, 2).write_bytes(b"a stray next-numbered part")
+    names.part_path(archive, 5).write_bytes(b"another stray")
     (tmp_path / "m.tar.part0001").write_bytes(b"not a part: four digits")
     assert archive_parts(archive) == [names.part_path(archive, 0), names.part_path(archive, 1)]
-    assert names.numbered_parts(archive) == [names.part_path(archive, i) for i in (0, 1, 3)]
-    archive.write_bytes(b"whole")  # a whole archive wins over stray parts
+    assert names.stray_parts(archive) == [names.part_path(archive, 2), names.part_path(archive, 5)]
+    assert names.numbered_parts(archive) == [names.part_path(archive, i) for i in (0, 1, 2, 5)]
+    assert b"".join(read_stream(archive)) == b"x0x1"  # the stray parts are not appended
+    (tmp_path / "m.tar.sha256").write_text(hashlib.sha256(b"x0x1").hexdigest() + "  m.tar\n")
+    assert verify_archive(archive=archive) == hashlib.sha256(b"x0x1").hexdigest()
+    archive.write_bytes(b"whole")  # a whole archive wins over parts
     assert archive_parts(tmp_path / "m.tar.part000") == [archive]
+    assert names.stray_parts(archive) == []
+
+
+def test_parts_without_their_list_or_a_damaged_list_are_refused_with_the_next_step(tmp_path: Path) -> None:
+    archive = tmp_path / "m.tar"
+    _listed(archive, 2)
+    listing = names.parts_checksum_path(archive)
+    names.part_path(archive, 1).unlink()
+    with pytest.raises(ArtifactInvalidError, match=r"1 of the 2 parts of m.tar are missing: m.tar.part001.*Copy"):
+        archive_parts(archive)
+    _listed(archive, 2)
+    listing.write_text(listing.read_text().replace("m.tar.part001", "../etc/passwd"))
+    wrong = re.escape("line 2 names '../etc/passwd' where 'm.tar.part001' belongs")
+    with pytest.raises(ArtifactInvalidError, match=wrong):
+        archive_parts(archive)
+    listing.write_text("")
+    with pytest.raises(ArtifactInvalidError, match="lists no parts"):
+        archive_parts(archive)
+    listing.unlink()
+    with pytest.raises(ArtifactInvalidError, match=r"m.tar.parts.sha256 is missing beside m.tar.part000.*Copy"):
+        archive_parts(archive)
 
 
 def test_an_empty_stream_gives_one_empty_file_with_the_empty_sha256(tmp_path: Path) -> None:
@@ -207,8 +252,8 @@ def test_verify_archive_checks_a_split_archive_named_by_its_first_part(tmp_path:
     assert verify_archive(archive=tmp_path / "m.tar.part000", on_event=events.append) == written.sha256
     assert events[-1].done == events[-1].total == len(payload) and events[-1].stage == "verify"
     with names.part_path(tmp_path / "m.tar", 2).open("r+b") as part:
-        part.write(b"!")  # one byte damaged in transit
-    with pytest.raises(ArtifactInvalidError, match="does not match its checksum"):
+        part.write(b"!")  # one byte damaged in transit: the message names the part
+    with pytest.raises(ArtifactInvalidError, match=r"do not match their checksums: m\.tar\.part002"):
         verify_archive(archive=tmp_path / "m.tar")
     names.checksum_path(tmp_path / "m.tar").unlink()
     with pytest.raises(ArtifactInvalidError, match=r"m\.tar\.sha256 is missing"):
@@ -223,3 +268,16 @@ def test_raise_if_cancelled_raises_only_once_set() -> None:
     with pytest.raises(CancelledError, match=r"^Stopped here\. Go on later\.$") as raised:
         raise_if_cancelled(cancel, message="Stopped here.", hint="Go on later.")
     assert raised.value.code == "cancelled"
+
+
+def test_two_writers_of_one_name_never_share_a_temporary_file(tmp_path: Path) -> None:
+    out = tmp_path / "m.tar"
+    with writer.PartsWriter(out, split_bytes=1000) as first, writer.PartsWriter(out, split_bytes=1000) as second:
+        first.write_bytes(b"1" * 1500)
+        second.write_bytes(b"2" * 2500)
+        temporary = sorted(p.name for p in tmp_path.iterdir())
+        assert len(temporary) == 5 and all(n.startswith(".m.tar.part") and n.endswith(".partial") for n in temporary)
+        written = first.finish()
+        # the second one stops (an error, a cancel): it removes its own files, never the first one's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tar.part000", "m.tar.part001", "m.tar.parts.sha256"]
+    assert b"".join(p.read_bytes() for p in written.paths) == b"1" * 1500
