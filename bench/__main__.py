@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.workload import LABELS, MODEL_ROOT, choose_base, dockerfile, write_context, write_weights
+from bench.workload import LABELS, MODEL_ROOT, choose_base, dockerfile, write_context, write_gguf, write_weights
 from core.docker import api as docker_api
 from core.layer_cache import cached_runtime_layers, runtime_layers
 from core.layers import plan_layers
@@ -154,12 +154,14 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_size(*, size_gib: float, reps: int, workdir: Path, base: str, compress: str) -> dict[str, Any]:
+def run_size(*, size_gib: float, reps: int, workdir: Path, base: str, compress: str,
+             model_format: str = "safetensors") -> dict[str, Any]:  # fmt: skip
     client = docker_api.connect()
-    model_dir = workdir / f"weights-{size_gib:g}g"
-    print(f"\n## {size_gib:g} GiB of weights", flush=True)
+    model_dir = workdir / (f"weights-{size_gib:g}g" if model_format == "safetensors" else f"gguf-{size_gib:g}g")
+    print(f"\n## {size_gib:g} GiB of {model_format} weights", flush=True)
     started = time.perf_counter()
-    files = write_weights(folder=model_dir, total_bytes=int(size_gib * GIB))
+    write = write_gguf if model_format == "gguf" else write_weights
+    files = write(folder=model_dir, total_bytes=int(size_gib * GIB))
     print(f"weights ready in {model_dir} ({time.perf_counter() - started:.0f} s)", flush=True)
     layers = plan_layers(files=files)
 
@@ -300,16 +302,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--base", help="base image (default: the offline transformers image, else a tiny one)")
     parser.add_argument("--compress", choices=("none", "zstd"), default="none")
+    parser.add_argument(
+        "--model-format", choices=("safetensors", "gguf"), default="safetensors",
+        help="safetensors shards on the transformers base, or GGUF files on the llama.cpp base",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the results (default: {RESULTS})")
     args = parser.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.workdir.mkdir(parents=True, exist_ok=True)
     client = docker_api.connect()
-    base = choose_base(client=client, requested=args.base)
+    base = choose_base(client=client, requested=args.base, model_format=args.model_format)
     runtime_guess = int(client.images.get(base).attrs.get("Size") or 0)
     free = shutil.disk_usage(args.workdir).free
     for size in sizes:
-        existing = sum(p.stat().st_size for p in (args.workdir / f"weights-{size:g}g").glob("*.safetensors"))
+        folder = args.workdir / (f"weights-{size:g}g" if args.model_format == "safetensors" else f"gguf-{size:g}g")
+        existing = sum(p.stat().st_size for p in folder.glob("*.*tensors")) + sum(
+            p.stat().st_size for p in folder.glob("*.gguf")
+        )
         # weights + the docker-build path's copies: context temp file, daemon context, layer, saved tar
         need = int(size * GIB) - existing + 4 * int(size * GIB) + 2 * runtime_guess
         if need * 1.1 > free:
@@ -320,11 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     machine = _machine(base)
     print(f"machine: {machine}", flush=True)
     results = [
-        run_size(size_gib=s, reps=args.reps, workdir=args.workdir, base=base, compress=args.compress) for s in sizes
+        run_size(size_gib=s, reps=args.reps, workdir=args.workdir, base=base, compress=args.compress,
+                 model_format=args.model_format)
+        for s in sizes
     ]
     report = {
         "machine": machine,
         "compress": args.compress,
+        "model_format": args.model_format,
         "reps": args.reps,
         "results": results,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

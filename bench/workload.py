@@ -18,6 +18,10 @@ SHARD_BYTES = 1 << 30
 HEADER_BYTES = 256
 MODEL_ROOT = "/models/bench"
 OFFLINE_BASE_REPOSITORY = "ezrunner/transformers-cpu"
+OFFLINE_GGUF_BASE_REPOSITORY = "ezrunner/llama.cpp-cpu"
+GGUF_SHARD_BYTES = 2 << 30  # GGUF repos ship one file per quantization, split past tens of GB
+GGUF_ALIGNMENT = 32
+GGML_TYPE_I8 = 24
 TINY_BASE = "ezrunner-bench/tiny-base:1"
 LABELS = {"ezrunner.bench": "1"}
 
@@ -34,7 +38,7 @@ WORKDIR /home/ezrunner
 ENV PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \\
-  CMD ["/bin/sh", "-c", "test -f {model_root}/config.json"]
+  CMD ["/bin/sh", "-c", "test -d {model_root}"]
 ENTRYPOINT ["/bin/sh", "/usr/local/bin/entrypoint.sh"]
 CMD []
 LABEL io.ezrunner.model="bench"
@@ -99,6 +103,44 @@ def write_weights(*, folder: Path, total_bytes: int) -> list[ModelFile]:
     return files
 
 
+def _gguf_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_gguf(*, folder: Path, total_bytes: int) -> list[ModelFile]:
+    """GGUF files (v3) of at most 2 GiB, each one I8 tensor of random bytes behind a valid header, named as
+    llama.cpp's split files are (``-00001-of-0000N.gguf``). Reused when already there with the right sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = -(-total_bytes // GGUF_SHARD_BYTES)
+    files: list[ModelFile] = []
+    left = total_bytes
+    for index in range(count):
+        size = min(GGUF_SHARD_BYTES, left)
+        left -= size
+        path = folder / f"bench-Q8_0-{index + 1:05d}-of-{count:05d}.gguf"
+        files.append(ModelFile(path=path.name, size=size))
+        if path.is_file() and path.stat().st_size == size:
+            continue
+        kv = _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("llama")
+        head_without_dims = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + kv + _gguf_string("w") + struct.pack("<I", 1)
+        fixed = len(head_without_dims) + 8 + 4 + 8
+        padded = -(-fixed // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
+        data_bytes = size - padded
+        header = head_without_dims + struct.pack("<QIQ", data_bytes, GGML_TYPE_I8, 0)
+        random = _random_stream(1000 + index)
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as out:
+            out.write(header.ljust(padded, b"\0"))
+            remaining = data_bytes
+            while remaining:
+                n = min(remaining, 16 << 20)
+                out.write(random(n))
+                remaining -= n
+        tmp.replace(path)
+    return files
+
+
 def dockerfile(*, base: str, layer_names: list[str] | None) -> str:
     copies = "".join(f"COPY layers/{name}/ {MODEL_ROOT}/\n" for name in layer_names or [])
     return DOCKERFILE.format(base=base, model_copies=copies, model_root=MODEL_ROOT)
@@ -107,16 +149,18 @@ def dockerfile(*, base: str, layer_names: list[str] | None) -> str:
 def write_context(*, folder: Path, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Dockerfile").write_text(text, encoding="utf-8")
-    (folder / "entrypoint.sh").write_text(f'read -r line < {MODEL_ROOT}/config.json; echo "$line"\n')
+    (folder / "entrypoint.sh").write_text(f'ls {MODEL_ROOT}\n')
     return folder
 
 
-def choose_base(*, client: DockerClient, requested: str | None) -> str:
-    """The requested image, else the offline transformers base when built, else a tiny base made here."""
+def choose_base(*, client: DockerClient, requested: str | None, model_format: str = "safetensors") -> str:
+    """The requested image, else the offline base of the format's engine (transformers for safetensors,
+    llama.cpp for GGUF) when built, else a tiny base made here."""
     if requested:
         client.images.get(requested)
         return requested
-    for image in client.images.list(name=OFFLINE_BASE_REPOSITORY):
+    repository = OFFLINE_GGUF_BASE_REPOSITORY if model_format == "gguf" else OFFLINE_BASE_REPOSITORY
+    for image in client.images.list(name=repository):
         if image.tags:
             return str(image.tags[0])
     repository, tag = TINY_BASE.split(":")
