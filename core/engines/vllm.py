@@ -364,14 +364,14 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
     layouts = [candidates[t] for t in allowed] + [staged[pp] for pp in sorted(staged)]
     want = min(sizing.context, USEFUL_CONTEXT_TOKENS)
     useful = [c for c in layouts if c.longest >= want]
-    # The fewest GPUs that hold the model's whole context; when none does, the layout with the longest context
-    # among those that hold a useful one (GPUs the server has anyway buy context, not idleness); when none
-    # does either, the one closest to fitting, so that the warnings give the shortfall of the best layout.
+    # The fewest GPUs that hold a useful context (one request of min(context, 8192) tokens): the GPUs left
+    # serve as data-parallel replicas, so a server's every GPU answers users. A longer context is one fix away
+    # (the context_capped warning offers the larger tensor parallel size). Where even that needs more than one
+    # node, the fewest nodes; where nothing holds a useful context, the layout closest to fitting, so that the
+    # warnings give the shortfall of the best layout.
     full = [c for c in layouts if c.longest >= sizing.context]
-    if full:
-        chosen = full[0]
-    elif useful:
-        chosen = max(useful, key=lambda c: (c.longest, -c.gpu_count))
+    if useful:
+        chosen = useful[0]
     else:
         chosen = max(
             layouts,
@@ -422,9 +422,8 @@ def _plan_vllm(*, sizing: PlanRequest, version: str) -> PoolDraft:
         tp_code = "tp_fewest"
     elif chosen in useful:
         tp_text = (
-            f"Tensor parallel size {tp}: no size holds the model's full {sizing.context:,}-token context, and this "
-            f"one leaves the longest ({chosen.longest:,} tokens) of those with room for at least one "
-            f"{want:,}-token request"
+            f"Tensor parallel size {tp}: the fewest GPUs that hold the weights and one {want:,}-token request "
+            f"({chosen.longest:,} tokens of context fit; the model's own is {sizing.context:,})"
             + (f" ({'; '.join(rejected)})" if rejected else "")
             + f". {rules}"
         )

@@ -141,26 +141,26 @@ def test_forced_tp_larger_than_the_server_is_rejected() -> None:
         )
 
 
-def test_llama_70b_on_four_a100_80_uses_the_fewest_gpus_that_hold_its_full_context() -> None:
+def test_llama_70b_on_four_a100_80_runs_two_tp_2_replicas_with_tp_4_as_the_fix_for_its_full_context() -> None:
     # vLLM 0.33 on an A100 80GB (79.25 GiB CUDA total × 0.92 = 72.91 GiB requested): TP 2 holds 65.8 GiB of
     # weights per GPU, a small profile-run peak (A100s get the 2048-token / 256-sequence batch limits),
-    # 2.25 GiB non-torch, 1.68 GiB of CUDA graphs and the 0.5 GiB margin, leaving ~2.2 GiB: one 14k request.
-    # TP 4 holds the whole 131,072-token context, so the plan takes the two other GPUs the server has anyway.
+    # 2.25 GiB non-torch, 1.68 GiB of CUDA graphs and the 0.5 GiB margin, leaving ~2.2 GiB: one 14k request,
+    # a useful context. The other two GPUs serve a second replica; TP 4 holds the whole 131,072-token context
+    # and is the fix the plan offers.
     p = plan(model=model_info("Llama-3.1-70B"), target=gpus(A100_80, 4))
-    assert (p.engine, p.tensor_parallel_size, p.fits) == ("vllm", 4, True)
-    assert p.max_model_len == 131_072
+    assert (p.engine, p.tensor_parallel_size, p.data_parallel_size, p.fits) == ("vllm", 2, 2, True)
+    assert 8192 <= p.max_model_len < 131_072 and p.max_model_len % MAX_MODEL_LEN_MULTIPLE == 0
     assert [b.index for b in p.per_gpu] == [0, 1, 2, 3]
+    assert "TP 1 cannot hold the weights" in reason(p, "tp_longest_context")
+    assert warning(p, "context_capped").change == {"tensor_parallel_size": 4}
+    assert_budgets_hold(p)
+    # TP 4, the fix, holds the full context on all four GPUs
+    p4 = plan(model=model_info("Llama-3.1-70B"), target=gpus(A100_80, 4), options=Options(tensor_parallel_size=4))
+    assert (p4.tensor_parallel_size, p4.data_parallel_size, p4.max_model_len) == (4, 1, 131_072)
     shape, weights = shape_of("Llama-3.1-70B"), model_info("Llama-3.1-70B").weights
     per_gpu = weights_per_gpu_bytes(weights=weights, shape=shape, dtype="bfloat16", tensor_parallel_size=4)
-    assert all(b.weights_bytes == per_gpu for b in p.per_gpu)  # a quarter of the weights plus the RoPE table
-    text = reason(p, "tp_fewest")
-    assert "TP 1 cannot hold the weights" in text and "TP 2 leaves room for only" in text
-    # forced TP 2 is honoured and capped, with TP 4 as the fix for a longer context
-    p2 = plan(model=model_info("Llama-3.1-70B"), target=gpus(A100_80, 4), options=Options(tensor_parallel_size=2))
-    assert p2.tensor_parallel_size == 2 and 8192 <= p2.max_model_len < 131_072
-    assert p2.max_model_len % MAX_MODEL_LEN_MULTIPLE == 0
-    assert warning(p2, "context_capped").change == {"tensor_parallel_size": 4}
-    assert_budgets_hold(p)
+    assert all(b.weights_bytes == per_gpu for b in p4.per_gpu)  # a quarter of the weights plus the RoPE table
+    assert_budgets_hold(p4)
 
 
 def test_llama_70b_on_eight_h100_uses_the_fewest_gpus_that_fit() -> None:

@@ -42,10 +42,13 @@ def test_plans_without_nodes_report_one_node_and_pp_1() -> None:
 
 
 def test_8b_on_4_l4_uses_all_four_gpus() -> None:
-    # The TP policy on main: the fewest GPUs that hold the model's whole 131,072-token context — here all four.
+    # The fewest GPUs that hold a useful context (one L4: about 20k tokens), the rest as replicas; the longer
+    # context is the fix the context_capped warning offers.
     p = _plan("Llama-3.1-8B-Instruct", L4, 4)
-    assert (p.tensor_parallel_size, p.data_parallel_size, p.gpus_per_node) == (4, 1, 4)
+    assert (p.tensor_parallel_size, p.data_parallel_size, p.gpus_per_node) == (1, 4, 4)
     assert p.idle_gpu_indices == ()
+    assert 8192 <= p.max_model_len < p.context_length
+    assert warning(p, "context_capped").change == {"tensor_parallel_size": 2}
     assert_budgets_hold(p)
 
 
@@ -65,7 +68,7 @@ def test_8b_on_4_l4_dp_4_asked_gives_tp_1_replicas() -> None:
 
 
 def test_a_tp_size_that_does_not_divide_the_gpus_leaves_the_rest_idle() -> None:
-    p = _plan("Llama-3.1-8B-Instruct", L4, 3)
+    p = _plan("Qwen3-14B", L4, 3)  # 28 GiB of weights: TP 2, and TP 2 × DP 1 leaves the third L4
     assert (p.tensor_parallel_size, p.data_parallel_size) == (2, 1)
     assert p.idle_gpu_indices == (2,)
     assert "1 of the 3 GPUs stays idle" in reason(p, "gpus_idle")
@@ -193,7 +196,7 @@ def test_plan_cli_shows_the_layout_and_idle_gpus(
     assert "TP 4 × PP 2 (2 nodes)" in capsys.readouterr().out
     assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "4", "--tp", "2"]) == 0
     assert "TP 2 × DP 2" in capsys.readouterr().out
-    assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "3"]) == 0
+    assert main(["plan", "hf:org/Qwen3-14B", "--gpu-name", "l4", "--gpus", "3"]) == 0
     assert "GPU 2: idle" in capsys.readouterr().out
     assert main(["plan", "hf:org/Llama-3.1-8B-Instruct", "--gpu-name", "l4", "--gpus", "4", "--dp", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
