@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ezrunner_ui.app_options import drop_stale_widgets, show_notices
 from ezrunner_ui.i18n import DEFAULT_LANGUAGE, LANGUAGE_KEY, LANGUAGE_WIDGET, LANGUAGES, t
 from ezrunner_ui.state import (
     PAGE_BUILD,
@@ -28,6 +29,7 @@ from ezrunner_ui.state import (
 st.set_page_config(page_title="EZ Runner", page_icon=":material/deployed_code:", layout="wide")
 
 state = wizard()
+drop_stale_widgets(state)
 if LANGUAGE_KEY not in st.session_state:
     st.session_state[LANGUAGE_KEY] = DEFAULT_LANGUAGE
 # The selectbox has its own key, re-seeded every run from the chosen language, so the choice
@@ -91,4 +93,5 @@ with st.sidebar:
 
 if current.url_path != history.url_path:
     _step_indicator(state)
+show_notices(state)
 current.run()

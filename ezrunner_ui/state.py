@@ -17,6 +17,7 @@ from core.hardware import Target
 from core.hubs.base import ModelInfo
 from core.jobs import REGISTRY, Job
 from core.plan import Options, Plan, plan
+from core.wizard_state import options_for_model
 
 STATE_KEY = "wizard"
 JOB_PARAM = "job"
@@ -72,11 +73,22 @@ class WizardState:
     # step 5 / history
     record_id: str | None = None
     confirm_delete: str | None = None
+    # this tab's id (the URL's ?tab=, the name of its session file) and one-shot notices for the next page
+    tab_id: str | None = None
+    # (catalog key under "notice.", detail) pairs shown once, then cleared
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    # Options fields whose widgets must re-seed at the start of the next run (app_options.apply_options)
+    stale_widgets: tuple[str, ...] = ()
 
     def set_model(self, model: ModelInfo, *, text: str) -> None:
-        """A new model resets the options that depend on it (length, TP); the target stays."""
+        """A new model resets the options that belong to the old one (length, TP, base image, quantization),
+        with a notice naming them; the target, port and engine stay."""
         if self.model is None or (self.model.repo_id, self.model.commit) != (model.repo_id, model.commit):
-            self.options = Options(port=self.options.port, base_image=self.options.base_image)
+            change = options_for_model(options=self.options)
+            self.options = change.options
+            if change.reset and self.model is not None:
+                self.notices.append(("options_reset_model", ", ".join(change.reset)))
+            self.edited_dockerfile = self.edited_from = None
         self.model = model
         self.model_text = text
 

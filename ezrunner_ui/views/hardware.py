@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.engines.llamacpp import device_for
 from core.errors import InvalidTargetError
 from core.hardware import GPU_PRESETS, Target, describe_target, detect_local
+from ezrunner_ui.app_options import HARDWARE_PREFIX, engine_options_form, show_notices
 from ezrunner_ui.i18n import fmt_bytes, fmt_target, t
 from ezrunner_ui.state import PAGE_MODEL, PAGE_PLAN, WizardState, wizard
 from ezrunner_ui.ui_errors import error_text
@@ -49,6 +51,26 @@ def _target_table(target: Target) -> None:
         st.caption(f":material/info: {note}")
 
 
+def preset_vendor(key: str | None) -> str:
+    """Who makes a preset's GPU ("nvidia", "amd", ...): the preset's own field where core has one."""
+    preset = GPU_PRESETS.get(key or "")
+    return str(getattr(preset, "vendor", "nvidia")) if preset is not None else "nvidia"
+
+
+def _preset_label(key: str) -> str:
+    name = GPU_PRESETS[key].display_name
+    vendor = preset_vendor(key)
+    brand = t(f"hardware.vendor_{vendor}")
+    return name if vendor == "nvidia" or name.lower().startswith(vendor) else f"{brand} {name}"
+
+
+def _engine_preferences(state: WizardState) -> None:
+    with st.expander(t("hardware.engine_title"), icon=":material/settings:"):
+        st.caption(t("hardware.engine_intro"))
+        engine_options_form(state, prefix=HARDWARE_PREFIX)
+    show_notices(state)
+
+
 def _use(state: WizardState, target: Target) -> None:
     state.target = target
 
@@ -79,7 +101,7 @@ def _describe_section(state: WizardState) -> None:
     st.write(t("hardware.describe_intro"))
     presets = [*GPU_PRESETS, CUSTOM]
     # labels are made now, in the script run: a format_func that called t() later would miss the language
-    preset_names = {key: preset.display_name for key, preset in GPU_PRESETS.items()}
+    preset_names = {key: _preset_label(key) for key in GPU_PRESETS}
     preset_names[CUSTOM] = t("hardware.custom_gpu")
     cpu_only = st.checkbox(t("hardware.cpu_only"), key="hw_cpu_only", persist_state="session")
     left, right = st.columns(2)
@@ -122,12 +144,13 @@ def _describe_section(state: WizardState) -> None:
         )
         capability_slot = st.empty()
     with right:
+        vendor = preset_vendor(preset) if not cpu_only else "nvidia"
         driver = st.text_input(
             t("hardware.driver"),
             key="hw_driver",
             placeholder="550.54.15",
             help=t("hardware.driver_help"),
-            disabled=cpu_only,
+            disabled=cpu_only or vendor != "nvidia",
             persist_state="session",
         )
         driver_slot = st.empty()
@@ -147,7 +170,7 @@ def _describe_section(state: WizardState) -> None:
                 gpu_count=int(count),
                 gpu_memory_gib=memory,
                 compute_capability=capability.strip() or None,
-                driver_version=driver.strip() or None,
+                driver_version=(driver.strip() or None) if vendor == "nvidia" else None,
                 ram_gib=ram,
                 cpu_cores=None if cores is None else int(cores),
             )
@@ -170,6 +193,9 @@ def _describe_section(state: WizardState) -> None:
 
     if described is not None:
         st.caption(t("hardware.described_as", label=fmt_target(described)))
+        if vendor != "nvidia" and described.gpus:
+            st.caption(t("hardware.non_nvidia_note", vendor=t(f"hardware.vendor_{vendor}"),
+                         device=device_for(described).upper()))  # fmt: skip
     st.button(
         t("hardware.use_described"),
         key="use_described",
@@ -207,6 +233,8 @@ def render() -> None:
             _detect_section(state)
         else:
             _describe_section(state)
+
+    _engine_preferences(state)
 
     if state.target is not None and st.button(
         t("hardware.next"),

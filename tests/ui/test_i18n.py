@@ -10,11 +10,16 @@ from typing import get_args
 import pytest
 
 from core import errors
+from core.engines import engine_names
 from core.events import Stage
 from core.jobs import JobState
 from ezrunner_ui.i18n import LANGUAGES, catalog
 
 UI_ROOT = Path(__file__).resolve().parents[2] / "ezrunner_ui"
+CORE_ROOT = Path(__file__).resolve().parents[2] / "core"
+#: the classes whose first argument (or ``code=``) is a planner code, and the catalog table it is read from
+#: (a ShapeAssumption becomes a PlanWarning in core/engines/vllm.py)
+CODE_CLASSES = {"Note": "note", "PlanWarning": "warning", "ShapeAssumption": "warning"}
 
 
 def literal_keys() -> set[str]:
@@ -32,6 +37,70 @@ def literal_keys() -> set[str]:
             ):
                 keys.add(node.args[0].value)
     return keys
+
+
+def planner_codes() -> tuple[dict[tuple[str, str], str], list[str]]:
+    """Every ``(table, code)`` core can emit as a note or warning, with where; and the calls whose code is
+    not a string literal nor a local name bound only to literals (so a new code cannot hide in a variable).
+
+    ``PlanWarning(x.code, ...)`` passes on the code of an object made elsewhere (a ShapeAssumption, which is
+    enumerated itself) and is the one form allowed besides literals.
+    """
+    found: dict[tuple[str, str], str] = {}
+    unresolved: list[str] = []
+    for path in sorted(CORE_ROOT.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        literals: dict[str, set[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                for name in node.targets:
+                    if isinstance(name, ast.Name) and isinstance(node.value.value, str):
+                        literals.setdefault(name.id, set()).add(node.value.value)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if called not in CODE_CLASSES:
+                continue
+            where = f"{path.relative_to(CORE_ROOT.parent)}:{node.lineno}"
+            arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "code"), None)
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                codes = {arg.value}
+            elif isinstance(arg, ast.Name) and arg.id in literals:
+                codes = literals[arg.id]
+            elif isinstance(arg, ast.Attribute) and arg.attr == "code":
+                continue
+            else:
+                unresolved.append(where)
+                continue
+            for code in codes:
+                found.setdefault((CODE_CLASSES[called], code), where)
+    return found, unresolved
+
+
+def test_every_planner_code_has_a_message_in_both_languages() -> None:
+    found, unresolved = planner_codes()
+    assert unresolved == [], "planner codes that are neither literals nor literal-bound names"
+    codes = {code for _, code in found}
+    # the scan sees every engine's codes (vLLM's TP choice is a variable bound to literals)
+    assert {"engine_gguf", "gguf_quant", "llamacpp_partial_offload", "tp_longest_context", "gguf_route",
+            "vllm_would_serve_more", "sliding_window_not_smaller"} <= codes  # fmt: skip
+    for language in LANGUAGES:
+        messages = catalog(language)
+        missing = {
+            f"{table}.{code} ({where})" for (table, code), where in found.items() if f"{table}.{code}" not in messages
+        }
+        assert missing == set(), f"planner codes without a message in {language}.toml"
+
+
+def test_every_option_has_a_label() -> None:
+    from dataclasses import fields
+
+    from core.planning import Options
+
+    names = {f.name for f in fields(Options)}
+    assert {name for name in names if f"option.{name}" not in catalog("en")} == set()
 
 
 def fields_of(text: str) -> set[str]:
@@ -56,7 +125,7 @@ def test_every_key_used_in_code_exists() -> None:
     [
         ("job_state", get_args(JobState)),
         ("stage", get_args(Stage)),
-        ("engine", ("auto", "vllm", "transformers")),
+        ("engine", ("auto", *engine_names())),
         ("source", ("hf", "ms", "both", "local")),
         ("hardware.mode", ("detect", "describe")),
     ],
