@@ -113,6 +113,22 @@ def options_from_dict(data: Mapping[str, Any]) -> Options:
     return Options(**{k: v for k, v in data.items() if k in known})
 
 
+# A REVISION BELONGS TO ONE MODEL
+
+
+def revision_for_lookup(*, text: str, typed: str, previous_text: str, previous_revision: str) -> tuple[str, bool]:
+    """The revision to look ``text`` up at, and whether the typed one was dropped.
+
+    A revision typed for one model (a branch, tag or commit) means nothing for another: when the model
+    changes but the revision field still holds what was typed for the previous model, the new model is
+    looked up at its default branch instead.
+    """
+    typed = typed.strip()
+    if typed and previous_text and text.strip() != previous_text.strip() and typed == previous_revision.strip():
+        return "", True
+    return typed, False
+
+
 # THE SESSION FILE
 
 
@@ -130,7 +146,8 @@ class SessionSnapshot:
     job_id: str | None = None
     record_id: str | None = None
     search_query: str = ""
-    search_source: str = ""
+    # the Build page's output choices: output_dir, compress, split, split_gib
+    build: Mapping[str, Any] = field(default_factory=dict)
 
 
 def new_tab_id() -> str:
@@ -209,6 +226,7 @@ __all__ = [
     "options_for_model",
     "options_from_dict",
     "options_to_dict",
+    "revision_for_lookup",
     "save_session",
     "sessions_dir",
     "target_from_dict",

@@ -23,12 +23,21 @@ from ezrunner_ui.state import (
     PAGE_PLAN,
     WizardState,
     attached_job,
+    keep_url,
+    restore_tab,
+    save_tab,
     wizard,
 )
 
 st.set_page_config(page_title="EZ Runner", page_icon=":material/deployed_code:", layout="wide")
 
 state = wizard()
+if state.tab_id is None:
+    # a new session: a first visit, or a refresh of a tab whose wizard is in its session file
+    restored_language = restore_tab(state)
+    if restored_language in LANGUAGES:
+        st.session_state[LANGUAGE_KEY] = restored_language
+keep_url(state)
 drop_stale_widgets(state)
 if LANGUAGE_KEY not in st.session_state:
     st.session_state[LANGUAGE_KEY] = DEFAULT_LANGUAGE
@@ -94,4 +103,8 @@ with st.sidebar:
 if current.url_path != history.url_path:
     _step_indicator(state)
 show_notices(state)
-current.run()
+try:
+    current.run()
+finally:
+    # also when the page switched or reran (Streamlit stops a run by raising): the file is always current
+    save_tab(state, language=str(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE)))
