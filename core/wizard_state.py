@@ -129,6 +129,17 @@ def revision_for_lookup(*, text: str, typed: str, previous_text: str, previous_r
     return typed, False
 
 
+# PROGRESS THAT NEVER GOES BACK
+
+
+def monotonic_fraction(*, seen: dict[str, float], key: str, fraction: float) -> float:
+    """``fraction``, or the highest shown before under ``key`` (a stage's total can grow as it runs, e.g. the
+    export's estimate, which would draw the bar backwards); ``seen`` is the caller's memory."""
+    shown = max(min(fraction, 1.0), seen.get(key, 0.0))
+    seen[key] = shown
+    return shown
+
+
 # THE SESSION FILE
 
 
@@ -222,6 +233,7 @@ __all__ = [
     "change_options",
     "is_tab_id",
     "load_session",
+    "monotonic_fraction",
     "new_tab_id",
     "options_for_model",
     "options_from_dict",

@@ -10,6 +10,8 @@ folder with its own menu, skipping this frame and ``st.navigation``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ezrunner_ui.app_options import drop_stale_widgets, show_notices
@@ -29,7 +31,11 @@ from ezrunner_ui.state import (
     wizard,
 )
 
-st.set_page_config(page_title="EZ Runner", page_icon=":material/deployed_code:", layout="wide")
+# A local file, not a ":material/...:" icon: Streamlit's frontend fetches those favicons from
+# fonts.gstatic.com (the `materialsymbolsrounded/<name>/default/24px.svg` URL in its bundle), and the wizard
+# must not make a single request off this machine.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="EZ Runner", page_icon=str(FAVICON), layout="wide")
 
 state = wizard()
 if state.tab_id is None:
