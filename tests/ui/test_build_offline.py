@@ -16,7 +16,7 @@ from core.errors import BaseImageMissingError
 from core.events import Event, EventSink
 from core.hardware import describe_target
 from core.jobs import REGISTRY
-from tests.ui.conftest import choose, texts
+from tests.ui.conftest import choose, planned, texts
 
 
 @dataclass
@@ -62,7 +62,7 @@ def build_page(app: AppTest) -> AppTest:
 
 def test_a_missing_pinned_image_offers_the_offline_one(app: AppTest, tiny_model: Path, fake_docker: FakeDocker) -> None:
     state = choose(app, model_dir=tiny_model, target=describe_target(cpu_only=True, ram_gib=16))
-    pinned = state.current_plan().base_image
+    pinned = planned(state).base_image
     assert pinned not in fake_docker.present
     build_page(app)
     assert any(pinned in w.value and "not on this machine" in w.value for w in app.warning)
@@ -72,7 +72,7 @@ def test_a_missing_pinned_image_offers_the_offline_one(app: AppTest, tiny_model:
     offer.click().run()
     assert not app.exception
     assert state.options.base_image == TRANSFORMERS_OFFLINE_IMAGE
-    assert state.current_plan().base_image == TRANSFORMERS_OFFLINE_IMAGE
+    assert planned(state).base_image == TRANSFORMERS_OFFLINE_IMAGE
     assert not app.button(key="start_build").disabled
     assert not any("not on this machine" in w.value for w in app.warning)
     # the Plan page shows the image the build will use
@@ -95,9 +95,9 @@ def test_a_plan_that_does_not_fit_builds_only_after_confirmation(
     app: AppTest, tiny_model: Path, fake_docker: FakeDocker
 ) -> None:
     state = choose(app, model_dir=tiny_model, target=describe_target(cpu_only=True, ram_gib=16))
-    fake_docker.present.add(state.current_plan().base_image)
+    fake_docker.present.add(planned(state).base_image)
     state.target = describe_target(cpu_only=True, ram_gib=0.01)
-    assert not state.current_plan().fits
+    assert not planned(state).fits
     build_page(app)
     assert any("does not fit" in e.value for e in app.error)
     assert app.button(key="start_build").disabled

@@ -9,7 +9,7 @@ from streamlit.testing.v1.element_tree import Button
 
 from core.hardware import describe_target
 from ezrunner_ui.state import WizardState
-from tests.ui.conftest import choose
+from tests.ui.conftest import choose, planned
 from tests.unit.test_llamacpp_engine import gguf_repo
 from tests.unit.test_sizing import model_info
 
@@ -24,7 +24,7 @@ def test_a_too_long_context_is_fixed_by_one_click(app: AppTest) -> None:
     state.target = describe_target(gpu_preset="l4", driver_version="580.65.06")
     app.switch_page("views/plan.py").run()
     app.number_input(key="opt_max_len").set_value(131_072).run()
-    the_plan = state.current_plan()
+    the_plan = planned(state)
     assert not the_plan.fits
     with_change = [w for w in the_plan.warnings if w.change]
     buttons = fix_buttons(app)
@@ -35,7 +35,7 @@ def test_a_too_long_context_is_fixed_by_one_click(app: AppTest) -> None:
     assert not app.exception
     assert state.options.max_model_len == fitting
     assert app.number_input(key="opt_max_len").value == fitting  # the field shows the applied value
-    assert state.current_plan().fits
+    assert planned(state).fits
     assert any("It fits" in s.value for s in app.success)
 
 
@@ -48,7 +48,7 @@ def test_a_llamacpp_fix_changes_the_quantization(app: AppTest) -> None:
     assert button.label == "Apply: GGUF quantization Q4_K_M"
     button.click().run()
     assert state.options.quant == "Q4_K_M" and app.selectbox(key="opt_quant").value == "Q4_K_M"
-    assert state.current_plan().settings["quant"] == "Q4_K_M"
+    assert planned(state).settings["quant"] == "Q4_K_M"
 
 
 def test_fix_buttons_in_chinese(app: AppTest, tiny_model: Path) -> None:
@@ -56,8 +56,8 @@ def test_fix_buttons_in_chinese(app: AppTest, tiny_model: Path) -> None:
     state = choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4", driver_version="580.65.06"))
     app.switch_page("views/plan.py").run()
     app.number_input(key="opt_gpu_util").set_value(0.99).run()
-    assert not state.current_plan().fits
+    assert not planned(state).fits
     (button,) = fix_buttons(app)
     assert button.label.startswith("应用：使用的显存比例 ")
     button.click().run()
-    assert state.current_plan().fits
+    assert planned(state).fits

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.hardware import Gpu, Target, describe_target
 from core.sizing import GIB
 from ezrunner_ui.state import WizardState
-from tests.ui.conftest import choose, texts
+from tests.ui.conftest import choose, planned, texts
 from tests.unit.test_llamacpp_engine import gguf_repo
 from tests.unit.test_sizing import model_info
 
@@ -40,7 +40,7 @@ def test_a_partly_offloaded_gguf_plan_shows_quant_layers_and_slots(app: AppTest)
                     cpu_cores=16)  # fmt: skip
     state = with_model(app, model_name="Llama-3.1-8B-Instruct", quants=("F16", "Q8_0"), target=target)
     plan_page(app)
-    the_plan = state.current_plan()
+    the_plan = planned(state)
     assert the_plan.engine == "llama.cpp" and the_plan.settings["offload"] == "partial"
     shown = metrics(app)
     assert shown["Engine"] == "llama.cpp"
@@ -58,7 +58,7 @@ def test_a_cpu_gguf_plan_and_the_alternatives_table(app: AppTest) -> None:
     state = with_model(app, model_name="Llama-3.1-8B-Instruct", quants=("Q8_0", "Q4_K_M"),
                        target=describe_target(cpu_only=True, ram_gib=32, cpu_cores=8))  # fmt: skip
     plan_page(app)
-    the_plan = state.current_plan()
+    the_plan = planned(state)
     assert (the_plan.engine, the_plan.device) == ("llama.cpp", "cpu")
     assert metrics(app)["Layers on the GPU"] == "none (CPU)"
     assert "The model runs on the CPU from system RAM." in texts(app)
@@ -68,7 +68,7 @@ def test_a_cpu_gguf_plan_and_the_alternatives_table(app: AppTest) -> None:
 def test_a_safetensors_model_on_an_old_gpu_is_converted(app: AppTest, tiny_model: Path) -> None:
     choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="v100-16gb", driver_version="580.65.06"))
     plan_page(app)
-    the_plan = app.session_state["wizard"].current_plan()
+    the_plan = planned(app.session_state["wizard"])
     assert the_plan.engine == "llama.cpp" and "convert" in the_plan.settings
     assert any("converts the safetensors weights to GGUF" in i.value for i in app.info)
     assert metrics(app)["GGUF quantization"] == the_plan.settings["quant"]
@@ -79,7 +79,7 @@ def test_the_alternatives_table_and_switching_to_one(app: AppTest) -> None:
     state.set_model(model_info("Llama-3.1-8B-Instruct"), text="hf:meta-llama/Llama-3.1-8B-Instruct")
     state.target = describe_target(gpu_preset="t4", driver_version="580.65.06")
     plan_page(app)
-    the_plan = state.current_plan()
+    the_plan = planned(state)
     assert the_plan.alternatives and not the_plan.fits
     (table,) = [d for d in app.dataframe if "Fits" in d.value.columns]
     assert list(table.value["Details"]) == [a.summary for a in the_plan.alternatives]
@@ -87,7 +87,7 @@ def test_the_alternatives_table_and_switching_to_one(app: AppTest) -> None:
     fitting = next(a for a in the_plan.alternatives if a.fits)
     app.button(key=f"use_engine_{fitting.engine}").click().run()
     assert not app.exception
-    assert state.options.engine == fitting.engine and state.current_plan().fits
+    assert state.options.engine == fitting.engine and planned(state).fits
 
 
 def test_quant_kv_cache_type_and_parallel_replan(app: AppTest) -> None:
@@ -101,7 +101,7 @@ def test_quant_kv_cache_type_and_parallel_replan(app: AppTest) -> None:
     app.number_input(key="opt_parallel").set_value(2).run()
     assert not app.exception
     assert (state.options.quant, state.options.kv_cache_type, state.options.parallel) == ("Q4_K_M", "q8_0", 2)
-    the_plan = state.current_plan()
+    the_plan = planned(state)
     assert (the_plan.settings["quant"], the_plan.settings["cache_type_k"], the_plan.settings["n_parallel"]) == (
         "Q4_K_M", "q8_0", 2)  # fmt: skip
     shown = metrics(app)
@@ -124,7 +124,7 @@ def test_the_hardware_page_offers_the_engine_options(app: AppTest, tiny_model: P
     plan_page(app)
     assert app.selectbox(key="opt_engine").value == "llama.cpp"
     assert app.selectbox(key="opt_quant").value == "Q8_0"
-    assert state.current_plan().settings["quant"] == "Q8_0"
+    assert planned(state).settings["quant"] == "Q8_0"
 
 
 def test_switching_engine_resets_llamacpp_options_and_the_base_image_with_a_notice(
@@ -142,7 +142,7 @@ def test_switching_engine_resets_llamacpp_options_and_the_base_image_with_a_noti
     assert any("A new engine" in i.value and "base image" in i.value and "GGUF quantization" in i.value
                for i in app.info)  # fmt: skip
     assert app.text_input(key="opt_base_image").value == ""
-    assert state.current_plan().base_image.startswith("vllm/vllm-openai:")
+    assert planned(state).base_image.startswith("vllm/vllm-openai:")
     app.run()  # the notice is shown once
     assert not any("A new engine" in i.value for i in app.info)
 

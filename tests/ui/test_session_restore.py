@@ -51,7 +51,7 @@ def test_refresh_keeps_model_target_options_and_language(app: AppTest, tiny_mode
 
     again = refreshed(tab, page="views/plan.py")
     restored: WizardState = again.session_state["wizard"]
-    assert restored.model is not None and restored.model.commit == state.model.commit
+    assert restored.model is not None and state.model is not None and restored.model.commit == state.model.commit
     assert restored.target == state.target
     assert (restored.options.max_model_len, restored.options.port) == (1024, 9001)
     assert again.session_state["language"] == "zh"
