@@ -91,7 +91,25 @@ def _options_form(state: WizardState) -> None:
     apply_options(state, replace(state.options, **values))
 
 
+def _chart_unit(the_plan: Plan) -> tuple[str, int]:
+    """GiB for real models, MiB for tiny ones (a 50 MB model is not "0.0 GiB")."""
+    largest = max([b.capacity_bytes for b in the_plan.per_gpu] + [b.used_bytes for b in the_plan.per_gpu] + [1])
+    return ("GiB", GIB) if largest >= GIB else ("MiB", 1 << 20)
+
+
+def _idle_gpus(the_plan: Plan) -> list[tuple[int, int]]:
+    """(index, total bytes) of the target's GPUs the plan leaves idle (TP smaller than the GPU count)."""
+    used = {b.index for b in the_plan.per_gpu}
+    if None in used:
+        return []  # the plan runs on the CPU: the GPUs are not part of its picture
+    gpus = [(gpu.index if gpu.index is not None else n, gpu.memory_bytes) for n, gpu in enumerate(the_plan.target.gpus)]
+    return [(index, total) for index, total in gpus if index not in used]
+
+
 def _memory_chart(the_plan: Plan) -> None:
+    """Every GPU (idle ones marked), or RAM for a CPU plan: weights / KV cache / overhead to scale, with the
+    usable-memory mark; the KV cache also as tokens of context."""
+    unit, scale = _chart_unit(the_plan)
     parts = (
         ("weights_bytes", t("plan.part_weights")),
         ("kv_cache_bytes", t("plan.part_kv")),
@@ -99,16 +117,25 @@ def _memory_chart(the_plan: Plan) -> None:
     )
     rows: list[dict[str, Any]] = []
     limits: list[dict[str, Any]] = []
+    ram_unknown = False
     for budget in the_plan.per_gpu:
         label = t("plan.ram") if budget.index is None else t("plan.gpu_n", n=budget.index)
         for order, (attribute, name) in enumerate(parts):
-            rows.append({"device": label, "part": name, "GiB": getattr(budget, attribute) / GIB, "order": order})
-        limits.append({"device": label, "GiB": budget.capacity_bytes / GIB, "what": t("plan.capacity")})
+            rows.append({"device": label, "part": name, unit: getattr(budget, attribute) / scale, "order": order})
+        if budget.capacity_bytes > 0:
+            limits.append({"device": label, unit: budget.capacity_bytes / scale, "what": t("plan.capacity")})
+        else:
+            ram_unknown = True  # no capacity mark at 0: the size of RAM is simply not known
+    for index, total in _idle_gpus(the_plan):
+        label = t("plan.gpu_idle", n=index)
+        rows += [{"device": label, "part": name, unit: 0.0, "order": order} for order, (_, name) in enumerate(parts)]
+        limits.append({"device": label, unit: total / scale, "what": t("plan.gpu_idle_what")})
+    field = f"{unit}:Q"
     bars = (
         alt.Chart(pd.DataFrame(rows))
         .mark_bar()
         .encode(
-            x=alt.X("sum(GiB):Q", title="GiB", stack="zero"),
+            x=alt.X(f"sum({unit}):Q", title=unit, stack="zero"),
             y=alt.Y("device:N", title=None, sort=None),
             color=alt.Color(
                 "part:N",
@@ -117,17 +144,24 @@ def _memory_chart(the_plan: Plan) -> None:
                 scale=alt.Scale(domain=[name for _, name in parts], range=PART_COLOURS),
             ),
             order=alt.Order("order:Q"),
-            tooltip=["device:N", "part:N", alt.Tooltip("GiB:Q", format=".2f")],
+            tooltip=["device:N", "part:N", alt.Tooltip(field, format=".2f")],
         )
     )
-    capacity = (
-        alt.Chart(pd.DataFrame(limits))
-        .mark_tick(color=CAPACITY_COLOUR, thickness=3, size=34)
-        .encode(x="GiB:Q", y=alt.Y("device:N", sort=None), tooltip=["what:N", alt.Tooltip("GiB:Q", format=".2f")])
-    )
-    height = 60 + 48 * len(the_plan.per_gpu)
-    st.altair_chart(alt.layer(bars, capacity), width="stretch", height=height)
+    layers: list[Any] = [bars]
+    if limits:
+        layers.append(
+            alt.Chart(pd.DataFrame(limits))
+            .mark_tick(color=CAPACITY_COLOUR, thickness=3, size=34)
+            .encode(x=field, y=alt.Y("device:N", sort=None), tooltip=["what:N", alt.Tooltip(field, format=".2f")])
+        )
+    height = 60 + 48 * len({row["device"] for row in rows})
+    st.altair_chart(alt.layer(*layers), width="stretch", height=height)
     st.caption(t("plan.chart_caption"))
+    if the_plan.kv_cache_tokens:
+        st.caption(t("plan.kv_tokens", tokens=f"{the_plan.kv_cache_tokens:,}", size=fmt_bytes(
+            sum(b.kv_cache_bytes for b in the_plan.per_gpu))))  # fmt: skip
+    if ram_unknown:
+        st.caption(t("plan.ram_unknown"))
 
 
 def _context_zip(*, the_plan: Plan, spec: BuildSpec) -> bytes:
