@@ -157,9 +157,13 @@ def _memory_chart(the_plan: Plan) -> None:
     height = 60 + 48 * len({row["device"] for row in rows})
     st.altair_chart(alt.layer(*layers), width="stretch", height=height)
     st.caption(t("plan.chart_caption"))
-    if the_plan.kv_cache_tokens:
-        st.caption(t("plan.kv_tokens", tokens=f"{the_plan.kv_cache_tokens:,}", size=fmt_bytes(
-            sum(b.kv_cache_bytes for b in the_plan.per_gpu))))  # fmt: skip
+    kv_size = fmt_bytes(sum(b.kv_cache_bytes for b in the_plan.per_gpu))
+    if the_plan.max_concurrency is not None and the_plan.kv_cache_tokens:
+        # an engine that preallocates its cache: the pool, in tokens
+        st.caption(t("plan.kv_tokens", tokens=f"{the_plan.kv_cache_tokens:,}", size=kv_size))
+    elif the_plan.max_model_len:
+        # transformers grows its cache per request: what one request of the planned length takes
+        st.caption(t("plan.kv_tokens_request", tokens=f"{the_plan.max_model_len:,}", size=kv_size))
     if ram_unknown:
         st.caption(t("plan.ram_unknown"))
 
