@@ -29,6 +29,7 @@ from core.wizard_state import (
     target_from_dict,
     target_to_dict,
 )
+from ezrunner_ui.i18n import t
 
 STATE_KEY = "wizard"
 JOB_PARAM = "job"
@@ -233,7 +234,8 @@ def restore_tab(state: WizardState) -> str | None:
             ref = parse_ref(snapshot.model_text)
             # the pinned commit: the same files as before the refresh even if the branch moved since
             at = None if ref.source == "local" else snapshot.model_commit or snapshot.revision or None
-            state.set_model(hubs.inspect(ref=ref, revision=at), text=snapshot.model_text)
+            with st.spinner(t("model.inspecting", ref=snapshot.model_text)):
+                state.set_model(hubs.inspect(ref=ref, revision=at), text=snapshot.model_text)
         except EzRunnerError:
             state.notices.append(("restore_failed", snapshot.model_text))
     state.model_text = snapshot.model_text

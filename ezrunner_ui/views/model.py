@@ -122,7 +122,8 @@ def _results_table(state: WizardState) -> None:
     if state.search is None:
         return
     try:
-        results = cached_search(state.search)
+        with st.spinner(t("model.searching")):
+            results = cached_search(state.search)
     except EzRunnerError as error:
         show_error(error)
         return
