@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import string
 from pathlib import Path
 from typing import get_args
@@ -155,3 +156,40 @@ def test_chinese_strings_are_translated() -> None:
     # product names, units and pure placeholders may stay as they are; sentences may not
     same = {key for key in english if english[key] == chinese[key] and len(fields_of(english[key])) == 0}
     assert {key for key in same if " " in english[key] and not key.startswith(("engine.", "source."))} == set()
+
+
+#: Streamlit calls that put their first argument on the page
+SHOWN_BY = {
+    "title", "header", "subheader", "markdown", "write", "caption", "info", "warning", "error", "success", "button",
+    "selectbox", "text_input", "number_input", "checkbox", "radio", "metric", "expander", "tabs", "page_link",
+    "download_button", "link_button", "toggle", "form_submit_button", "spinner", "text_area", "segmented_control",
+    "select_slider", "progress", "toast",
+}  # fmt: skip
+_ICON = re.compile(r":material/[a-z_]+:")
+
+
+def page_literals() -> list[str]:
+    """Words a page shows that are written in the code, not taken from a catalog (icons aside)."""
+    found: list[str] = []
+    for path in sorted(UI_ROOT.rglob("*.py")):
+        if "cli" in path.relative_to(UI_ROOT).parts:
+            continue  # the CLI speaks English by design
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+                continue
+            if node.func.attr not in SHOWN_BY:
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                text = first.value
+            elif isinstance(first, ast.JoinedStr):
+                text = "".join(str(v.value) for v in first.values if isinstance(v, ast.Constant))
+            else:
+                continue
+            if re.search(r"[A-Za-z]{2,}", _ICON.sub("", text)):
+                found.append(f"{path.relative_to(UI_ROOT)}:{node.lineno} {text!r}")
+    return found
+
+
+def test_pages_show_no_english_literal() -> None:
+    assert page_literals() == []
