@@ -193,3 +193,23 @@ def page_literals() -> list[str]:
 
 def test_pages_show_no_english_literal() -> None:
     assert page_literals() == []
+
+
+def test_every_field_core_can_name_has_a_label() -> None:
+    """Core names the input at fault with a key (``error.field``); the wizard shows the field's label. The keys
+    are core's ``errors.FIELDS`` where core has that set; the plan options are such keys in any case."""
+    from dataclasses import fields
+
+    from core.planning import Options
+
+    keys = set(getattr(errors, "FIELDS", ())) | {f.name for f in fields(Options)}
+    for language in LANGUAGES:
+        assert {key for key in keys if f"field.{key}" not in catalog(language)} == set(), language
+
+
+def test_an_error_names_its_field_in_the_users_words() -> None:
+    from ezrunner_ui.ui_errors import error_text
+
+    text = error_text(code="invalid_options", message="max_model_len 100000 is too long.", field="max_model_len")
+    assert text.endswith("Field to change: Context length (tokens)")
+    assert "Field to change" not in error_text(code="invalid_options", message="x", field=None)
