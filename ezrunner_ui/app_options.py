@@ -13,6 +13,7 @@ from dataclasses import replace
 import streamlit as st
 
 from core.engines import engine_names
+from core.engines.llamacpp import candidates
 from core.errors import EzRunnerError
 from core.planning import Options
 from core.wizard_state import ENGINE_OPTION_FIELDS, KV_CACHE_TYPES, change_options
@@ -46,8 +47,6 @@ def quant_choices(state: WizardState) -> tuple[str | None, ...]:
     """None (automatic), then the quantizations core could pack for the chosen model."""
     names: list[str] = []
     if state.model is not None:
-        from core.engines.llamacpp import candidates
-
         try:
             names = [candidate.quant for candidate in candidates(state.model)]
         except EzRunnerError:
@@ -62,21 +61,21 @@ def widget_keys(prefix: str) -> dict[str, str]:
     return {f"{prefix}_{name}": name for name in ENGINE_OPTION_FIELDS}
 
 
-def engine_options_form(state: WizardState, *, prefix: str, columns: Sequence[st.delta_generator.DeltaGenerator]
-                        | None = None) -> None:  # fmt: skip
-    """Draw the four engine options and write them back into ``state.options`` (with the reset notices)."""
+def engine_options_form(state: WizardState, *, prefix: str) -> None:
+    """Draw the four engine options in a row and write them back into ``state.options`` (with the reset
+    notices)."""
     keys = widget_keys(prefix)
     for key, name in keys.items():
         seed(key, getattr(state.options, name))
-    slots = list(columns) if columns else list(st.columns(4))
+    engine_slot, quant_slot, cache_slot, parallel_slot = st.columns(4)
     engines = {e: t(f"engine.{e}") for e in ENGINES}
-    slots[0 % len(slots)].selectbox(
+    engine_slot.selectbox(
         t("plan.engine"), options=ENGINES, format_func=engines.__getitem__, key=f"{prefix}_engine"
     )
     quants = quant_choices(state)
     if st.session_state.get(f"{prefix}_quant") not in quants:
-        st.session_state[f"{prefix}_quant"] = None
-    slots[1 % len(slots)].selectbox(
+        st.session_state[f"{prefix}_quant"] = None  # a quantization of another model: back to automatic
+    quant_slot.selectbox(
         t("plan.quant"),
         options=quants,
         format_func=lambda q: q or t("plan.auto"),
@@ -84,14 +83,14 @@ def engine_options_form(state: WizardState, *, prefix: str, columns: Sequence[st
         help=t("plan.quant_help"),
     )
     cache_types = (None, *KV_CACHE_TYPES)
-    slots[2 % len(slots)].selectbox(
+    cache_slot.selectbox(
         t("plan.kv_cache_type"),
         options=cache_types,
         format_func=lambda c: c or t("plan.auto"),
         key=f"{prefix}_kv_cache_type",
         help=t("plan.kv_cache_type_help"),
     )
-    slots[3 % len(slots)].number_input(
+    parallel_slot.number_input(
         t("plan.parallel"),
         key=f"{prefix}_parallel",
         value=None,
