@@ -28,8 +28,10 @@ def test_an_idle_second_gpu_is_drawn_and_marked(app: AppTest) -> None:
     state: WizardState = app.session_state["wizard"]
     state.set_model(model_info("Llama-3.1-8B-Instruct"), text="hf:meta-llama/Llama-3.1-8B-Instruct")
     state.target = describe_target(gpu_preset="a100-80gb", gpu_count=2, driver_version="580.65.06")
+    # transformers serve runs one copy on one GPU: the second card is idle
+    state.options = dataclasses.replace(state.options, engine="transformers")
     app.switch_page("views/plan.py").run()
-    assert planned(state).tensor_parallel_size == 1
+    assert [b.index for b in planned(state).per_gpu] == [0]
     spec, data = chart(app)
     devices = {row["device"] for row in data}
     assert {"GPU 0", "GPU 1 (idle)"} <= devices
@@ -37,6 +39,16 @@ def test_an_idle_second_gpu_is_drawn_and_marked(app: AppTest) -> None:
     idle_mark = [r for r in data if r.get("device") == "GPU 1 (idle)" and "what" in r]
     assert idle_mark and round(idle_mark[0]["GiB"]) == 80  # the idle card's whole memory
     the_plan = planned(state)
+    assert f"for one request of {the_plan.max_model_len:,} tokens" in texts(app)  # no pool: per request
+
+
+def test_a_pool_engine_shows_its_kv_cache_as_tokens(app: AppTest) -> None:
+    state: WizardState = app.session_state["wizard"]
+    state.set_model(model_info("Llama-3.1-8B-Instruct"), text="hf:meta-llama/Llama-3.1-8B-Instruct")
+    state.target = describe_target(gpu_preset="l4", driver_version="580.65.06")
+    app.switch_page("views/plan.py").run()
+    the_plan = planned(state)
+    assert the_plan.engine == "vllm" and the_plan.kv_cache_tokens > 0
     assert f"room for {the_plan.kv_cache_tokens:,} tokens of context" in texts(app)
 
 
