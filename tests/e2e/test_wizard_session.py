@@ -86,6 +86,7 @@ def assert_loopback_only(urls: list[str]) -> None:
     assert hosts == {"127.0.0.1"}, f"the browser asked other hosts: {sorted(h or '?' for h in hosts)}"
 
 
+@pytest.mark.docker  # the Build page looks for the offline base image in the local engine
 def test_refresh_keeps_every_page_and_the_language(
     page: Page, server: UiServer, tiny_model_dir: Path, screenshots: Screenshots, browser_requests: list[str]
 ) -> None:
