@@ -10,8 +10,11 @@ folder with its own menu, skipping this frame and ``st.navigation``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
+from ezrunner_ui.app_options import drop_stale_widgets, show_notices
 from ezrunner_ui.i18n import DEFAULT_LANGUAGE, LANGUAGE_KEY, LANGUAGE_WIDGET, LANGUAGES, t
 from ezrunner_ui.state import (
     PAGE_BUILD,
@@ -22,12 +25,26 @@ from ezrunner_ui.state import (
     PAGE_PLAN,
     WizardState,
     attached_job,
+    keep_url,
+    restore_tab,
+    save_tab,
     wizard,
 )
 
-st.set_page_config(page_title="EZ Runner", page_icon=":material/deployed_code:", layout="wide")
+# A local file, not a ":material/...:" icon: Streamlit's frontend fetches those favicons from
+# fonts.gstatic.com (the `materialsymbolsrounded/<name>/default/24px.svg` URL in its bundle), and the wizard
+# must not make a single request off this machine.
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+st.set_page_config(page_title="EZ Runner", page_icon=str(FAVICON), layout="wide")
 
 state = wizard()
+if state.tab_id is None:
+    # a new session: a first visit, or a refresh of a tab whose wizard is in its session file
+    restored_language = restore_tab(state)
+    if restored_language in LANGUAGES:
+        st.session_state[LANGUAGE_KEY] = restored_language
+keep_url(state)
+drop_stale_widgets(state)
 if LANGUAGE_KEY not in st.session_state:
     st.session_state[LANGUAGE_KEY] = DEFAULT_LANGUAGE
 # The selectbox has its own key, re-seeded every run from the chosen language, so the choice
@@ -91,4 +108,9 @@ with st.sidebar:
 
 if current.url_path != history.url_path:
     _step_indicator(state)
-current.run()
+show_notices(state)
+try:
+    current.run()
+finally:
+    # also when the page switched or reran (Streamlit stops a run by raising): the file is always current
+    save_tab(state, language=str(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE)))

@@ -17,10 +17,24 @@ from core.hardware import Target
 from core.hubs.base import ModelInfo
 from core.jobs import REGISTRY, Job
 from core.plan import Options, Plan, plan
+from core.wizard_state import (
+    SessionSnapshot,
+    is_tab_id,
+    load_session,
+    new_tab_id,
+    options_for_model,
+    options_from_dict,
+    options_to_dict,
+    save_session,
+    target_from_dict,
+    target_to_dict,
+)
+from ezrunner_ui.i18n import t
 
 STATE_KEY = "wizard"
 JOB_PARAM = "job"
 RECORD_PARAM = "record"
+TAB_PARAM = "tab"
 
 # Page files, relative to app.py; st.switch_page and AppTest.switch_page take these paths.
 PAGE_MODEL = "views/model.py"
@@ -72,11 +86,22 @@ class WizardState:
     # step 5 / history
     record_id: str | None = None
     confirm_delete: str | None = None
+    # this tab's id (the URL's ?tab=, the name of its session file) and one-shot notices for the next page
+    tab_id: str | None = None
+    # (catalog key under "notice.", detail) pairs shown once, then cleared
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    # Options fields whose widgets must re-seed at the start of the next run (app_options.apply_options)
+    stale_widgets: tuple[str, ...] = ()
 
     def set_model(self, model: ModelInfo, *, text: str) -> None:
-        """A new model resets the options that depend on it (length, TP); the target stays."""
+        """A new model resets the options that belong to the old one (length, TP, base image, quantization),
+        with a notice naming them; the target, port and engine stay."""
         if self.model is None or (self.model.repo_id, self.model.commit) != (model.repo_id, model.commit):
-            self.options = Options(port=self.options.port, base_image=self.options.base_image)
+            change = options_for_model(options=self.options)
+            self.options = change.options
+            if change.reset and self.model is not None:
+                self.notices.append(("options_reset_model", ", ".join(change.reset)))
+            self.edited_dockerfile = self.edited_from = None
         self.model = model
         self.model_text = text
 
@@ -151,3 +176,79 @@ def attached_job(state: WizardState) -> Job | None:
         return None
     put_job_in_url(job.id)  # st.switch_page drops query params; keep the job in the URL
     return job
+
+
+# THE TAB'S SESSION FILE (a refresh starts a new Streamlit session; the file brings the wizard back)
+
+
+def tab_from_url() -> str | None:
+    value = st.query_params.get(TAB_PARAM)
+    return value if is_tab_id(value) else None
+
+
+def keep_url(state: WizardState) -> None:
+    """Put the tab (and the job it follows) back in the URL: page switches drop query params."""
+    if state.tab_id and st.query_params.get(TAB_PARAM) != state.tab_id:
+        st.query_params[TAB_PARAM] = state.tab_id
+
+
+def snapshot_of(state: WizardState, *, language: str) -> SessionSnapshot:
+    return SessionSnapshot(
+        model_text=state.model_text if state.model is not None else "",
+        model_commit=state.model.commit if state.model is not None else None,
+        revision=state.revision,
+        target=target_to_dict(state.target) if state.target is not None else None,
+        options=options_to_dict(state.options),
+        language=language,
+        job_id=state.job_id,
+        record_id=state.record_id,
+        search_query=str(st.session_state.get("search_query") or ""),
+        build={
+            "output_dir": state.output_dir,
+            "compress": state.compress,
+            "split": state.split,
+            "split_gib": state.split_gib,
+        },
+    )
+
+
+def save_tab(state: WizardState, *, language: str) -> None:
+    if state.tab_id:
+        save_session(tab_id=state.tab_id, snapshot=snapshot_of(state, language=language))
+
+
+def restore_tab(state: WizardState) -> str | None:
+    """Give this new session its tab id (the URL's, else a new one) and restore what that tab's file holds.
+    Returns the language the file names, if any."""
+    tab = tab_from_url()
+    state.tab_id = tab or new_tab_id()
+    snapshot = load_session(tab_id=tab)
+    if snapshot is None:
+        return None
+    if snapshot.model_text:
+        from core import hubs
+        from core.errors import EzRunnerError
+        from core.refs import parse_ref
+
+        try:
+            ref = parse_ref(snapshot.model_text)
+            # the pinned commit: the same files as before the refresh even if the branch moved since
+            at = None if ref.source == "local" else snapshot.model_commit or snapshot.revision or None
+            with st.spinner(t("model.inspecting", ref=snapshot.model_text)):
+                state.set_model(hubs.inspect(ref=ref, revision=at), text=snapshot.model_text)
+        except EzRunnerError:
+            state.notices.append(("restore_failed", snapshot.model_text))
+    state.model_text = snapshot.model_text
+    state.revision = snapshot.revision
+    state.target = target_from_dict(snapshot.target) if snapshot.target else None
+    state.options = options_from_dict(snapshot.options)
+    state.job_id = state.job_id or snapshot.job_id
+    state.record_id = snapshot.record_id
+    build = snapshot.build
+    state.output_dir = str(build.get("output_dir", state.output_dir))
+    state.compress = bool(build.get("compress", state.compress))
+    state.split = bool(build.get("split", state.split))
+    state.split_gib = float(build.get("split_gib", state.split_gib))
+    if snapshot.search_query and "search_query" not in st.session_state:
+        st.session_state["search_query"] = snapshot.search_query
+    return snapshot.language

@@ -12,15 +12,21 @@ from core.errors import EzRunnerError
 from ezrunner_ui.i18n import has, t
 
 
-def error_text(*, code: str | None, message: str) -> str:
-    """Markdown for an error: ``**headline** — message`` where a headline exists for ``code``."""
+def error_text(*, code: str | None, message: str, field: str | None = None) -> str:
+    """Markdown for an error: ``**headline** — message`` where a headline exists for ``code``, then the field
+    to change in the wizard's own words (core's ``error.field`` key, where core names one)."""
     key = f"error.{code or 'error'}"
     headline = t(key) if has(key) else t("error.error")
-    return f"**{headline}** — {message}"
+    text = f"**{headline}** — {message}"
+    if field and has(f"field.{field}"):
+        text += "\n\n" + t("field.label", label=t(f"field.{field}"))
+    return text
 
 
 def show_error(error: EzRunnerError) -> None:
-    st.error(error_text(code=error.code, message=str(error)), icon=":material/error:")
+    field = getattr(error, "field", None)
+    st.error(error_text(code=error.code, message=str(error), field=field if isinstance(field, str) else None),
+             icon=":material/error:")  # fmt: skip
 
 
 def show_error_message(*, code: str | None, message: str) -> None:

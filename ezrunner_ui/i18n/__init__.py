@@ -87,6 +87,17 @@ def translate_note(*, code: str, text: str, params: Mapping[str, Any], prefix: s
         return text
 
 
+def option_label(name: str) -> str:
+    """A plan option's name in the user's words ("context length"), not the flag or the field name."""
+    key = f"option.{name}"
+    return t(key) if has(key) else name
+
+
+def option_labels(names: str) -> str:
+    """``"base_image, quant"`` → ``"base image, GGUF quantization"`` (the fields a notice names)."""
+    return ", ".join(option_label(name.strip()) for name in names.split(",") if name.strip())
+
+
 # NUMBER FORMATS (unit symbols are the same in both languages)
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -20,9 +21,12 @@ from core.events import Cancel, EventSink
 from core.hardware import default_data_dir
 from core.history import History
 from core.jobs import REGISTRY, Job, JobSnapshot, StageProgress
+from core.offline_images import BaseImageStatus, base_image_status
 from core.pack import pack
 from core.plan import Plan
-from ezrunner_ui.i18n import fmt_bytes, fmt_duration, fmt_rate, fmt_target, t
+from core.wizard_state import monotonic_fraction
+from ezrunner_ui.app_options import forget_option_widgets
+from ezrunner_ui.i18n import fmt_bytes, fmt_duration, fmt_rate, fmt_target, has, t
 from ezrunner_ui.state import (
     PAGE_DOWNLOAD,
     PAGE_PLAN,
@@ -39,7 +43,7 @@ from ezrunner_ui.ui_errors import show_error, show_error_message
 GIB = 1 << 30
 # FAT32 holds files of at most 4 GiB - 1 byte; parts are N GiB - 1 MiB so that "4" fits such a stick.
 PART_SLACK_BYTES = 1 << 20
-LOG_LINES = 200
+LIVE_LOG_LINES = 12
 STAGE_ORDER = ("check", "pull", "download", "verify", "stage", "build", "export", "load", "run", "done")
 
 
@@ -51,6 +55,56 @@ def docker_problem() -> EzRunnerError | None:
         return error
     client.close()
     return None
+
+
+def base_image_check(the_plan: Plan) -> BaseImageStatus | None:
+    """Whether the plan's base image is here (and which offline image could stand in); None without Docker."""
+    try:
+        client = docker_api.connect(timeout=10)
+    except EzRunnerError:
+        return None
+    try:
+        return base_image_status(plan=the_plan, client=client)
+    except EzRunnerError:
+        return None
+    finally:
+        client.close()
+
+
+def _use_base_image(ref: str) -> None:
+    state = wizard()
+    state.options = replace(state.options, base_image=ref)
+    forget_option_widgets(("base_image",))
+
+
+def _base_image(the_plan: Plan) -> bool:
+    """Say when the base image is missing, offer the local offline image; True when the build can start."""
+    status = base_image_check(the_plan)
+    if status is None or status.present:
+        return True
+    st.warning(t("build.base_missing", image=status.image), icon=":material/cloud_off:")
+    if status.offline_helps and status.offline is not None:
+        st.button(
+            t("build.use_offline", image=status.offline.ref),
+            key="use_offline_image",
+            type="primary",
+            icon=":material/inventory_2:",
+            on_click=_use_base_image,
+            args=(status.offline.ref,),
+        )
+        st.caption(t("build.offline_why"))
+    else:
+        st.info(t("build.base_how", image=status.image), icon=":material/help:")
+    return False
+
+
+def _confirm_unfit(the_plan: Plan) -> bool:
+    """A plan that does not fit builds only after an explicit confirmation; True when it may build."""
+    if the_plan.fits:
+        return True
+    st.error(t("build.unfit"), icon=":material/block:")
+    st.page_link(PAGE_PLAN, label=t("build.unfit_fix"), icon=":material/arrow_back:")
+    return bool(st.checkbox(t("build.unfit_confirm"), key="confirm_unfit", value=False))
 
 
 def archive_name(the_plan: Plan) -> str:
@@ -138,8 +192,10 @@ def _stage_rows(snapshot: JobSnapshot) -> None:
             icon = "…" if snapshot.active else "✗"
         name = t(f"stage.{progress.stage}") if progress.stage in STAGE_ORDER else progress.stage
         line = _stage_line(progress)
-        if progress.fraction is not None and progress.stage in ("pull", "download", "build", "export"):
-            st.progress(progress.fraction, text=f"{icon} **{name}** — {line}")
+        if progress.fraction is not None and progress.stage in ("pull", "download", "convert", "build", "export"):
+            seen = st.session_state.setdefault("progress_seen", {})
+            fraction = monotonic_fraction(seen=seen, key=f"{snapshot.id}:{progress.stage}", fraction=progress.fraction)
+            st.progress(fraction, text=f"{icon} **{name}** — {line}")
         else:
             st.markdown(f"{icon} **{name}** — {line}" if line else f"{icon} **{name}**")
         if progress.message and progress.message != line and progress.unit in ("B", "step"):
@@ -164,6 +220,9 @@ def _outcome(snapshot: JobSnapshot) -> None:
         st.info(t("build.cancelled"), icon=":material/cancel:")
     elif snapshot.state == "failed":
         show_error_message(code=snapshot.error_code, message=snapshot.error or "")
+        hint = f"build.hint_{snapshot.error_code}"
+        if has(hint):
+            st.info(t(hint), icon=":material/help:")
 
 
 def _progress_panel(job: Job) -> None:
@@ -193,10 +252,12 @@ def _progress_panel(job: Job) -> None:
             )
             _stage_rows(snapshot)
             if snapshot.log_tail:
+                # the last lines, live (a scrolling box would show its top, i.e. the oldest lines); all on demand
                 st.caption(t("build.log"))
-                lines = snapshot.log_tail[-LOG_LINES:]
-                # a fixed height (so the box scrolls) only once there is enough to scroll
-                st.code("\n".join(lines), language=None, wrap_lines=True, height=300 if len(lines) > 12 else "content")
+                st.code("\n".join(snapshot.log_tail[-LIVE_LOG_LINES:]), language=None, wrap_lines=True)
+                if len(snapshot.log_tail) > LIVE_LOG_LINES:
+                    with st.expander(t("build.full_log", count=len(snapshot.log_tail))):
+                        st.code("\n".join(snapshot.log_tail), language=None, wrap_lines=True)
             _outcome(snapshot)
 
     panel()
@@ -237,6 +298,8 @@ def render() -> None:
             show_error(problem)
             st.info(t("build.docker_how"), icon=":material/help:")
         busy = job is not None and job.snapshot().active
+        may_build = problem is None and _base_image(the_plan)
+        may_build = _confirm_unfit(the_plan) and may_build
         with st.container(border=True):
             st.subheader(t("build.output"))
             output_dir, compress, split_bytes = _output_options(state)
@@ -247,7 +310,7 @@ def render() -> None:
                 key="start_build",
                 type="primary",
                 icon=":material/play_arrow:",
-                disabled=busy or problem is not None,
+                disabled=busy or not may_build,
                 on_click=_start,
                 args=(the_plan, output, compress, split_bytes),
             )

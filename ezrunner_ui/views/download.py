@@ -8,10 +8,14 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from core import runspec
 from core.archive import names
+from core.docker import api as docker_api
+from core.errors import EzRunnerError
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
 from core.render import container_name, find_load_script
+from core.runspec import run_spec_from_labels
 from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
@@ -35,8 +39,13 @@ def load_script_name(archive: Path) -> str:
     return found.name if found is not None else "load.sh"
 
 
-def run_command(record: PackRecord) -> str:
-    """The docker run line for the target server: from the pack's own artifact when this process has it."""
+def run_command(record: PackRecord) -> str | None:
+    """The docker run line for the target server, always from the engine's run spec (never rebuilt here):
+    the record's (written from the spec when the pack finished), else the spec baked into the image's label
+    when the image is still in the local engine. None when neither is there (an old record, a deleted image).
+    """
+    if record.run_command:
+        return record.run_command
     for job in REGISTRY.all():
         result = job.snapshot().result
         if getattr(result, "record_id", None) == record.id and getattr(result, "run_command", None):
@@ -44,15 +53,21 @@ def run_command(record: PackRecord) -> str:
     stored = record.plan.get("run_command")
     if isinstance(stored, str) and stored:
         return stored
-    # Rebuild it the way BuildSpec.run_command does: GPU targets get the NVIDIA runtime.
-    tag = record.image_tag or "IMAGE"
-    options = record.plan.get("options")
-    port = int(options.get("port", 8000)) if isinstance(options, dict) else 8000
-    argv = ["docker", "run", "-d", "--name", container_name(tag)]
-    if record.target.get("gpu_count"):
-        argv += ["--gpus", "all", "--ipc=host"]
-    argv += ["-p", f"{port}:{port}", tag]
-    return shlex.join(argv)
+    if not record.image_tag:
+        return None
+    try:
+        client = docker_api.connect(timeout=10)
+    except EzRunnerError:
+        return None
+    try:
+        spec = run_spec_from_labels(client.images.get(record.image_tag).labels)
+    except Exception:
+        return None
+    finally:
+        client.close()
+    if spec is None:
+        return None
+    return runspec.run_command(spec, name=container_name(record.image_tag), restart=None)
 
 
 def _pick_record(history: History) -> PackRecord | None:
@@ -145,8 +160,12 @@ def _commands(record: PackRecord) -> None:
         lines.append(f"zstd -dc {shlex.quote(archive)} | docker load")
     else:
         lines.append(f"docker load -i {shlex.quote(archive)}")
-    lines.append(run_command(record))
+    command = run_command(record)
+    if command is not None:
+        lines.append(command)
     st.code("\n".join(lines), language="bash")
+    if command is None:
+        st.info(t("download.no_run_command"), icon=":material/info:")
 
 
 def render() -> None:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 import streamlit as st
 
+from core import hardware
+from core.engines.llamacpp import device_for
 from core.errors import InvalidTargetError
 from core.hardware import GPU_PRESETS, Target, describe_target, detect_local
+from ezrunner_ui.app_options import HARDWARE_PREFIX, engine_options_form, show_notices
 from ezrunner_ui.i18n import fmt_bytes, fmt_target, t
 from ezrunner_ui.state import PAGE_MODEL, PAGE_PLAN, WizardState, wizard
 from ezrunner_ui.ui_errors import error_text
 
 CUSTOM = "custom"
+API_NAMES = {"cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan"}
+#: core's error field keys (core.errors, ``error.field``) → this form's fields
+CORE_FIELDS = {"gpus": "gpu_count", "gpu_memory": "gpu_memory_gib", "driver": "driver_version", "ram": "ram_gib",
+               "gpu_api": "gpu_preset", "cpu_only": "general"}  # fmt: skip
 # describe_target's messages start with the argument they are about; map them to the form's fields
 FIELDS = (
     "gpu_preset",
@@ -49,6 +58,47 @@ def _target_table(target: Target) -> None:
         st.caption(f":material/info: {note}")
 
 
+def error_field(error: InvalidTargetError) -> str:
+    """Which form field an error is about: core's ``error.field`` key where it has one, else the argument
+    its message starts with; "general" when neither names a field of this form."""
+    key = getattr(error, "field", None)
+    if isinstance(key, str) and CORE_FIELDS.get(key, key) in FIELDS:
+        return CORE_FIELDS.get(key, key)
+    first = str(error).split(" ", 1)[0]
+    return first if first in FIELDS else "general"
+
+
+def gpu_apis(vendor: str | None) -> tuple[str, ...]:
+    """The GPU interfaces core plans for a vendor's cards (all of them for a card with no preset); empty
+    where this core has no choice of interface."""
+    by_vendor = getattr(hardware, "GPU_APIS_BY_VENDOR", None)
+    if not isinstance(by_vendor, Mapping):
+        return ()
+    if vendor is None:
+        return tuple(dict.fromkeys(api for apis in by_vendor.values() for api in apis))
+    return tuple(by_vendor.get(vendor, ()))
+
+
+def preset_vendor(key: str | None) -> str:
+    """Who makes a preset's GPU ("nvidia", "amd", ...): the preset's own field where core has one."""
+    preset = GPU_PRESETS.get(key or "")
+    return str(getattr(preset, "vendor", "nvidia")) if preset is not None else "nvidia"
+
+
+def _preset_label(key: str) -> str:
+    name = GPU_PRESETS[key].display_name
+    vendor = preset_vendor(key)
+    brand = t(f"hardware.vendor_{vendor}")
+    return name if vendor == "nvidia" or name.lower().startswith(vendor) else f"{brand} {name}"
+
+
+def _engine_preferences(state: WizardState) -> None:
+    with st.expander(t("hardware.engine_title"), icon=":material/settings:"):
+        st.caption(t("hardware.engine_intro"))
+        engine_options_form(state, prefix=HARDWARE_PREFIX)
+    show_notices(state)
+
+
 def _use(state: WizardState, target: Target) -> None:
     state.target = target
 
@@ -79,7 +129,7 @@ def _describe_section(state: WizardState) -> None:
     st.write(t("hardware.describe_intro"))
     presets = [*GPU_PRESETS, CUSTOM]
     # labels are made now, in the script run: a format_func that called t() later would miss the language
-    preset_names = {key: preset.display_name for key, preset in GPU_PRESETS.items()}
+    preset_names = {key: _preset_label(key) for key in GPU_PRESETS}
     preset_names[CUSTOM] = t("hardware.custom_gpu")
     cpu_only = st.checkbox(t("hardware.cpu_only"), key="hw_cpu_only", persist_state="session")
     left, right = st.columns(2)
@@ -113,11 +163,21 @@ def _describe_section(state: WizardState) -> None:
             persist_state="session",
         )
         memory_slot = st.empty()
+        vendor = preset_vendor(preset) if not cpu_only else "nvidia"
+        apis = gpu_apis(vendor) if preset != CUSTOM else gpu_apis(None)
+        api: str | None = None
+        if len(apis) > 1 and not cpu_only:
+            # how the card is driven where its vendor offers more than one way (an AMD card: ROCm or Vulkan)
+            api = st.selectbox(
+                t("hardware.gpu_api"), options=apis, format_func=lambda a: API_NAMES.get(a, a), key="hw_gpu_api"
+            )
+            if preset == CUSTOM and api != "cuda":
+                vendor = "amd"  # core: a card with no preset driven by ROCm or Vulkan is an AMD card
         capability = st.text_input(
             t("hardware.compute_capability"),
             key="hw_cc",
             placeholder=t("hardware.cc_placeholder"),
-            disabled=cpu_only,
+            disabled=cpu_only or vendor != "nvidia",
             persist_state="session",
         )
         capability_slot = st.empty()
@@ -127,7 +187,7 @@ def _describe_section(state: WizardState) -> None:
             key="hw_driver",
             placeholder="550.54.15",
             help=t("hardware.driver_help"),
-            disabled=cpu_only,
+            disabled=cpu_only or vendor != "nvidia",
             persist_state="session",
         )
         driver_slot = st.empty()
@@ -146,14 +206,15 @@ def _describe_section(state: WizardState) -> None:
                 gpu_preset=None if preset == CUSTOM else preset,
                 gpu_count=int(count),
                 gpu_memory_gib=memory,
-                compute_capability=capability.strip() or None,
-                driver_version=driver.strip() or None,
+                compute_capability=(capability.strip() or None) if vendor == "nvidia" else None,
+                driver_version=(driver.strip() or None) if vendor == "nvidia" else None,
                 ram_gib=ram,
                 cpu_cores=None if cores is None else int(cores),
+                # only where this core offers a choice of interface (core.hardware.GPU_APIS_BY_VENDOR)
+                **({"gpu_api": api} if api is not None else {}),  # type: ignore[arg-type]
             )
     except InvalidTargetError as error:
-        field = str(error).split(" ", 1)[0]
-        errors[field if field in FIELDS else "general"] = error_text(code=error.code, message=str(error))
+        errors[error_field(error)] = error_text(code=error.code, message=str(error))
 
     for slot, field in (
         (preset_slot, "gpu_preset"),
@@ -170,6 +231,10 @@ def _describe_section(state: WizardState) -> None:
 
     if described is not None:
         st.caption(t("hardware.described_as", label=fmt_target(described)))
+        if vendor != "nvidia" and described.gpus:
+            device = getattr(described, "gpu_api", None) or device_for(described)
+            st.caption(t("hardware.non_nvidia_note", vendor=t(f"hardware.vendor_{vendor}"),
+                         device=API_NAMES.get(device, device)))  # fmt: skip
     st.button(
         t("hardware.use_described"),
         key="use_described",
@@ -207,6 +272,8 @@ def render() -> None:
             _detect_section(state)
         else:
             _describe_section(state)
+
+    _engine_preferences(state)
 
     if state.target is not None and st.button(
         t("hardware.next"),

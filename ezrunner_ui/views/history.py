@@ -15,6 +15,7 @@ from core.hardware import Gpu, Target
 from core.history import History, PackRecord
 from core.plan import Options
 from core.refs import parse_ref
+from ezrunner_ui.app_options import forget_option_widgets
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_DOWNLOAD, PAGE_PLAN, wizard
 from ezrunner_ui.ui_errors import show_error
@@ -96,8 +97,8 @@ def _open_plan(record: PackRecord) -> None:
     state.revision = revision
     state.target = target_from_summary(record.target)
     state.options = options_from_plan(record.plan)
-    for key in [k for k in st.session_state if str(k).startswith("opt_")]:
-        del st.session_state[key]  # the Plan page's widgets re-seed from the restored options
+    state.notices.clear()  # set_model's "options reset" notice: the record's own options replace them
+    forget_option_widgets()  # every option widget re-seeds from the restored options
     st.switch_page(PAGE_PLAN)
 
 

@@ -11,6 +11,8 @@ from core import hubs
 from core.errors import EzRunnerError
 from core.hubs.base import ModelInfo, ModelSummary, SearchFilters
 from core.refs import parse_ref
+from core.wizard_state import revision_for_lookup
+from ezrunner_ui.app_options import show_notices
 from ezrunner_ui.i18n import fmt_bytes, fmt_count, t
 from ezrunner_ui.state import PAGE_HARDWARE, SearchRequest, WizardState, seed, wizard
 from ezrunner_ui.ui_errors import show_error
@@ -35,7 +37,17 @@ def cached_search(request: SearchRequest) -> list[ModelSummary]:
 
 
 def _inspect(state: WizardState, *, text: str, revision: str) -> None:
-    """Resolve ``text`` to a pinned ModelInfo and make it the wizard's model; errors are shown."""
+    """Resolve ``text`` to a pinned ModelInfo and make it the wizard's model; errors are shown.
+
+    Runs before the revision field is drawn (a callback, or the search table above it), so a revision that
+    belonged to the previous model can be cleared from the field too.
+    """
+    revision, dropped = revision_for_lookup(
+        text=text, typed=revision, previous_text=state.model_text, previous_revision=state.revision
+    )
+    if dropped:
+        state.notices.append(("revision_reset", state.revision))
+        st.session_state["model_revision"] = ""
     try:
         with st.spinner(t("model.inspecting", ref=text)):
             ref = parse_ref(text)
@@ -53,6 +65,12 @@ def _inspect(state: WizardState, *, text: str, revision: str) -> None:
 
 
 def _search_form(state: WizardState) -> None:
+    # a form: pressing Enter in the query field submits it, as the Search button does
+    with st.form("search_form", border=False, enter_to_submit=True):
+        _search_fields(state)
+
+
+def _search_fields(state: WizardState) -> None:
     query_column, source_column = st.columns([3, 2])
     query_column.text_input(
         t("model.search_label"),
@@ -87,7 +105,7 @@ def _search_form(state: WizardState) -> None:
             persist_state="session",
         )
         st.checkbox(t("model.safetensors_only"), value=True, key="search_safetensors", persist_state="session")
-    if st.button(t("model.search_button"), key="search_button", icon=":material/search:", type="primary"):
+    if st.form_submit_button(t("model.search_button"), key="search_button", icon=":material/search:", type="primary"):
         low, high = st.session_state["search_size"]
         state.search = SearchRequest(
             query=st.session_state["search_query"].strip(),
@@ -104,7 +122,8 @@ def _results_table(state: WizardState) -> None:
     if state.search is None:
         return
     try:
-        results = cached_search(state.search)
+        with st.spinner(t("model.searching")):
+            results = cached_search(state.search)
     except EzRunnerError as error:
         show_error(error)
         return
@@ -145,6 +164,11 @@ def _results_table(state: WizardState) -> None:
         state.picked_result = ref_text
         st.session_state["model_ref"] = ref_text
         _inspect(state, text=ref_text, revision=st.session_state.get("model_revision", ""))
+
+
+def _lookup() -> None:
+    state = wizard()
+    _inspect(state, text=str(st.session_state["model_ref"]), revision=str(st.session_state["model_revision"]))
 
 
 def _forget_token() -> None:
@@ -216,9 +240,9 @@ def render() -> None:
         ref_column, revision_column = st.columns([3, 1])
         ref_column.text_input(t("model.ref_label"), key="model_ref", help=t("model.ref_help"))
         revision_column.text_input(t("model.revision_label"), key="model_revision", help=t("model.revision_help"))
-        if st.button(t("model.inspect_button"), key="inspect_button", icon=":material/manage_search:"):
-            _inspect(state, text=st.session_state["model_ref"], revision=st.session_state["model_revision"])
+        st.button(t("model.inspect_button"), key="inspect_button", icon=":material/manage_search:", on_click=_lookup)
 
+    show_notices(state)
     _token_field(state)
     if state.retry_gated and state.token:
         _inspect(state, text=state.retry_gated, revision=st.session_state.get("model_revision", ""))

@@ -19,8 +19,16 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+def browser_requests() -> list[str]:
+    """Every URL the test's browser context asked for, in order (filled by the ``page`` fixture)."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Browser, browser_requests: list[str]) -> Iterator[Page]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+    # every request of every tab of the context, so a test can prove that nothing left loopback
+    context.on("request", lambda request: browser_requests.append(request.url))
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     yield tab

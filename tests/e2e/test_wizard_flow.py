@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 from playwright.sync_api import Download, Page, expect
@@ -60,13 +61,23 @@ def packed_images(home: Path) -> Iterator[list[str]]:
     history_file = home / "history.sqlite"
     made = [r.image_tag for r in History(history_file).list() if r.image_tag] if history_file.exists() else []
     client = docker_api.connect()
+
+    def remove(ref: str) -> None:
+        # Builds are reproducible: another test running at the same time can have built the very same image
+        # id and started a container from it; the engine then refuses (409) and that image is not ours to take.
+        try:
+            docker_api.remove_image(ref=ref, force=True, client=client)
+        except docker.errors.APIError as error:
+            if error.status_code != 409:
+                raise
+
     try:
         for image in client.images.list():
             for tag in image.tags:
                 if any(tag == ref or tag.startswith(ref + "-") for ref in made):
-                    docker_api.remove_image(ref=tag, force=True, client=client)
+                    remove(tag)
         for image_id in untagged:
-            docker_api.remove_image(ref=image_id, force=True, client=client)
+            remove(image_id)
     finally:
         client.close()
 

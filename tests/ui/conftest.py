@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import hubs
 from core.hardware import Target
+from core.plan import Plan
 from core.refs import parse_ref
 from ezrunner_ui.state import WizardState
 from tests.fixtures.fake_hub import FakeHub
@@ -83,3 +84,10 @@ def choose(app: AppTest, *, model_dir: Path, target: Target) -> WizardState:
     state.set_model(hubs.inspect(ref=parse_ref(str(model_dir))), text=str(model_dir))
     state.target = target
     return state
+
+
+def planned(state: WizardState) -> Plan:
+    """The wizard's current plan, which the test has made possible (a model and a target are chosen)."""
+    the_plan = state.current_plan()
+    assert the_plan is not None, "no model or no target chosen"
+    return the_plan

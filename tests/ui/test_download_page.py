@@ -7,12 +7,16 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core.hardware import describe_target, target_summary
+from core import hubs
+from core.hardware import Target, describe_target, target_summary
 from core.history import History
+from core.plan import plan
+from core.refs import parse_ref
+from core.render import render
 from tests.ui.conftest import texts
 
 
-def finished_record(folder: Path, *, parts: int = 1, compressed: bool = False) -> str:
+def finished_record(folder: Path, *, parts: int = 1, compressed: bool = False, run_command: str | None = None) -> str:
     """A History record of a finished pack whose files really exist (small ones)."""
     folder.mkdir(parents=True, exist_ok=True)
     name = "tiny-llama-0123456789ab-vllm.tar" + (".zst" if compressed else "")
@@ -37,7 +41,7 @@ def finished_record(folder: Path, *, parts: int = 1, compressed: bool = False) -
         dockerfile="FROM vllm/vllm-openai:v0.0.0\n", image_tag="ezrunner/tiny-llama:0123456789ab-vllm",
     )  # fmt: skip
     history.finish(record_id, outcome="succeeded", log="Step 1/5 : FROM x", image_id="sha256:" + "c" * 64,
-                   archive=archive, parts=files, size=len(content), sha256=sha256)  # fmt: skip
+                   archive=archive, parts=files, size=len(content), sha256=sha256, run_command=run_command)  # fmt: skip
     return record_id
 
 
@@ -54,8 +58,15 @@ def test_nothing_finished_yet(app: AppTest) -> None:
     assert "No finished archive yet." in texts(app)
 
 
-def test_links_and_commands_for_one_archive(app: AppTest, data_home: Path) -> None:
-    record_id = finished_record(data_home / "exports")
+def rendered_run_command(model_dir: Path, target: Target) -> str:
+    """What pack stores in the record: the engine's run spec rendered by core (BuildSpec.run_command)."""
+    the_plan = plan(model=hubs.inspect(ref=parse_ref(str(model_dir))), target=target)
+    return render(plan=the_plan).run_command()
+
+
+def test_links_and_commands_for_one_archive(app: AppTest, data_home: Path, tiny_model: Path) -> None:
+    command = rendered_run_command(tiny_model, describe_target(gpu_preset="a100-80gb", gpu_count=2))
+    record_id = finished_record(data_home / "exports", run_command=command)
     download_page(app, record_id)
     urls = {link.proto.url for link in app.link_button}
     assert urls == {f"/api/artifacts/{record_id}/{kind}" for kind in ("archive", "sha256", "load.sh")}
@@ -65,11 +76,26 @@ def test_links_and_commands_for_one_archive(app: AppTest, data_home: Path) -> No
     commands = "\n".join(code.value for code in app.code if code.language == "bash")
     assert "sha256sum -c tiny-llama-0123456789ab-vllm.tar.sha256\nbash load.sh" in commands
     assert "docker load -i tiny-llama-0123456789ab-vllm.tar" in commands
-    assert "docker run -d --name tiny-llama --gpus all --ipc=host -p 8000:8000" in commands
+    assert command in commands and "--gpus all" in command  # core's line, as core rendered it
     url = f"http://127.0.0.1:8501/api/artifacts/{record_id}"
     assert f"curl -fC - -o tiny-llama-0123456789ab-vllm.tar {url}/archive" in commands
     assert f"curl -fC - -o tiny-llama-0123456789ab-vllm.tar.sha256 {url}/sha256" in commands
     assert "-OJ" not in commands  # curl refuses to resume (-C -) with -J
+
+
+def test_a_cpu_pack_gets_the_cpu_run_command(app: AppTest, data_home: Path, tiny_model: Path) -> None:
+    command = rendered_run_command(tiny_model, describe_target(cpu_only=True, ram_gib=16))
+    download_page(app, finished_record(data_home / "exports", run_command=command))
+    commands = "\n".join(code.value for code in app.code if code.language == "bash")
+    assert command in commands
+    assert "--gpus" not in commands and "--ipc=host" not in commands
+
+
+def test_no_run_command_is_invented_for_an_old_record(app: AppTest, data_home: Path) -> None:
+    download_page(app, finished_record(data_home / "exports"))  # no run command stored, no such image here
+    commands = "\n".join(code.value for code in app.code if code.language == "bash")
+    assert "docker run" not in commands
+    assert any("docker run line is not known" in i.value for i in app.info)
 
 
 def test_split_and_compressed_archive(app: AppTest, data_home: Path) -> None:

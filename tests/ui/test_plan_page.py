@@ -127,7 +127,7 @@ def test_warning_fix_button_changes_the_options(app: AppTest, tiny_model: Path) 
     app.selectbox(key="opt_dtype").set_value("bfloat16").run()
     assert any("bfloat16 needs compute capability 8.0" in w.value for w in app.warning)
     fixes = [b for b in app.button if b.key and b.key.startswith("fix_")]
-    assert [b.label for b in fixes] == ["Apply: dtype = float16"]
+    assert [b.label for b in fixes] == ["Apply: data type float16"]  # the field in words, not its name
     fixes[0].click().run()
     assert not app.exception
     assert app.session_state["wizard"].options.dtype == "float16"
