@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -31,9 +32,11 @@ from core.planning import Plan
 from core.runspec import (
     RUN_SPEC_LABEL,
     Network,
+    Role,
     RunSpec,
     docker_run_argv,
     entrypoint,
+    node_run_argv,
     run_command,
     run_spec_json,
 )
@@ -296,18 +299,40 @@ _PORT_SLOT = 987654321
 _SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
 
 
-def _shell_run_line(spec: RunSpec, *, network: Network) -> str:
-    """``core.runspec.docker_run_argv`` as one shell line whose container name and host port are load.sh's
-    ``$NAME`` and ``$PORT``: the flags come from the run spec only, never from the template."""
+_ADDRESS_SLOT = "EZRUNNER-ADDRESS-SLOT"
+_HEAD_SLOT = "EZRUNNER-HEAD-SLOT"
+#: slot in a rendered argv -> the load.sh variable it becomes
+_SLOTS = {_NAME_SLOT: "$NAME", str(_PORT_SLOT): "$PORT", _ADDRESS_SLOT: "$ADDRESS", _HEAD_SLOT: "$HEAD_ADDRESS"}
+
+
+def _shell_words(argv: Sequence[str]) -> str:
+    """``argv`` as one shell line in which the slots become load.sh's variables (in double quotes)."""
     words = []
-    for arg in docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network):
-        if _NAME_SLOT in arg or str(_PORT_SLOT) in arg:
+    for arg in argv:
+        if any(slot in arg for slot in _SLOTS):
             if not _SHELL_SAFE.fullmatch(arg):
                 raise ValueError(f"cannot put {arg!r} in a double-quoted shell word")
-            words.append('"' + arg.replace(_NAME_SLOT, "$NAME").replace(str(_PORT_SLOT), "$PORT") + '"')
+            for slot, variable in _SLOTS.items():
+                arg = arg.replace(slot, variable)
+            words.append('"' + arg + '"')
         else:
             words.append(shlex.quote(arg))
     return " ".join(words)
+
+
+def _shell_run_line(spec: RunSpec, *, network: Network) -> str:
+    """``core.runspec.docker_run_argv`` as one shell line whose container name and host port are load.sh's
+    ``$NAME`` and ``$PORT``: the flags come from the run spec only, never from the template."""
+    return _shell_words(docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network))
+
+
+def _shell_node_line(spec: RunSpec, *, role: Role) -> str:
+    """``core.runspec.node_run_argv`` of one node of a multi-node profile, with load.sh's ``$NAME``, ``$PORT``,
+    ``$ADDRESS`` (this node) and ``$HEAD_ADDRESS`` (the head, for a worker)."""
+    return _shell_words(
+        node_run_argv(spec, role=role, name=_NAME_SLOT, node_address=_ADDRESS_SLOT,
+                      head_address=_HEAD_SLOT if role == "worker" else None, host_port=_PORT_SLOT)
+    )  # fmt: skip
 
 
 def render_load_script(
@@ -333,8 +358,23 @@ def render_load_script(
             compression=compression,
             health_path=spec.run_spec.health_path,
             timeout_s=default_timeout_s(spec=spec.run_spec),
-            run_host=_shell_run_line(spec.run_spec, network="host"),
-            run_bridge=_shell_run_line(spec.run_spec, network="bridge"),
+            **_run_lines(spec.run_spec),
             served_model_name=spec.served_model_name,
         )
     )
+
+
+def _run_lines(spec: RunSpec) -> dict[str, Any]:
+    """The ``docker run`` lines load.sh may use: one per network for a one-node profile; for a multi-node one,
+    the head's and the workers' (host networking: Ray and NCCL reach the other nodes by the host's address)."""
+    profile = spec.profile(spec.default_profile)
+    if profile.multi_node:
+        return {
+            "nodes": profile.nodes, "ray_port": profile.ray_port,
+            "run_head": _shell_node_line(spec, role="head"), "run_worker": _shell_node_line(spec, role="worker"),
+        }  # fmt: skip
+    return {
+        "nodes": 1,
+        "run_host": _shell_run_line(spec, network="host"),
+        "run_bridge": _shell_run_line(spec, network="bridge"),
+    }

@@ -56,6 +56,7 @@ while [ "$#" -gt 0 ]; do
     --network) needs_value "$@"; NETWORK=$2; shift 2 ;;
     --timeout) needs_value "$@"; TIMEOUT=$2; shift 2 ;;
     --no-start|--no-run) START=0; shift ;;
+    --head|--worker) usage_error "$1 is for packs that span several nodes; this one runs on one server." ;;
     -h|--help) usage; exit 0 ;;
     *) usage_error "unknown option $1." ;;
   esac
@@ -131,12 +132,13 @@ started=0
 remove_container() { if [ "$started" = 1 ]; then docker rm -f "$NAME" >/dev/null 2>&1 || true; fi; }
 trap 'remove_container; echo "load.sh: stopped; the container $NAME was removed." >&2; exit 130' INT TERM
 last_logs() { echo "Last log lines of $NAME:" >&2; docker logs --tail 30 "$NAME" >&2 2>&1 || true; }
+# started before docker run: a signal while it runs must still remove what it may have created
+started=1
 if [ "$NETWORK" = host ]; then
   docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host --network host -e "PORT=$PORT" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
 else
   docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host -p "$PORT:8000" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
 fi
-started=1
 
 # At most $TIMEOUT seconds: the container must keep running and its port must answer from this server.
 deadline=$((SECONDS + TIMEOUT))
