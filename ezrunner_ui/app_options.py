@@ -26,6 +26,8 @@ HARDWARE_PREFIX = "hw_opt"
 #: the Plan page's other option widgets: widget key → Options field
 PLAN_WIDGETS: dict[str, str] = {
     "opt_tp": "tensor_parallel_size",
+    "opt_dp": "data_parallel_size",
+    "opt_nodes": "nodes",
     "opt_max_len": "max_model_len",
     "opt_gpu_util": "gpu_memory_utilization",
     "opt_dtype": "dtype",

@@ -74,6 +74,15 @@ def _options_form(state: WizardState) -> None:
             step=1,
             placeholder=t("plan.auto"),
         )
+        first.number_input(
+            t("plan.data_parallel"),
+            key="opt_dp",
+            value=None,
+            min_value=1,
+            step=1,
+            placeholder=t("plan.auto"),
+        )
+        third.number_input(t("plan.nodes"), key="opt_nodes", min_value=1, max_value=64, step=1)
         third.number_input(
             t("plan.gpu_memory_utilization"),
             key="opt_gpu_util",
@@ -206,7 +215,13 @@ def _context_zip(*, the_plan: Plan, spec: BuildSpec) -> bytes:
 def _summary(the_plan: Plan) -> None:
     engine, tp, length, memory = st.columns([2, 1, 1, 1])
     engine.metric(t("plan.engine"), t(f"engine.{the_plan.engine}"))
-    tp.metric(t("plan.tensor_parallel"), the_plan.tensor_parallel_size)
+    layout = f"{the_plan.tensor_parallel_size}"
+    if the_plan.data_parallel_size > 1:
+        layout += f" × {the_plan.data_parallel_size}"
+    if the_plan.nodes > 1:
+        layout += f" · {t('plan.nodes_n', n=the_plan.nodes, pp=the_plan.pipeline_parallel_size)}"
+    tp.metric(t("plan.tensor_parallel") + (" × " + t("plan.data_parallel") if the_plan.data_parallel_size > 1 else ""),
+              layout)  # fmt: skip
     length.metric(t("plan.max_model_len"), f"{the_plan.max_model_len:,}")
     util = the_plan.gpu_memory_utilization
     memory.metric(t("plan.gpu_memory_utilization"), f"{util:.0%}" if util is not None else "—")

@@ -183,3 +183,17 @@ def test_hand_edited_dockerfile_is_kept_for_this_plan_only(app: AppTest, tiny_mo
     assert "edited this Dockerfile by hand" not in texts(app)
     assert "EXPOSE 9001" in app.code[0].value
 
+
+
+def test_replicas_are_an_option_and_shown_as_tp_times_dp(app: AppTest, tiny_model: Path) -> None:
+    choose(app, model_dir=tiny_model, target=describe_target(gpu_preset="l4", gpu_count=4))
+    plan_page(app)
+    the_plan = app.session_state["wizard"].current_plan()
+    assert (the_plan.tensor_parallel_size, the_plan.data_parallel_size) == (1, 4)  # every GPU serves
+    assert any(m.value == "1 × 4" for m in app.metric)
+    app.number_input(key="opt_dp").set_value(2).run()
+    assert not app.exception
+    assert app.session_state["wizard"].options.data_parallel_size == 2
+    the_plan = app.session_state["wizard"].current_plan()
+    assert the_plan.data_parallel_size == 2 and "--data-parallel-size" in app.code[-1].value + app.code[0].value
+    assert app.number_input(key="opt_nodes").value == 1
