@@ -9,6 +9,8 @@ import streamlit as st
 
 from core import hubs
 from core.errors import EzRunnerError
+from core.fit_check import FitCheck, check_fit, fits_only
+from core.hardware import Target, target_label
 from core.hubs.base import ModelInfo, ModelSummary, SearchFilters
 from core.refs import parse_ref
 from core.wizard_state import revision_for_lookup
@@ -34,6 +36,41 @@ def cached_search(request: SearchRequest) -> list[ModelSummary]:
         safetensors_only=request.safetensors_only,
     )
     return hubs.search(query=request.query, source=request.source, limit=SEARCH_LIMIT, filters=filters)  # type: ignore[arg-type]
+
+
+@st.cache_data(ttl=600, max_entries=512, show_spinner=False)
+def cached_fit(ref: str, target: Target) -> FitCheck:
+    """The planner's verdict for one search result on the chosen target (header range reads), for 10 minutes.
+    Public models only: a token is never part of a cache key, so gated ones stay "unknown" until picked."""
+    return check_fit(ref=ref, target=target)
+
+
+def _fit_badge(check: FitCheck | None) -> str:
+    if check is None:
+        return ""
+    if check.verdict == "short_context":
+        return t("model.fit_short", tokens=f"{check.max_model_len:,}")
+    return t(f"model.fit_{check.verdict}")
+
+
+def _check_fits(state: WizardState, results: list[ModelSummary]) -> dict[str, FitCheck]:
+    """The verdicts known so far for these results, and a button that checks the others (with progress)."""
+    target = state.target
+    if target is None:
+        st.caption(t("model.fit_needs_target"))
+        return {}
+    refs = [f"{r.source}:{r.id}" for r in results]
+    checks: dict[tuple[str, str], FitCheck] = st.session_state.setdefault("fit_checks", {})
+    key = target_label(target=target)
+    known = {ref: checks[(ref, key)] for ref in refs if (ref, key) in checks}
+    left = [ref for ref in refs if ref not in known]
+    if left and st.button(t("model.fit_check", n=len(left), target=key), key="fit_check", icon=":material/memory:"):
+        bar = st.progress(0.0, text=t("model.fit_checking", target=key))
+        for done, ref in enumerate(left, start=1):
+            known[ref] = checks[(ref, key)] = cached_fit(ref, target)
+            bar.progress(done / len(left), text=t("model.fit_checking", target=key))
+        bar.empty()
+    return known
 
 
 def _inspect(state: WizardState, *, text: str, revision: str) -> None:
@@ -130,8 +167,17 @@ def _results_table(state: WizardState) -> None:
     if not results:
         st.info(t("model.no_results"))
         return
+    fits = _check_fits(state, results)
+    # only results checked and found to fit: a result not checked yet is not known to fit
+    if state.target is not None and st.checkbox(t("model.fits_only"), key="search_fits_only"):
+        kept = set(fits_only(fits, [f"{r.source}:{r.id}" for r in results]))
+        results = [r for r in results if f"{r.source}:{r.id}" in kept]
+        if not results:
+            st.info(t("model.no_fitting_results") if fits else t("model.fit_check_first"))
+            return
     rows: list[dict[str, Any]] = [
         {
+            t("model.col_fit"): _fit_badge(fits.get(f"{r.source}:{r.id}")),
             t("model.col_id"): r.id,
             t("model.col_source"): t(f"source.{r.source}"),
             t("model.col_params"): fmt_count(r.parameters),

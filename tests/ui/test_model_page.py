@@ -104,3 +104,30 @@ def test_gated_model_asks_for_a_token_and_keeps_it_in_memory_only(
     stored = [p for p in data_home.rglob("*") if p.is_file()] if data_home.exists() else []
     assert all(b"test-token" not in p.read_bytes() for p in stored)
     assert app.button(key="forget_token").click().run().session_state["wizard"].token is None
+
+
+def test_search_results_get_a_fit_badge_from_the_planner_and_a_fits_only_filter(app: AppTest, ui_hub: FakeHub) -> None:
+    from core.hardware import describe_target
+
+    app.session_state["wizard"].target = describe_target(cpu_only=True, ram_gib=0.0001)  # nothing fits 100 KiB
+    app.text_input(key="search_query").set_value("tiny")
+    app.segmented_control(key="search_source").set_value("hf")
+    app.checkbox(key="search_safetensors").uncheck()
+    app.selectbox(key="search_task").set_value("")
+    app.button(key="search_button").click().run()
+    assert not app.exception, app.exception
+    assert "Fits?" in app.dataframe[0].value.columns
+    app.button(key="fit_check").click().run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value.set_index("Model")
+    assert table.loc["tiny-org/tiny-llama", "Fits?"] == "❌ too big"  # planned from its real headers
+    assert table.loc["tiny-org/tiny-llama-gated", "Fits?"] == "❔ unknown"  # gated: no token, not read
+    app.checkbox(key="search_fits_only").check().run()
+    assert "None of these models fits the target" in texts(app)
+    # a target it fits: the badge says so, and the filter keeps it
+    app.session_state["wizard"].target = describe_target(cpu_only=True, ram_gib=16)
+    app.run()
+    app.button(key="fit_check").click().run()
+    table = app.dataframe[0].value.set_index("Model")
+    assert table.loc["tiny-org/tiny-llama", "Fits?"].startswith(("✅", "⚠️"))
+    assert "tiny-org/tiny-llama-gated" not in table.index  # fits-only still on
