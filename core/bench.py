@@ -149,7 +149,7 @@ def resolve_target(*, text: str, client: DockerClient | None = None) -> Target:
     if not path.exists() and _image_loaded(client, text):
         return Target(text=text, image=text)
     if path.exists():
-        why = f"{text} is a file but not an archive (an archive's name ends in .tar, .tar.zst or .tar.part000)"
+        why = f"{text} is not an archive (an archive is a file whose name ends in .tar, .tar.zst or .tar.part000)"
     elif is_archive_named:
         why = f"there is no archive {text} (nor its parts)"
     else:
@@ -331,6 +331,7 @@ def send_load(
 
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=min(concurrency, requests_count), thread_name_prefix="bench")
+    completed = False
     try:
         running: dict[Future[RequestSample], int] = {}
         queued = iter(range(requests_count))
@@ -354,8 +355,11 @@ def send_load(
                 if nxt is not None:
                     raise_if_cancelled(cancel)
                     running[pool.submit(one, nxt)] = nxt
+        completed = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On a cancel or an error, do not wait for streams still open: removing the container (the caller's
+        # next step) ends them, where a silent server would hold a join for the whole read timeout.
+        pool.shutdown(wait=completed, cancel_futures=True)
     wall = time.perf_counter() - started
     return tuple(s for s in samples if s is not None), wall
 

@@ -250,6 +250,36 @@ def test_memory_in_use_leaves_out_the_inactive_page_cache() -> None:
     assert memory_in_use({}) is None
 
 
+def test_gpu_memory_is_the_sum_over_gpus_of_the_container_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from core.bench import gpu_memory_of
+
+    class NVMLError(Exception):
+        pass
+
+    process = types.SimpleNamespace
+    devices = {0: [process(pid=11, usedGpuMemory=100), process(pid=99, usedGpuMemory=5000)],
+               1: [process(pid=12, usedGpuMemory=250), process(pid=11, usedGpuMemory=None)]}  # fmt: skip
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: len(devices), nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: devices[handle],
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gpu_memory_of(pids=[11, 12]) == (350, None)  # pid 99 is another container's
+
+    def no_driver() -> None:
+        raise NVMLError("Driver Not Loaded")
+
+    monkeypatch.setattr(fake, "nvmlInit", no_driver)
+    used, note = gpu_memory_of(pids=[11])
+    assert used is None and note is not None and "Driver Not Loaded" in note
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    used, note = gpu_memory_of(pids=[11])
+    assert used is None and note is not None and "nvidia-ml-py" in note
+
+
 # HISTORY
 
 
