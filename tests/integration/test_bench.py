@@ -24,6 +24,8 @@ from core.docker import api as docker_api
 from core.history import History
 from tests.fixtures.cli import ezrunner
 from tests.fixtures.docker_plugin import DockerScratch
+from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.hub_plugin import HF_SINGLE
 from tests.fixtures.tiny_gguf import make_tiny_gguf
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -230,3 +232,31 @@ def test_load_sh_check_passes_on_the_pack_and_fails_with_log_lines_on_a_broken_o
     assert result.returncode == 2
     assert "broken: cannot load the model" in result.stderr and "exit code 3" in result.stderr
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+
+def test_a_transformers_pack_without_metrics_is_benched_and_says_so(
+    tmp_path: Path, fake_hub_server: FakeHub, offline_base_image: str, docker_client: DockerClient
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(HF_ENDPOINT=fake_hub_server.url, MODELSCOPE_ENDPOINT=fake_hub_server.url, HF_HUB_DISABLE_XET="1",
+               HF_HOME=str(tmp_path / "hf-home"), EZRUNNER_HOME=str(tmp_path / "home"))  # fmt: skip
+    archive = tmp_path / "out" / "t.tar"
+    artifact = json.loads(ezrunner("pack", f"hf:{HF_SINGLE}", *CPU_TARGET, "--base-image", offline_base_image,
+                                   "-o", str(archive), "--json", env=env).stdout)  # fmt: skip
+    try:
+        result = ezrunner("bench", str(archive), "--requests", "2", "--max-tokens", "4", "--json", "--network",
+                          "host", "--port", str(_free_port()), env=env)  # fmt: skip
+        (figures,) = json.loads(result.stdout)["results"]
+        print(json.dumps(figures))
+        assert figures["engine"] == "transformers"
+        assert figures["requests_ok"] == 2 and figures["requests_failed"] == 0
+        assert 0 < figures["ttft_s_p50"] <= figures["ttft_s_p95"] and figures["output_tokens_per_s"] > 0
+        assert figures["peak_memory_bytes"] > 0
+        if figures["metrics_counter"] is None:  # transformers serve has no /metrics: said, not hidden
+            assert figures["metrics_output_tokens"] is None and any("/metrics" in n for n in figures["notes"])
+        else:  # a metrics proxy in front of it (the API-key work) counts what it served
+            assert figures["metrics_output_tokens"] == figures["output_tokens"]
+        assert figures["pack_id"] == artifact["record_id"]
+        assert _bench_containers(docker_client) == []
+    finally:
+        docker_api.remove_image(ref=str(artifact["image_tag"]), force=True, client=docker_client)
