@@ -321,3 +321,31 @@ def test_the_cli_refuses_bad_flags_with_the_flag_named(tmp_path: Path) -> None:
     result = _cli("x.tar", "--prompts", str(empty))
     assert result.returncode == 2 and "Error (--prompts)" in result.stderr and "no prompt" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_smoke_check_fails_with_the_container_logs_when_the_chat_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core import bench as core_bench
+    from core.errors import ServerCheckError
+    from core.run import RunningServer
+
+    monkeypatch.setattr(core_bench.docker_containers, "container_logs",
+                        lambda **kwargs: "loading model\nout of memory: killed")  # fmt: skip
+    refusing = FakeEngine(status=500)
+    answering = FakeEngine(tokens=3)
+    try:
+        for engine, ok in ((refusing, False), (answering, True)):
+            port = int(engine.endpoint.split(":")[2].split("/")[0])
+            server = RunningServer(container_id="c1", container_name="n", image="i", endpoint=engine.endpoint,
+                                   served_model_name="m", port=port)  # fmt: skip
+            if ok:
+                answer = core_bench.check_server(server=server)
+                assert answer.text == "t0 t1 t2 " and answer.ttft_s > 0 and answer.output_tokens == 6
+                continue
+            with pytest.raises(ServerCheckError) as raised:
+                core_bench.check_server(server=server)
+            assert "HTTP 500" in str(raised.value) and "out of memory: killed" in raised.value.details
+    finally:
+        refusing.close()
+        answering.close()
