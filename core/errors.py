@@ -67,6 +67,12 @@ IMAGE: Final = "image"
 NAMESPACE: Final = "namespace"
 NODES: Final = "nodes"
 DATA_PARALLEL_SIZE: Final = "data_parallel_size"
+#: bench: the targets (archives or loaded images), the prompts file, the load it sends
+BENCH_TARGET: Final = "bench_target"
+PROMPTS: Final = "prompts"
+REQUESTS: Final = "requests"
+CONCURRENCY: Final = "concurrency"
+MAX_TOKENS: Final = "max_tokens"
 #: search
 QUERY: Final = "query"
 LIMIT: Final = "limit"
@@ -79,6 +85,7 @@ FIELDS: Final[frozenset[str]] = frozenset(
         KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
         OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
         IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE,
+        BENCH_TARGET, PROMPTS, REQUESTS, CONCURRENCY, MAX_TOKENS,
     }
 )  # fmt: skip
 
@@ -237,6 +244,19 @@ class HealthTimeoutError(EzRunnerError):
 class ArtifactInvalidError(EzRunnerError):
     code = "artifact_invalid"
     default_field = ARCHIVE
+
+
+class TargetNotFoundError(EzRunnerError):
+    """A bench target that is neither an archive on disk nor an image the engine has loaded."""
+
+    code = "target_not_found"
+    default_field = BENCH_TARGET
+
+
+class ServerCheckError(EzRunnerError):
+    """A started server answered its health check but not a chat request (`run --check`, bench)."""
+
+    code = "server_check_failed"
 
 
 class CancelledError(EzRunnerError):

@@ -15,7 +15,7 @@ from typing import Literal
 from core.errors import CancelledError
 
 Stage = Literal[
-    "check", "pull", "download", "convert", "verify", "stage", "build", "export", "load", "push", "run", "done"
+    "check", "pull", "download", "convert", "verify", "stage", "build", "export", "load", "push", "run", "bench", "done"
 ]
 
 

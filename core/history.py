@@ -53,6 +53,17 @@ CREATE TABLE IF NOT EXISTS packs (
 """
 
 
+# Bench figures of a pack (`ezrunner bench`), one row per benched target run; a table of its own, so that
+# history files of earlier versions gain it by CREATE TABLE IF NOT EXISTS and nothing else changes.
+_BENCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pack_id TEXT NOT NULL,
+    recorded REAL NOT NULL,
+    result TEXT NOT NULL
+)
+"""
+
 _ADDED_COLUMNS = (
     ("run_command", "TEXT"),
     ("owner_pid", "INTEGER"),  # the process running the pack: os.getpid()
@@ -103,6 +114,7 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute(_SCHEMA)
+            db.execute(_BENCH_SCHEMA)
             # Columns added after the first release of the schema: add them to older files in place.
             have = {row["name"] for row in db.execute("PRAGMA table_info(packs)")}
             for column, kind in _ADDED_COLUMNS:
@@ -191,6 +203,38 @@ class History:
             row = db.execute("SELECT * FROM packs WHERE id=?", (record_id,)).fetchone()
         return _record(row) if row else None
 
+    def find_pack(self, *, archive: Path | None = None, image_tag: str | None = None) -> PackRecord | None:
+        """The latest succeeded pack that wrote ``archive`` (or one of its parts), or tagged ``image_tag``."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM packs WHERE outcome = 'succeeded' ORDER BY started DESC LIMIT 1000"
+            ).fetchall()
+        for row in rows:
+            record = _record(row)
+            if archive is not None and record.archive is not None:
+                written = {Path(record.archive).resolve(), *(Path(p).resolve() for p in record.parts)}
+                if archive.resolve() in written:
+                    return record
+            if image_tag is not None and record.image_tag == image_tag:
+                return record
+        return None
+
+    def add_bench_result(self, record_id: str, *, result: Mapping[str, Any]) -> None:
+        """Keep one bench result (``core.bench.BenchResult.to_dict()``) with the pack ``record_id``."""
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO bench_results (pack_id, recorded, result) VALUES (?, ?, ?)",
+                (record_id, time.time(), json.dumps(dict(result), sort_keys=True)),
+            )
+
+    def bench_results(self, record_id: str) -> builtins.list[dict[str, Any]]:
+        """The bench results kept with the pack ``record_id``, oldest first, each with its ``recorded`` time."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT recorded, result FROM bench_results WHERE pack_id = ? ORDER BY id", (record_id,)
+            ).fetchall()
+        return [{**json.loads(row["result"]), "recorded": row["recorded"]} for row in rows]
+
     def delete(self, record_id: str, *, files: bool) -> builtins.list[Path]:
         """Forget a pack; with ``files`` also delete its archive, parts and sidecars. Returns deleted paths."""
         record = self.get(record_id)
@@ -214,6 +258,7 @@ class History:
                     deleted.append(path)
         with self._db() as db:
             db.execute("DELETE FROM packs WHERE id=?", (record_id,))
+            db.execute("DELETE FROM bench_results WHERE pack_id=?", (record_id,))
         return deleted
 
 

@@ -71,6 +71,36 @@ def run_archive(
     on_event(Event(stage="load", message=f"Loading {archive.name}"))
     refs = docker_api.load_image(client=client, tar=archive, on_event=on_event, cancel=cancel)
     image_ref = next((r for r in refs if r.startswith("ezrunner/")), refs[0])
+    return start_image(
+        image_ref=image_ref,
+        port=port,
+        network=network,
+        name=name,
+        timeout_s=timeout_s,
+        archive_bytes=archive_bytes,
+        on_event=on_event,
+        cancel=cancel,
+        client=client,
+    )
+
+
+def start_image(
+    *,
+    image_ref: str,
+    port: int | None = None,
+    network: Network = "bridge",
+    name: str | None = None,
+    timeout_s: float | None = None,
+    archive_bytes: int = 0,
+    on_event: EventSink = ignore_events,
+    cancel: Cancel | None = None,
+    client: DockerClient | None = None,
+) -> RunningServer:
+    """Start the loaded image ``image_ref`` as its run spec says and wait (bounded, cancellable) until it
+    answers; raise, having removed the container, when it does not. ``run_archive`` after its load, and
+    ``core.bench`` for an image that is already loaded."""
+    check_timeout(timeout_s)
+    client = client or docker_api.connect()
     labels = client.images.get(image_ref).labels or {}
     served = labels.get("io.ezrunner.served-model-name", "")
     host_port = port or _env_port(client, image_ref)

@@ -59,6 +59,11 @@ FLAGS: dict[str, str] = {
     errors.NAMESPACE: "--namespace",
     errors.NODES: "--nodes",
     errors.DATA_PARALLEL_SIZE: "--data-parallel-size",
+    errors.BENCH_TARGET: "TARGET",
+    errors.PROMPTS: "--prompts",
+    errors.REQUESTS: "--requests",
+    errors.CONCURRENCY: "--concurrency",
+    errors.MAX_TOKENS: "--max-tokens",
 }
 
 

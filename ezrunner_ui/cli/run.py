@@ -6,12 +6,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from core.events import Event, EventSink
+from core import errors
+from core.errors import InvalidOptionsError
+from core.events import Cancel, Event, EventSink
 from ezrunner_ui.cli.common import print_json
 from ezrunner_ui.cli.progress import ProgressRenderer
 from ezrunner_ui.cli.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from core.run import RunningServer
 
 NAME = "run"
 HELP = "verify, load and start an archive; wait until it answers"
@@ -35,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="seconds to wait for the server to answer (default: scaled to the model's size)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="smoke test: start, send one short chat request, print the answer's first tokens and the time to "
+        "first token, then stop and remove the container",
     )
 
 
@@ -83,6 +94,12 @@ def run(args: argparse.Namespace) -> None:
     from core.run import check_timeout, run_archive
 
     check_timeout(args.timeout)
+    if args.check and args.network == "none":
+        raise InvalidOptionsError(
+            "--check sends a chat request from this machine, which --network none cannot reach.",
+            hint="Use --network host or bridge with --check.",
+            field=errors.NETWORK,
+        )
     progress = WaitLine()
     try:
         with stop_on_signals(what="the run", json_output=args.json) as cancel:
@@ -95,6 +112,9 @@ def run(args: argparse.Namespace) -> None:
                 on_event=progress,
                 cancel=cancel,
             )
+            if args.check:
+                _check(server, json_output=args.json, cancel=cancel)
+                return
     finally:
         progress.end_line()
         progress.close()
@@ -106,3 +126,23 @@ def run(args: argparse.Namespace) -> None:
         print(f"Endpoint: {server.endpoint}  (model {server.served_model_name})")
     else:
         print("No network: the server answers only inside the container (docker exec).")
+
+
+def _check(server: RunningServer, *, json_output: bool, cancel: Cancel) -> None:
+    """One short chat request to the started server, its first tokens and TTFT; the container is removed
+    whether it answers or not (the error then carries its last log lines)."""
+    from core.bench import check_server
+    from core.docker import containers as docker_containers
+
+    try:
+        answer = check_server(server=server, cancel=cancel)
+    finally:
+        docker_containers.remove_container(container=server.container_id)
+    if json_output:
+        print_json({"image": server.image, "served_model_name": server.served_model_name, "answer": answer.text,
+                    "ttft_s": answer.ttft_s, "output_tokens": answer.output_tokens, "removed": True})  # fmt: skip
+        return
+    first = " ".join(answer.text.split())[:200]
+    print(f"Answer: {first}")
+    print(f"Time to first token: {answer.ttft_s:.3f} s ({answer.output_tokens} tokens)")
+    print(f"Check passed: {server.image} answers; {server.container_name} was stopped and removed.")

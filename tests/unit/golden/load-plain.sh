@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 IMAGE=ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm
 ARCHIVE=m.tar
 HEALTH_PATH=/health
+MODEL=org/Llama-3.1-8B-Instruct
 
 # Defaults; the environment (PORT=…) or the options below override them.
 PORT="${PORT:-8000}"
@@ -14,6 +15,7 @@ NAME="${NAME:-llama-3.1-8b-instruct}"
 NETWORK="${NETWORK:-bridge}"
 TIMEOUT="${TIMEOUT:-512}"
 START=1
+CHECK=0
 
 usage() {
   cat <<EOF
@@ -26,6 +28,8 @@ Options:
   --network MODE    bridge: publish the port (default); host: share this server's network
   --timeout SECONDS how long to wait for the server to answer (default $TIMEOUT)
   --no-start        verify and load only (--no-run does the same)
+  --check           smoke test: start, send one short chat request, print the answer's first tokens
+                    and the time to first token, then stop and remove the container
   -h, --help        show this help
 Options may also be written --port=N. The environment variables PORT, NAME, NETWORK and TIMEOUT set
 the same defaults.
@@ -55,6 +59,7 @@ while [ "$#" -gt 0 ]; do
     --network) needs_value "$@"; NETWORK=$2; shift 2 ;;
     --timeout) needs_value "$@"; TIMEOUT=$2; shift 2 ;;
     --no-start|--no-run) START=0; shift ;;
+    --check) CHECK=1; shift ;;
     --head|--worker) usage_error "$1 is for packs that span several nodes; this one runs on one server." ;;
     -h|--help) usage; exit 0 ;;
     *) usage_error "unknown option $1." ;;
@@ -68,6 +73,7 @@ case "$TIMEOUT" in ''|*[!0-9]*) usage_error "--timeout $TIMEOUT is not a whole n
 case "$TIMEOUT" in ???????*) usage_error "--timeout $TIMEOUT is more than 999999 seconds." ;; esac
 [ "$TIMEOUT" -ge 1 ] || usage_error "--timeout $TIMEOUT is not a positive number of seconds."
 case "$NETWORK" in bridge|host) ;; *) usage_error "--network $NETWORK is not bridge or host." ;; esac
+{ [ "$CHECK" = 0 ] || [ "$START" = 1 ]; } || usage_error "--check starts the server: it cannot go with --no-start."
 [[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || usage_error "--name $NAME is not a container name (letters, digits, '_', '.', '-')."
 
 # Whether something on this server accepts connections on $PORT (bash's /dev/tcp: no curl needed).
@@ -150,7 +156,54 @@ until answers; do
   fi
   sleep 2
 done
-trap - INT TERM
 [ -t 1 ] && echo
+if [ "$CHECK" = 1 ]; then
+  # One short streamed chat request over bash's /dev/tcp (the server may have no curl): HTTP/1.0, so the answer
+  # is the event stream itself, ended by the server closing the connection.
+  check_chat() {
+    local model=${MODEL//\\/\\\\}  # as a JSON string: backslashes and quotes escaped
+    model=${model//\"/\\\"}
+    local body="{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello in one short sentence.\"}], \"max_tokens\": 16, \"stream\": true}"
+    local length
+    length=$(printf %s "$body" | wc -c)
+    exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
+    local sent
+    sent=$(date +%s%N)
+    printf 'POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$length" "$body" >&3
+    local line status="" first="" text="" tokens=0 content
+    # a JSON string after "content": (escapes kept as they are)
+    local content_re='"content": *"(([^"\\]|\\.)*)"'
+    IFS= read -r -t 120 status <&3 || { echo "no answer within 120 s" >&2; return 1; }
+    case "$status" in "HTTP/1."?" 200"*) ;; *) echo "the server answered: ${status%$'\r'}" >&2; return 1 ;; esac
+    while IFS= read -r -t 120 line <&3; do
+      line=${line%$'\r'}
+      case "$line" in
+        "data: [DONE]"*) break ;;
+        "data: "*)
+          if [[ "$line" =~ $content_re ]]; then
+            content=${BASH_REMATCH[1]}
+            [ -n "$content" ] || continue
+            [ -n "$first" ] || first=$(date +%s%N)
+            text+=$content
+            tokens=$((tokens + 1))
+          fi ;;
+      esac
+    done
+    exec 3<&-
+    [ -n "$first" ] || { echo "the answer had no content" >&2; return 1; }
+    local ms=$(( (first - sent) / 1000000 ))
+    say "Answer: $text"
+    say "Time to first token: $((ms / 1000)).$(printf %03d $((ms % 1000))) s ($tokens chunks)"
+  }
+  if ! check_chat; then
+    last_logs; remove_container
+    fail "The server is up but did not answer a chat request." "The log lines above say why: fix it, then run ./load.sh --check again."
+  fi
+  remove_container
+  trap - INT TERM
+  say "Check passed: $IMAGE answers; $NAME was stopped and removed."
+  exit 0
+fi
+trap - INT TERM
 say "Ready: http://127.0.0.1:$PORT/v1 (model name org/Llama-3.1-8B-Instruct)"
 say "Try:   curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"org/Llama-3.1-8B-Instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'"
