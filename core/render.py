@@ -82,8 +82,8 @@ class BuildSpec:
     layers: tuple[WeightLayer, ...]
     labels: tuple[tuple[str, str], ...]
     run_spec: RunSpec
-    # Files the Dockerfile COPYs from the build context besides the model (the plan and run spec as JSON),
-    # by their path under the context.
+    # Files the Dockerfile COPYs from the build context besides the model (the plan and run spec as JSON, and
+    # what the engine adds: the transformers image's proxy), by their path under the context.
     context_files: tuple[tuple[str, bytes], ...] = ()
 
     @property
@@ -235,6 +235,7 @@ def render(*, plan: Plan) -> BuildSpec:
         context_files=(
             (f"{EZRUNNER_CONTEXT_DIR}/plan.json", plan_json.encode()),
             (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
+            *engine.context_files(plan=plan),
         ),
     )
 
@@ -336,5 +337,6 @@ def render_load_script(
             run_host=_shell_run_line(spec.run_spec, network="host"),
             run_bridge=_shell_run_line(spec.run_spec, network="bridge"),
             served_model_name=spec.served_model_name,
+            api_key_env=spec.run_spec.api_key.env if spec.run_spec.api_key else "",
         )
     )
