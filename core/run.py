@@ -34,6 +34,7 @@ class RunningServer:
     endpoint: str | None  # None with --network none: only reachable from inside the container
     served_model_name: str
     port: int
+    api_key_env: str | None = None  # the variable whose key clients must send ("Authorization: Bearer …")
 
 
 def check_timeout(timeout_s: float | None) -> None:
@@ -136,6 +137,7 @@ def run_archive(
         endpoint=endpoint,
         served_model_name=served,
         port=host_port,
+        api_key_env=spec.api_key.env if spec is not None and spec.api_key is not None else None,
     )
 
 

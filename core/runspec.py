@@ -12,6 +12,11 @@ profile (``nodes > 1``, vLLM over Ray) starts differently per node, and its two 
 the first node runs ``head_script`` (the image's ENTRYPOINT: Ray head, wait for every node, then the
 server), every other node runs ``worker_script`` (join the head's Ray cluster); ``node_run_argv`` is the
 ``docker run`` line of either role, and the Kubernetes manifests use the same two scripts.
+
+An image packed with ``--api-key-env NAME`` carries ``ApiKey(env=NAME, server_env=...)``: names only, never a
+key. Its ENTRYPOINT refuses to start without ``$NAME``, copies it into the variable the engine's server reads
+(``api_key_lines``), and every ``docker run`` line passes ``-e NAME``, which docker fills from its own
+environment, so the key is on no command line and in no image, archive or log.
 """
 
 from __future__ import annotations

@@ -120,6 +120,7 @@ def test_a_llamacpp_image_packed_with_an_api_key_env_needs_the_key_and_never_hol
     started, name = _pack_and_start(source=str(folder), base_image=offline_llama_image, tmp_path=tmp_path,
                                     env=user_env, port=free_port, client=docker_client, cleanup=cleanup)  # fmt: skip
     base, model = started["endpoint"], started["served_model_name"]
+    assert started["api_key_env"] == "MY_KEY"
     _assert_refused_without_the_key(base, model)
     assert requests.get(f"http://127.0.0.1:{free_port}/health", timeout=10).status_code == 200
     answer = _chat(base, model, key=KEY)
