@@ -52,6 +52,7 @@ BASE_IMAGE: Final = "base_image"
 KV_CACHE_TYPE: Final = "kv_cache_type"
 PARALLEL: Final = "parallel"
 GGUF_PRE_TOKENIZER: Final = "gguf_pre_tokenizer"
+API_KEY_ENV: Final = "api_key_env"
 #: pack options: the archive path, its split size, a hand-edited Dockerfile
 OUTPUT: Final = "output"
 SPLIT: Final = "split"
@@ -82,7 +83,7 @@ FIELDS: Final[frozenset[str]] = frozenset(
         MODEL, REVISION, QUANT, CONFIG, WEIGHTS,
         GPU_PRESET, GPUS, GPU_MEMORY, COMPUTE_CAPABILITY, DRIVER, GPU_API, CPU_ONLY, RAM, CPU_CORES,
         ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
-        KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
+        KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER, API_KEY_ENV,
         OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
         IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE,
         BENCH_TARGET, PROMPTS, REQUESTS, CONCURRENCY, MAX_TOKENS,

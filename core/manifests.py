@@ -103,6 +103,19 @@ def _check_inputs(*, image: str, namespace: str | None, api_key_env: str | None)
         )
 
 
+def key_variable(spec: RunSpec, given: str | None) -> str | None:
+    """The variable the container takes its API key from: the one the image was packed with
+    (``--api-key-env`` at pack time, in the run spec), or for an image packed without one, ``given``."""
+    packed = spec.api_key.env if spec.api_key is not None else None
+    if given is not None and packed is not None and given != packed:
+        raise InvalidOptionsError(
+            f"This image takes its API key from {packed} (it was packed with --api-key-env {packed}), not {given}.",
+            hint=f"Drop --api-key-env, or pass --api-key-env {packed}.",
+            field=errors.API_KEY_ENV,
+        )
+    return given or packed
+
+
 # WHAT A POD NEEDS
 
 
@@ -265,10 +278,12 @@ def kubernetes_objects(
     """The objects that run ``spec``'s default profile from ``image``: [Secret,] Deployment + Service for one
     node, [Secret,] LeaderWorkerSet + Service for several.
 
-    ``api_key_env`` is the variable the server reads its API key from (e.g. VLLM_API_KEY); it is filled from
-    the Secret ``<name>-api-key`` (key ``api-key``), which is rendered too when ``api_key`` gives its value.
+    ``api_key_env`` is the variable the container takes its API key from: by default the one the image was
+    packed with (``core.runspec.ApiKey.env``), for an image packed without one e.g. VLLM_API_KEY; it is filled
+    from the Secret ``<name>-api-key`` (key ``api-key``), which is rendered too when ``api_key`` gives its value.
     """
     _check_inputs(image=image, namespace=namespace, api_key_env=api_key_env)
+    api_key_env = key_variable(spec, api_key_env)
     if api_key is not None and api_key_env is None:
         raise InvalidOptionsError("An API key was given without --api-key-env.", hint="Name the variable too.")
     profile = spec.default
@@ -440,6 +455,7 @@ def kubernetes_manifests(
         gpu_resource=gpu_resource,
     )
     profile = spec.default
+    api_key_env = key_variable(spec, api_key_env)
     chosen = objects[-1]["metadata"]["name"]
     ns = f" -n {namespace}" if namespace else ""
     header = [
@@ -480,6 +496,7 @@ def compose_document(
 ) -> dict[str, Any]:
     """A compose file's content for ``spec``'s default profile on one host, as ``docker run`` would start it."""
     _check_inputs(image=image, namespace=None, api_key_env=api_key_env)
+    api_key_env = key_variable(spec, api_key_env)
     profile = spec.default
     if profile.nodes > 1:
         raise InvalidOptionsError(

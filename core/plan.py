@@ -46,6 +46,39 @@ from core.sizing import GIB, model_shape, normalise_dtype
 MAX_OPTION_TOKENS = MAX_CONTEXT_TOKENS
 MAX_PARALLEL = 4096
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# --api-key-env: upper case (POSIX leaves lower case to applications, and load.sh's own variables are lower
+# case but for those below), and none the images, their shells, Python, the engines, load.sh or Kubernetes read
+# for themselves: `docker run -e NAME` with one of them would change how the server runs (PATH, PORT,
+# HF_HUB_OFFLINE, ...). The engines' own key variables (VLLM_API_KEY, LLAMA_API_KEY) stay allowed.
+_API_KEY_ENV = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "PORT", "PWD", "OLDPWD", "SHELL", "USER", "LOGNAME", "HOSTNAME", "IFS", "ENV", "LANG", "TERM",
+     "TZ", "TMPDIR", "DO_NOT_TRACK", "CDPATH", "PS1", "PS2", "PS4", "SECONDS", "RANDOM", "LINENO", "UID", "EUID",
+     "PPID", "OPTARG", "OPTIND", "REPLY",
+     # load.sh's settings (templates/load.sh.j2)
+     "NAME", "NETWORK", "TIMEOUT", "START", "IMAGE", "ARCHIVE", "PARTS", "HEALTH_PATH"}
+)  # fmt: skip
+_RESERVED_ENV_PREFIXES = (
+    "LD_", "LC_", "BASH", "PYTHON", "HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "VLLM_", "LLAMA_ARG_", "GGML_",
+    "CUDA_", "NVIDIA_", "NCCL_", "RAY_", "HIP_", "ROCR_", "OMP_", "KUBERNETES_", "LWS_", "EZRUNNER_",
+)  # fmt: skip
+
+
+def check_api_key_env(name: str) -> None:
+    """``--api-key-env NAME``: an environment variable name the image does not use for anything else."""
+    if not _API_KEY_ENV.fullmatch(name):
+        raise InvalidOptionsError(
+            f"--api-key-env {name[:80]!r} is not an upper-case environment variable name.",
+            hint="Use capital letters, digits and '_', not starting with a digit, e.g. --api-key-env MY_API_KEY.",
+            field=errors.API_KEY_ENV,
+        )
+    own = {engine.api_key_env for engine in ENGINES.values()}
+    if name not in own and (name in _RESERVED_ENV or name.startswith(_RESERVED_ENV_PREFIXES)):
+        raise InvalidOptionsError(
+            f"--api-key-env {name} names a variable the image or its engine already reads for something else.",
+            hint="Choose a name of your own, e.g. --api-key-env MY_API_KEY.",
+            field=errors.API_KEY_ENV,
+        )
 
 
 def validate_options(*, options: Options, target: Target) -> None:
@@ -91,6 +124,8 @@ def validate_options(*, options: Options, target: Target) -> None:
                 hint="Names use letters, digits, '.', '_' and '-' (e.g. Q4_K_M, llama-bpe).",
                 field=field,
             )
+    if options.api_key_env is not None:
+        check_api_key_env(options.api_key_env)
     if options.kv_cache_type is not None and options.kv_cache_type not in CACHE_TYPES:
         raise InvalidOptionsError(
             f"llama.cpp's KV cache types are {', '.join(CACHE_TYPES)}, not {options.kv_cache_type[:40]!r}.",

@@ -40,6 +40,9 @@ class Options:
     # A safetensors model converted to GGUF at pack time: the pre-tokenizer llama.cpp's converter cannot
     # recognise by itself ("llama-bpe", "qwen2", "gpt-2", ...)
     gguf_pre_tokenizer: str | None = None
+    # The environment variable the packed server reads its API key from when the container starts
+    # (``--api-key-env NAME``); None: the server answers without a key. Only the name: never the key.
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,8 @@ class BuildSpec:
     layers: tuple[WeightLayer, ...]
     labels: tuple[tuple[str, str], ...]
     run_spec: RunSpec
-    # Files the Dockerfile COPYs from the build context besides the model (the plan and run spec as JSON),
-    # by their path under the context.
+    # Files the Dockerfile COPYs from the build context besides the model (the plan and run spec as JSON, and
+    # what the engine adds: the transformers image's proxy), by their path under the context.
     context_files: tuple[tuple[str, bytes], ...] = ()
 
     @property
@@ -238,6 +238,7 @@ def render(*, plan: Plan) -> BuildSpec:
         context_files=(
             (f"{EZRUNNER_CONTEXT_DIR}/plan.json", plan_json.encode()),
             (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
+            *engine.context_files(plan=plan),
         ),
     )
 
@@ -360,6 +361,7 @@ def render_load_script(
             timeout_s=default_timeout_s(spec=spec.run_spec),
             **_run_lines(spec.run_spec),
             served_model_name=spec.served_model_name,
+            api_key_env=spec.run_spec.api_key.env if spec.run_spec.api_key else "",
         )
     )
 

@@ -9,6 +9,7 @@ is removed and the error carries its last log lines and the next step.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class RunningServer:
     endpoint: str | None  # None with --network none: only reachable from inside the container
     served_model_name: str
     port: int
+    api_key_env: str | None = None  # the variable whose key clients must send ("Authorization: Bearer …")
 
 
 def check_timeout(timeout_s: float | None) -> None:
@@ -108,6 +110,16 @@ def start_image(
     env = {"PORT": str(host_port)}
     spec = run_spec_from_labels(labels)
     device: Device
+    if spec is not None and spec.api_key is not None:
+        # Handed over as docker run -e NAME would: from this environment, never from a flag or a file.
+        key = os.environ.get(spec.api_key.env)
+        if not key:
+            raise InvalidOptionsError(
+                f"This image was packed to require an API key, and {spec.api_key.env} is not set.",
+                hint=f"export {spec.api_key.env}=... (the key clients will send as 'Authorization: Bearer ...'), "
+                "then run it again.",
+            )
+        env[spec.api_key.env] = key
     if spec is not None:
         device, ipc_host = spec.default.device, spec.ipc_host
     else:  # packed before run specs: only the GPU label says how to start it
@@ -155,6 +167,7 @@ def start_image(
         endpoint=endpoint,
         served_model_name=served,
         port=host_port,
+        api_key_env=spec.api_key.env if spec is not None and spec.api_key is not None else None,
     )
 
 

@@ -12,11 +12,17 @@ profile (``nodes > 1``, vLLM over Ray) starts differently per node, and its two 
 the first node runs ``head_script`` (the image's ENTRYPOINT: Ray head, wait for every node, then the
 server), every other node runs ``worker_script`` (join the head's Ray cluster); ``node_run_argv`` is the
 ``docker run`` line of either role, and the Kubernetes manifests use the same two scripts.
+
+An image packed with ``--api-key-env NAME`` carries ``ApiKey(env=NAME, server_env=...)``: names only, never a
+key. Its ENTRYPOINT refuses to start without ``$NAME``, copies it into the variable the engine's server reads
+(``api_key_lines``), and every ``docker run`` line passes ``-e NAME``, which docker fills from its own
+environment, so the key is on no command line and in no image, archive or log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +42,11 @@ RAY_HEAD_PORT = 6379
 RAY_RETRY_S = 5
 # The variable a worker node's container reads the head node's address from.
 HEAD_ADDRESS_ENV = "RAY_HEAD_ADDRESS"
+
+# An environment variable name as POSIX shells take it (IEEE Std 1003.1, 8.1: letters, digits and '_').
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# How the ENTRYPOINT exits when the API key's variable is empty: EX_USAGE of sysexits.h, a configuration error.
+MISSING_KEY_EXIT = 64
 
 Role = Literal["head", "worker"]
 
@@ -65,6 +76,25 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """Where the server's API key comes from at container start: never a value, only variable names.
+
+    ``env`` is the variable the user chose at pack time (``--api-key-env NAME``): ``docker run -e NAME``,
+    load.sh and the Kubernetes Secret fill it. ``server_env`` is the one the server itself reads (vLLM's
+    ``VLLM_API_KEY``, llama-server's ``LLAMA_API_KEY``, the transformers image's proxy's own); the
+    ENTRYPOINT copies the first into the second, so no key is ever on a command line or in the image.
+    """
+
+    env: str
+    server_env: str
+
+    def __post_init__(self) -> None:
+        for name in (self.env, self.server_env):
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     engine: str
     image: str  # the image reference the pack tags
@@ -80,6 +110,7 @@ class RunSpec:
     ipc_host: bool = False  # engines that share tensors between processes through /dev/shm
     user: str = IMAGE_USER
     env: tuple[tuple[str, str], ...] = field(default=())  # set in the image for every profile
+    api_key: ApiKey | None = None  # None: the server answers without a key
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.profiles]
@@ -113,9 +144,30 @@ def server_command(spec: RunSpec, *, profile: Profile | None = None) -> str:
     return " ".join(shlex.quote(a) for a in chosen.argv) + f' {spec.port_flag} "${{PORT}}" "$@"'
 
 
+def api_key_lines(spec: RunSpec) -> list[str]:
+    """Shell lines that hand the server its API key: refuse to start without the pack's variable (a server
+    packed to require a key never runs open by mistake), then copy it into the variable the server reads
+    and drop the user's name for it. Only names are written here; the value stays in the environment."""
+    key = spec.api_key
+    if key is None:
+        return []
+    missing = (
+        f"EZ Runner: this image was packed with --api-key-env {key.env}, and {key.env} is not set. "
+        f"Start it with the API key clients must send in {key.env} (docker run -e {key.env} ...)."
+    )
+    lines = [
+        f'if [ -z "${{{key.env}:-}}" ]; then echo {shlex.quote(missing)} >&2; exit {MISSING_KEY_EXIT}; fi',
+        f'export {key.server_env}="${{{key.env}}}"',
+    ]
+    if key.env != key.server_env:
+        lines.append(f"unset {key.env}")
+    return lines
+
+
 def _exec_server(spec: RunSpec, profile: Profile) -> str:
     env = " ".join(f"{key}={shlex.quote(value)}" for key, value in profile.env)
-    return ("exec env " + env + " " if env else "exec ") + server_command(spec, profile=profile)
+    command = ("exec env " + env + " " if env else "exec ") + server_command(spec, profile=profile)
+    return "\n".join([*api_key_lines(spec), command])
 
 
 def entrypoint(spec: RunSpec) -> list[str]:
@@ -217,8 +269,15 @@ def docker_run_argv(
         argv += ["--network", "none"]
     else:
         argv += ["-p", f"{port}:{spec.port}"]
+    argv += api_key_flags(spec)
     argv.append(spec.image)
     return argv
+
+
+def api_key_flags(spec: RunSpec) -> list[str]:
+    """``-e NAME``: docker copies the variable from the environment of the ``docker`` command itself, so the
+    key never appears on a command line (``ps``, shell history, logs)."""
+    return ["-e", spec.api_key.env] if spec.api_key is not None else []
 
 
 def node_run_argv(
@@ -240,7 +299,7 @@ def node_run_argv(
     argv += container_flags(spec, profile=chosen)
     argv += ["--network", "host", "-e", f"VLLM_HOST_IP={node_address}"]
     if role == "head":
-        return [*argv, "-e", f"PORT={host_port or spec.port}", spec.image]
+        return [*argv, "-e", f"PORT={host_port or spec.port}", *api_key_flags(spec), spec.image]
     if not head_address:
         raise ArtifactInvalidError(
             "A worker node needs the head node's address.", hint="Give the first node's IP address or host name."
@@ -272,6 +331,8 @@ def run_spec_to_dict(spec: RunSpec) -> dict[str, Any]:
         "ipc_host": spec.ipc_host,
         "user": spec.user,
         "env": [list(pair) for pair in spec.env],
+        # only where a key is required: specs without one keep the bytes of earlier versions
+        **({"api_key": {"env": spec.api_key.env, "server_env": spec.api_key.server_env}} if spec.api_key else {}),
         "default_profile": spec.default_profile,
         "profiles": [
             {
@@ -366,6 +427,7 @@ def run_spec_from_dict(data: object) -> RunSpec:
     healthcheck = _field(data, "healthcheck", list)
     metrics = data.get("metrics_path")
     try:
+        api_key = _api_key(data.get("api_key"))
         return RunSpec(
             engine=_field(data, "engine", str),
             image=_field(data, "image", str),
@@ -381,9 +443,18 @@ def run_spec_from_dict(data: object) -> RunSpec:
             ipc_host=bool(data.get("ipc_host", False)),
             user=str(data.get("user", IMAGE_USER)),
             env=_pairs(data.get("env", []), "env"),
+            api_key=api_key,
         )
     except ValueError as error:
         raise _bad(str(error)) from error
+
+
+def _api_key(raw: object) -> ApiKey | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not all(isinstance(raw.get(k), str) for k in ("env", "server_env")):
+        raise _bad("'api_key' must be an object with the names 'env' and 'server_env'")
+    return ApiKey(env=raw["env"], server_env=raw["server_env"])  # ValueError on a bad name
 
 
 def run_spec_from_json(text: str) -> RunSpec:
@@ -401,13 +472,17 @@ def run_spec_from_labels(labels: Mapping[str, str] | None) -> RunSpec | None:
 
 
 __all__ = [
+    "ENV_NAME",
     "HEAD_ADDRESS_ENV",
     "PLAN_PATH",
     "RAY_HEAD_PORT",
     "RUN_SPEC_LABEL",
     "RUN_SPEC_PATH",
+    "ApiKey",
     "Profile",
     "RunSpec",
+    "api_key_flags",
+    "api_key_lines",
     "container_flags",
     "device_flags",
     "docker_run_argv",

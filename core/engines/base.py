@@ -22,6 +22,7 @@ class Engine(Protocol):
     template: str  # Dockerfile template under templates/
     port: int  # default listen port inside the container (Options.port overrides it)
     health_path: str  # GET answers 200 once the model is loaded
+    api_key_env: str  # the variable the image's server reads its API key from (core.runspec.ApiKey.server_env)
     formats: frozenset[str]  # model formats it serves ("safetensors", "gguf")
 
     def refusal(self, *, model: ModelInfo, target: Target, options: Options) -> str | None:
@@ -47,4 +48,9 @@ class Engine(Protocol):
 
     def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
         """Extra values the engine's Dockerfile template uses."""
+        ...
+
+    def context_files(self, *, plan: Plan) -> tuple[tuple[str, bytes], ...]:
+        """Files the engine's template COPYs from the build context (path under it, content), besides the
+        model and the plan and run spec every image carries."""
         ...

@@ -58,7 +58,7 @@ from core.llamacpp_memory import (
     server_arguments,
 )
 from core.planning import Device, EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
-from core.runspec import Profile, RunSpec
+from core.runspec import ApiKey, Profile, RunSpec
 from core.sizing import GIB, ModelShape, cuda_visible_bytes, gib, round_down
 
 # Memory llama.cpp's own buffers do not include. Per GPU in use: the CUDA context, cuBLAS handles and the
@@ -133,6 +133,9 @@ class LlamaCppEngine:
     port = 8000
     health_path = "/health"
     metrics_path = "/metrics"
+    # llama-server's --api-key reads LLAMA_API_KEY (`llama-server --help` of b11312: "(env: LLAMA_API_KEY)");
+    # /health stays public, /metrics needs the key like /v1/* (tools/server/server.cpp, public_endpoints)
+    api_key_env = "LLAMA_API_KEY"
     formats = frozenset({"gguf", "safetensors"})
 
     def refusal(self, *, model: ModelInfo, target: Target, options: Options) -> str | None:
@@ -230,10 +233,16 @@ class LlamaCppEngine:
             profiles=(profile,),
             default_profile=profile.name,
             ipc_host=False,  # one process: nothing shared through /dev/shm
+            api_key=ApiKey(env=plan.options.api_key_env, server_env=self.api_key_env)
+            if plan.options.api_key_env
+            else None,
         )
 
     def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
         return {"llama_cpp_build": LLAMA_CPP_BUILD, "llama_cpp_device": plan.device.upper()}
+
+    def context_files(self, *, plan: Plan) -> tuple[tuple[str, bytes], ...]:
+        return ()
 
 
 # The image's health check without python3: the static probe of the offline image where it exists, else curl,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+from importlib import resources
 from typing import Any
 
 from core.engines.shared import (
@@ -40,7 +41,9 @@ from core.engines.versions import (
 from core.hardware import Gpu, Target
 from core.hubs.base import ModelInfo
 from core.planning import EngineDraft, Note, Options, Plan, PlanWarning
-from core.runspec import Profile, RunSpec
+from core.runspec import ApiKey, Profile, RunSpec
+from core.serving_proxy import API_KEY_ENV as PROXY_API_KEY_ENV
+from core.serving_proxy import METRICS_PATH as PROXY_METRICS_PATH
 from core.sizing import (
     TORCH_DTYPE_BYTES,
     TRANSFORMERS_CPU_RUNTIME_BYTES,
@@ -52,6 +55,11 @@ from core.sizing import (
 )
 
 TRANSFORMERS_GPU_USABLE_FRACTION = 0.95  # no preallocation: only leave room for the CUDA allocator's slack
+# `transformers serve` 5.23 has no API key and no metrics (transformers/cli/serving/server.py registers only the
+# /v1 routes, /load_model, /reset and /health), so the image runs core/serving_proxy.py in front of it: copied
+# from the package into the build context, then into the image, where its python3 runs it.
+PROXY_CONTEXT_PATH = "proxy/serving_proxy.py"
+PROXY_IMAGE_PATH = "/usr/local/lib/ezrunner/serving_proxy.py"
 
 
 class TransformersEngine:
@@ -59,7 +67,9 @@ class TransformersEngine:
     label = f"transformers serve {TRANSFORMERS_VERSION}"
     template = "transformers.Dockerfile.j2"
     port = 8000
-    health_path = "/health"  # transformers/cli/serving/server.py registers GET /health
+    health_path = "/health"  # transformers/cli/serving/server.py registers GET /health; the proxy asks it
+    metrics_path = PROXY_METRICS_PATH  # the proxy's
+    api_key_env = PROXY_API_KEY_ENV  # the proxy's
     formats = frozenset({"safetensors"})
 
     def refusal(self, *, model: ModelInfo, target: Target, options: Options) -> str | None:
@@ -102,10 +112,13 @@ class TransformersEngine:
         ]
 
     def run_spec(self, *, plan: Plan, image: str, served_model_name: str, model_dir: str) -> RunSpec:
+        # The proxy listens on the --host and the --port the server command gets, and starts the server on a
+        # loopback port in their stead (core.serving_proxy.split_listen_address).
+        proxy = ("python3", PROXY_IMAGE_PATH, "--")
         profile = Profile(
             name="default",
             device=plan.device,
-            argv=tuple(self.serve_argv(plan=plan, model_dir=model_dir, served_model_name=served_model_name)),
+            argv=(*proxy, *self.serve_argv(plan=plan, model_dir=model_dir, served_model_name=served_model_name)),
             gpus_per_node=1 if plan.device != "cpu" else 0,
             max_model_len=plan.max_model_len,
             description=profile_description(plan),
@@ -117,12 +130,15 @@ class TransformersEngine:
             port=plan.options.port,
             port_flag="--port",
             health_path=self.health_path,
-            metrics_path=None,
+            metrics_path=self.metrics_path,
             healthcheck=python_healthcheck(health_path=self.health_path, port=plan.options.port),
             start_period_s=start_period_s(plan.model.total_bytes),
             profiles=(profile,),
             default_profile=profile.name,
             ipc_host=plan.device != "cpu",  # torch's CUDA IPC and DataLoader workers use /dev/shm
+            api_key=ApiKey(env=plan.options.api_key_env, server_env=self.api_key_env)
+            if plan.options.api_key_env
+            else None,
         )
 
     def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
@@ -141,7 +157,17 @@ class TransformersEngine:
             "pip_packages": " ".join(shlex.quote(p) for p in packages),
             "hf_cache_repo": f"/home/ezrunner/.cache/huggingface/hub/{hf_cache_folder(served_model_name)}",
             "snapshot": plan.model.commit,
+            "proxy_context_path": PROXY_CONTEXT_PATH,
+            "proxy_image_path": PROXY_IMAGE_PATH,
         }
+
+    def context_files(self, *, plan: Plan) -> tuple[tuple[str, bytes], ...]:
+        return ((PROXY_CONTEXT_PATH, proxy_source()),)
+
+
+def proxy_source() -> bytes:
+    """The proxy's own source file, as the package holds it (a wheel, a checkout)."""
+    return (resources.files("core") / "serving_proxy.py").read_bytes()
 
 
 def hf_cache_folder(repo_id: str) -> str:

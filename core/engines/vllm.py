@@ -44,7 +44,7 @@ from core.errors import InvalidOptionsError
 from core.hardware import Gpu, Target
 from core.hubs.base import ModelInfo
 from core.planning import EngineDraft, GpuBudget, Note, Options, Plan, PlanWarning
-from core.runspec import RAY_HEAD_PORT, Profile, RunSpec
+from core.runspec import RAY_HEAD_PORT, ApiKey, Profile, RunSpec
 from core.sizing import (
     ModelShape,
     gib,
@@ -74,6 +74,9 @@ class VllmEngine:
     port = 8000
     health_path = "/health"
     metrics_path = "/metrics"
+    # `vllm serve` takes its key from --api-key or VLLM_API_KEY and checks it on /v1/* only, so /health and
+    # /metrics stay open (docs/usage/security.md of vLLM)
+    api_key_env = "VLLM_API_KEY"
     formats = frozenset({"safetensors"})
     # The image's own ENTRYPOINT is ["vllm", "serve"]; the run spec repeats it so the rendered Dockerfile
     # states the whole command without guessing.
@@ -157,10 +160,16 @@ class VllmEngine:
             profiles=(profile,),
             default_profile=profile.name,
             ipc_host=True,  # vLLM's workers share tensors through /dev/shm (its docs: --ipc=host)
+            api_key=ApiKey(env=plan.options.api_key_env, server_env=self.api_key_env)
+            if plan.options.api_key_env
+            else None,
         )
 
     def template_values(self, *, plan: Plan, served_model_name: str, model_dir: str) -> dict[str, Any]:
         return {"vllm_version": VLLM_VERSION}
+
+    def context_files(self, *, plan: Plan) -> tuple[tuple[str, bytes], ...]:
+        return ()
 
 
 def tensor_parallel_problem(*, shape: ModelShape, size: int) -> str | None:

@@ -46,6 +46,7 @@ FLAGS: dict[str, str] = {
     errors.KV_CACHE_TYPE: "--kv-cache-type",
     errors.PARALLEL: "--parallel",
     errors.GGUF_PRE_TOKENIZER: "--gguf-pre-tokenizer",
+    errors.API_KEY_ENV: "--api-key-env",
     errors.OUTPUT: "--output",
     errors.SPLIT: "--split",
     errors.DOCKERFILE: "--dockerfile",
@@ -121,6 +122,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--port", type=int, default=8000, help="port the server listens on (default 8000)")
     g.add_argument("--base-image", help="use this engine image instead of the pinned one (mirror, pre-loaded)")
+    g.add_argument("--api-key-env", metavar="NAME",
+                   help="require an API key: the server reads it from the variable NAME when the container starts "
+                   "(docker run -e NAME); the key is never part of the image")
     g = p.add_argument_group("llama.cpp / GGUF options")
     g.add_argument("--quant", metavar="NAME", help="GGUF quantization to pack, e.g. Q4_K_M (a GGUF repo's, or the "
                    "target of a conversion); default: the most bits per weight that fits")
@@ -171,6 +175,7 @@ def options(args: argparse.Namespace) -> Options:
         kv_cache_type=args.kv_cache_type,
         parallel=args.parallel,
         gguf_pre_tokenizer=args.gguf_pre_tokenizer,
+        api_key_env=args.api_key_env,
     )
 
 

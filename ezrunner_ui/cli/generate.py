@@ -53,7 +53,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--image", metavar="REF", help="image reference the cluster or host pulls (default: the pack's tag)")
     g.add_argument("--name", help="object / service name (default: from the model's name)")
-    g.add_argument("--api-key-env", metavar="VAR", help="variable the server reads its API key from, e.g. VLLM_API_KEY")
+    # --api-key-env is a plan option (add_plan_args): a model SOURCE is planned with it; for an archive it names
+    # the variable of an image packed without one (e.g. VLLM_API_KEY), and must match the one it was packed with.
 
 
 def _plan_flags_given(args: argparse.Namespace) -> list[str]:
@@ -61,7 +62,8 @@ def _plan_flags_given(args: argparse.Namespace) -> list[str]:
     probe = argparse.ArgumentParser(add_help=False)
     add_plan_args(probe)
     defaults = vars(probe.parse_args(["-"]))
-    changed = [key for key, default in defaults.items() if key != "model" and getattr(args, key) != default]
+    fixed = (key for key in defaults if key not in ("model", "api_key_env"))
+    changed = [key for key in fixed if getattr(args, key) != defaults[key]]
     return ["--" + key.replace("_", "-") for key in changed]
 
 
@@ -107,8 +109,11 @@ def run(args: argparse.Namespace) -> None:
         return
     api_key = None
     if args.embed_api_key:
-        api_key = os.environ.get(args.api_key_env or "")
-        if not args.api_key_env or not api_key:
+        from core.manifests import key_variable
+
+        variable = key_variable(spec, args.api_key_env)
+        api_key = os.environ.get(variable or "")
+        if not variable or not api_key:
             raise InvalidOptionsError(
                 "--embed-api-key needs --api-key-env VAR and the key in that variable's value here.",
                 hint="Run e.g. `VLLM_API_KEY=… ezrunner generate k8s … --api-key-env VLLM_API_KEY --embed-api-key`.",

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"Running {server.image} as {server.container_name}")
     if server.endpoint:
         print(f"Endpoint: {server.endpoint}  (model {server.served_model_name})")
+        if server.api_key_env:
+            print(f"API key: clients send the header 'Authorization: Bearer <the key in ${server.api_key_env}>'.")
     else:
         print("No network: the server answers only inside the container (docker exec).")
 

@@ -15,6 +15,9 @@ ENV HF_HUB_OFFLINE=1 \
 # already ships that version (the offline base images do), so the build needs no network then.
 RUN python3 -c "import sys, transformers; sys.exit(transformers.__version__ != '5.23.0')" 2>/dev/null \
  || pip install --no-cache-dir torch==2.13.0 'transformers[serving]==5.23.0' --extra-index-url https://download.pytorch.org/whl/cpu
+# EZ Runner's proxy in front of `transformers serve` (the ENTRYPOINT runs it): the API key, an open /health
+# and Prometheus /metrics, which transformers serve lacks. Standard-library Python: nothing to install.
+COPY proxy/serving_proxy.py /usr/local/lib/ezrunner/serving_proxy.py
 
 # A fixed non-root user. Model files stay root-owned and read-only to it.
 RUN (getent passwd 10001 >/dev/null || useradd --uid 10001 --user-group --create-home --home-dir /home/ezrunner ezrunner) \
@@ -40,7 +43,7 @@ ENV PORT=9000
 EXPOSE 9000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=184s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9000'), timeout=4)"]
-ENTRYPOINT ["/bin/sh", "-c", "exec transformers serve org/Qwen2.5-0.5B --device cpu --dtype bfloat16 --host 0.0.0.0 --port \"${PORT}\" \"$@\"", "serve"]
+ENTRYPOINT ["/bin/sh", "-c", "exec python3 /usr/local/lib/ezrunner/serving_proxy.py -- transformers serve org/Qwen2.5-0.5B --device cpu --dtype bfloat16 --host 0.0.0.0 --port \"${PORT}\" \"$@\"", "serve"]
 CMD []
 LABEL org.opencontainers.image.title="org/Qwen2.5-0.5B (transformers)"
 LABEL org.opencontainers.image.description="org/Qwen2.5-0.5B served by transformers, built by EZ Runner"
@@ -53,5 +56,5 @@ LABEL io.ezrunner.engine="transformers"
 LABEL io.ezrunner.served-model-name="org/Qwen2.5-0.5B"
 LABEL io.ezrunner.gpus="none"
 LABEL io.ezrunner.plan="{\"dtype\":\"bfloat16\",\"engine\":\"transformers\",\"gpu_memory_utilization\":null,\"kv_cache_bytes_per_token\":12288,\"max_model_len\":32768,\"target\":\"\",\"tensor_parallel_size\":1,\"weights_bytes\":988065536}"
-LABEL io.ezrunner.run-spec="{\"default_profile\":\"default\",\"engine\":\"transformers\",\"env\":[],\"health_path\":\"/health\",\"healthcheck\":[\"python3\",\"-c\",\"import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9000'), timeout=4)\"],\"image\":\"ezrunner/qwen2.5-0.5b:0123456789ab-transformers\",\"ipc_host\":false,\"metrics_path\":null,\"port\":9000,\"port_flag\":\"--port\",\"profiles\":[{\"argv\":[\"transformers\",\"serve\",\"org/Qwen2.5-0.5B\",\"--device\",\"cpu\",\"--dtype\",\"bfloat16\",\"--host\",\"0.0.0.0\"],\"data_parallel_size\":1,\"description\":\"CPU only, 32 GiB RAM, CPU, 32,768 tokens\",\"device\":\"cpu\",\"env\":[],\"gpus_per_node\":0,\"max_model_len\":32768,\"name\":\"default\",\"nodes\":1,\"pipeline_parallel_size\":1,\"tensor_parallel_size\":1}],\"served_model_name\":\"org/Qwen2.5-0.5B\",\"start_period_s\":184,\"user\":\"10001:10001\",\"version\":1}"
+LABEL io.ezrunner.run-spec="{\"default_profile\":\"default\",\"engine\":\"transformers\",\"env\":[],\"health_path\":\"/health\",\"healthcheck\":[\"python3\",\"-c\",\"import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9000'), timeout=4)\"],\"image\":\"ezrunner/qwen2.5-0.5b:0123456789ab-transformers\",\"ipc_host\":false,\"metrics_path\":\"/metrics\",\"port\":9000,\"port_flag\":\"--port\",\"profiles\":[{\"argv\":[\"python3\",\"/usr/local/lib/ezrunner/serving_proxy.py\",\"--\",\"transformers\",\"serve\",\"org/Qwen2.5-0.5B\",\"--device\",\"cpu\",\"--dtype\",\"bfloat16\",\"--host\",\"0.0.0.0\"],\"data_parallel_size\":1,\"description\":\"CPU only, 32 GiB RAM, CPU, 32,768 tokens\",\"device\":\"cpu\",\"env\":[],\"gpus_per_node\":0,\"max_model_len\":32768,\"name\":\"default\",\"nodes\":1,\"pipeline_parallel_size\":1,\"tensor_parallel_size\":1}],\"served_model_name\":\"org/Qwen2.5-0.5B\",\"start_period_s\":184,\"user\":\"10001:10001\",\"version\":1}"
 
