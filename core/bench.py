@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import threading
 import time
 import uuid
@@ -297,9 +298,14 @@ def _content(chunk: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _session() -> requests.Session:
+def _session(api_key_env: str | None = None) -> requests.Session:
+    """A session for the local server; with the key of an image packed with --api-key-env (read from that
+    variable of this process, as the container got it) sent as "Authorization: Bearer …"."""
     session = requests.Session()
     session.trust_env = False  # the server is on this machine: never ask an HTTP(S)_PROXY for it
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if key:
+        session.headers["Authorization"] = f"Bearer {key}"
     return session
 
 
@@ -316,6 +322,7 @@ def send_load(
     max_tokens: int,
     on_sample: Callable[[int, RequestSample], None] = lambda done, sample: None,
     cancel: Cancel | None = None,
+    api_key_env: str | None = None,
 ) -> tuple[tuple[RequestSample, ...], float]:
     """Send ``requests_count`` streamed chat completions, at most ``concurrency`` at once, prompts in turn;
     return the samples (in order sent) and the wall time from the first request to the last answer."""
@@ -325,7 +332,7 @@ def send_load(
     def one(index: int) -> RequestSample:
         raise_if_cancelled(cancel)
         if not hasattr(local, "session"):
-            local.session = _session()
+            local.session = _session(api_key_env)
         return stream_chat(session=local.session, endpoint=endpoint, model=model,
                            prompt=prompts[index % len(prompts)], max_tokens=max_tokens, cancel=cancel)  # fmt: skip
 
@@ -505,11 +512,11 @@ class GpuWatch:
             self.peak = used if self.peak is None else max(self.peak, used)
 
 
-def read_token_counter(*, url: str) -> tuple[float | None, str | None]:
+def read_token_counter(*, url: str, api_key_env: str | None = None) -> tuple[float | None, str | None]:
     """The engine's count of generated tokens from its Prometheus text at ``url``: (value, counter name), or
     (None, None) when it does not answer or serves none of ``TOKEN_COUNTERS``."""
     try:
-        with _session() as session:
+        with _session(api_key_env) as session:
             response = session.get(url, timeout=10)
     except requests.exceptions.RequestException:
         return None, None
@@ -700,7 +707,7 @@ def bench_target(
         if metrics_url is None:
             notes.append("the image serves no /metrics: the engine's own token count was not compared")
         else:
-            before, _ = read_token_counter(url=metrics_url)
+            before, _ = read_token_counter(url=metrics_url, api_key_env=server.api_key_env)
             if before is None:
                 notes.append(f"{metrics_url} has no token counter EZ Runner knows: the engine's count was not compared")
 
@@ -714,11 +721,12 @@ def bench_target(
         ) as gpu_watch:
             samples, wall = send_load(endpoint=endpoint, model=server.served_model_name, prompts=prompts,
                                       requests_count=requests_count, concurrency=concurrency, max_tokens=max_tokens,
-                                      on_sample=progress, cancel=cancel)  # fmt: skip
+                                      on_sample=progress, cancel=cancel,
+                                      api_key_env=server.api_key_env)  # fmt: skip
         counted = sum(s.output_tokens for s in samples if s.ok)
         metrics: tuple[int | None, str | None] = (None, None)
         if metrics_url is not None and before is not None:
-            metrics = _metrics_delta(url=metrics_url, before=before, expected=counted)
+            metrics = _metrics_delta(url=metrics_url, before=before, expected=counted, api_key_env=server.api_key_env)
         peak_gpu = None
         if isinstance(gpu_watch, GpuWatch):
             peak_gpu = gpu_watch.peak
@@ -729,12 +737,13 @@ def bench_target(
                          peak_memory=memory.peak, peak_gpu=peak_gpu, metrics=metrics, notes=notes)  # fmt: skip
 
 
-def _metrics_delta(*, url: str, before: float, expected: int) -> tuple[int | None, str | None]:
+def _metrics_delta(*, url: str, before: float, expected: int,
+                   api_key_env: str | None = None) -> tuple[int | None, str | None]:  # fmt: skip
     """The counter's increase since ``before``; read again for a moment while it is below ``expected`` (an
     engine may count a request's tokens just after it sent the last chunk)."""
     deadline = time.monotonic() + METRICS_SETTLE_S
     while True:
-        after, name = read_token_counter(url=url)
+        after, name = read_token_counter(url=url, api_key_env=api_key_env)
         if after is None:
             return None, None
         delta = round(after - before)
@@ -809,7 +818,7 @@ def check_server(
     """Send one short streamed chat request to a started server; ServerCheckError, with the container's last
     log lines, when it does not answer with content."""
     endpoint = server.endpoint or f"http://127.0.0.1:{server.port}/v1"
-    with _session() as session:
+    with _session(server.api_key_env) as session:
         sample = stream_chat(session=session, endpoint=endpoint, model=server.served_model_name, prompt=prompt,
                              max_tokens=max_tokens, cancel=cancel, read_timeout_s=120.0)  # fmt: skip
     if not sample.ok or sample.ttft_s is None:
