@@ -28,8 +28,12 @@ from core.errors import EzRunnerError, InvalidOptionsError, InvalidReferenceErro
 from core.layers import WeightLayer, plan_layers
 from core.plan import plan_to_dict
 from core.planning import Plan
+from core.profiles import profiled_run_spec, selection_script
 from core.runspec import (
+    CONTEXT_ENV,
+    PROFILE_ENV,
     RUN_SPEC_LABEL,
+    SELECT_SCRIPT_PATH,
     Network,
     RunSpec,
     docker_run_argv,
@@ -52,6 +56,8 @@ TEMPLATES_DIR = templates_root()
 MODELS_ROOT = "/models"
 # Build-context folder whose files the Dockerfile copies to /etc/ezrunner (core.runspec.RUN_SPEC_PATH)
 EZRUNNER_CONTEXT_DIR = "ezrunner"
+# The selection script's file name there (core.runspec.SELECT_SCRIPT_PATH in the image).
+SELECT_SCRIPT_NAME = SELECT_SCRIPT_PATH.rsplit("/", 1)[-1]
 
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -200,7 +206,13 @@ def render(*, plan: Plan) -> BuildSpec:
     model_root = f"{MODELS_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', model.name)}"
     layers = plan_layers(files=model.files)
     image_tag = image_tag_for(plan)
-    spec = engine.run_spec(plan=plan, image=image_tag, served_model_name=served_model_name, model_dir=model_root)
+    spec = profiled_run_spec(
+        spec=engine.run_spec(plan=plan, image=image_tag, served_model_name=served_model_name, model_dir=model_root),
+        plan=plan,
+        spec_of=lambda other: engine.run_spec(
+            plan=other, image=image_tag, served_model_name=served_model_name, model_dir=model_root
+        ),
+    )
     spec_json = run_spec_json(spec)
     plan_json = json.dumps(plan_to_dict(plan), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
     labels = (*_labels(plan, served_model_name=served_model_name, gpus=spec.needs_gpus), (RUN_SPEC_LABEL, spec_json))
@@ -235,6 +247,7 @@ def render(*, plan: Plan) -> BuildSpec:
         context_files=(
             (f"{EZRUNNER_CONTEXT_DIR}/plan.json", plan_json.encode()),
             (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
+            (f"{EZRUNNER_CONTEXT_DIR}/{SELECT_SCRIPT_NAME}", selection_script(spec).encode()),
         ),
     )
 
@@ -293,6 +306,12 @@ def default_timeout_s(*, spec: RunSpec | None, archive_bytes: int = 0) -> int:
 # Stand-ins that load.sh's shell variables replace in the rendered ``docker run`` line.
 _NAME_SLOT = "EZRUNNER-NAME-SLOT"
 _PORT_SLOT = 987654321
+_PROFILE_SLOT = "EZRUNNER-PROFILE-SLOT"
+_CONTEXT_SLOT = "EZRUNNER-CONTEXT-SLOT"
+# slot → the load.sh variable that replaces it
+_SLOTS = {
+    _NAME_SLOT: "$NAME", str(_PORT_SLOT): "$PORT", _PROFILE_SLOT: "$PROFILE_NAME", _CONTEXT_SLOT: "$PROFILE_CONTEXT"
+}
 _SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
 
 
@@ -300,11 +319,16 @@ def _shell_run_line(spec: RunSpec, *, network: Network) -> str:
     """``core.runspec.docker_run_argv`` as one shell line whose container name and host port are load.sh's
     ``$NAME`` and ``$PORT``: the flags come from the run spec only, never from the template."""
     words = []
-    for arg in docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network):
-        if _NAME_SLOT in arg or str(_PORT_SLOT) in arg:
+    # The profile load.sh chose travels to the ENTRYPOINT, which then starts it without choosing again.
+    env = () if spec.default.multi_node else ((PROFILE_ENV, _PROFILE_SLOT), (CONTEXT_ENV, _CONTEXT_SLOT))
+    for arg in docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network, env=env):
+        slots = [slot for slot in _SLOTS if slot in arg]
+        if slots:
             if not _SHELL_SAFE.fullmatch(arg):
                 raise ValueError(f"cannot put {arg!r} in a double-quoted shell word")
-            words.append('"' + arg.replace(_NAME_SLOT, "$NAME").replace(str(_PORT_SLOT), "$PORT") + '"')
+            for slot in slots:
+                arg = arg.replace(slot, _SLOTS[slot])
+            words.append('"' + arg + '"')
         else:
             words.append(shlex.quote(arg))
     return " ".join(words)
@@ -336,5 +360,7 @@ def render_load_script(
             run_host=_shell_run_line(spec.run_spec, network="host"),
             run_bridge=_shell_run_line(spec.run_spec, network="bridge"),
             served_model_name=spec.served_model_name,
+            select_script=shlex.quote(selection_script(spec.run_spec)),
+            profiles=not spec.run_spec.default.multi_node,
         )
     )
