@@ -228,12 +228,14 @@ def profile_name(plan: Plan) -> str:
 
 
 def _covered(profile: Profile, need: Needs, kept: Sequence[Profile]) -> bool:
-    """Whether a kept profile of the same shape (GPUs, parallelism) needs about as much memory per GPU: on a
-    card of that size it starts with the context that fits there, so this one would add a name, not a server."""
+    """Whether a kept profile of the same shape (GPUs, parallelism) and at least this context needs about as much
+    memory per GPU: on a card of that size it starts with the context that fits there, so this one would add a
+    name, not a server."""
     shape = (profile.gpus_per_node, profile.tensor_parallel_size, profile.data_parallel_size, profile.device)
     return any(
         (p.gpus_per_node, p.tensor_parallel_size, p.data_parallel_size, p.device) == shape
         and p.needs.context_flag
+        and p.max_model_len >= profile.max_model_len
         and _same_size(p.needs.min_gpu_memory_bytes, need.min_gpu_memory_bytes)
         for p in kept
     )
@@ -380,7 +382,9 @@ END {
     printf "%s %.0f\n", name[c], use[c]; exit 0 }
   c = best("runnable"); how = "it fits"
   if (c == 0) { c = best("shorter"); how = "it fits with a shorter context" }
-  if (c == 0) { c = best("unchecked"); how = "" }
+  # GPUs that cannot be checked: the plan the user made, as packed
+  if (c == 0) { for (i = 1; i <= n; i++) if (fit[i] == "unchecked" && isdef[i] == "1") c = i; how = "" }
+  if (c == 0) c = best("unchecked")
   if (c == 0) {
     k = closest()
     say("ezrunner: no profile of this image fits this server (" hardware() ").")

@@ -150,7 +150,9 @@ END {
     printf "%s %.0f\n", name[c], use[c]; exit 0 }
   c = best("runnable"); how = "it fits"
   if (c == 0) { c = best("shorter"); how = "it fits with a shorter context" }
-  if (c == 0) { c = best("unchecked"); how = "" }
+  # GPUs that cannot be checked: the plan the user made, as packed
+  if (c == 0) { for (i = 1; i <= n; i++) if (fit[i] == "unchecked" && isdef[i] == "1") c = i; how = "" }
+  if (c == 0) c = best("unchecked")
   if (c == 0) {
     k = closest()
     say("ezrunner: no profile of this image fits this server (" hardware() ").")
