@@ -72,7 +72,8 @@ function judge(i,   why, avail, t) {
   if (dev[i] == "cpu") {
     if (minram[i] > 0 && ram > 0 && ram < minram[i]) {
       fit[i] = "incompatible"; reason[i] = "memory: needs " gib(minram[i]) " of RAM, this server has " gib(ram)
-    } else { fit[i] = "runnable"; reason[i] = (ram > 0 ? "CPU, " gib(ram) " of RAM" : "CPU") }
+    } else { fit[i] = "runnable"
+      reason[i] = (minram[i] > 0 && ram > 0 ? "needs " gib(minram[i]) " of RAM, this server has " gib(ram) : "CPU") }
     return }
   if (dev[i] != "cuda" || state == "unknown") {
     fit[i] = "unchecked"; reason[i] = (dev[i] != "cuda" ? toupper(dev[i]) " GPUs are not checked here" \
@@ -110,7 +111,9 @@ function best(group,   i, b) { b = 0
 function closest(   i, b) { b = 0
   for (i = 1; i <= n; i++) if (b == 0 || gpus[i] < gpus[b] || (gpus[i] == gpus[b] && mem[i] < mem[b])) b = i
   return b }
-function hardware() {
+function hardware(   i, gpu) {
+  for (i = 1; i <= n; i++) if (dev[i] != "cpu") gpu = 1
+  if (!gpu) return "CPU" (ram > 0 ? ", " gib(ram) " of RAM" : "")
   if (state == "unknown") return "GPUs not checked (no nvidia-smi)"
   if (ng == 0) return "no NVIDIA GPU" (ram > 0 ? ", " gib(ram) " of RAM" : "")
   return ng " x " first (mixed ? " and others" : "") " (" gib(gmem) (mixed ? " the smallest" : "") \
@@ -163,8 +166,11 @@ END {
   if (how == "") say("ezrunner: starting profile " name[c] " (" desc[c] ") unchecked: " reason[c] ".")
   else {
     say("ezrunner: starting profile " name[c] " (" desc[c] ") on " hardware() ":")
+    if (n == 1) why = "it is the only profile of this image"
+    else if (gpus[c] > 0) why = "of the profiles that fit it uses the most GPUs, then the longest context"
+    else why = "of the profiles that fit it has the longest context"
     say("  " how (fit[c] == "shorter" ? ", --max-model-len " use[c] " of the planned " ctx[c] : "") "; " reason[c] \
-      "; of the profiles that fit it uses the most GPUs" (n > 1 ? ", then the longest context" : "") ".") }
+      "; " why ".") }
   printf "%s %.0f\n", name[c], use[c]
 }
 '"'"'
