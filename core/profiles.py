@@ -221,10 +221,13 @@ def _context_label(tokens: int) -> str:
 
 
 def profile_name(plan: Plan) -> str:
-    """"cuda-4gpu-tp2-40k": device, GPUs, tensor parallelism and context, what tells profiles apart."""
+    """"cuda-4gpu-tp2-40k": device, GPUs, vLLM's tensor parallelism and context, what tells profiles apart
+    (llama.cpp and transformers split no tensors: "cuda-2gpu-32k")."""
+    context = _context_label(plan.max_model_len)
     if plan.device == "cpu":
-        return f"cpu-{_context_label(plan.max_model_len)}"
-    return f"{plan.device}-{plan.gpus_per_node}gpu-tp{plan.tensor_parallel_size}-{_context_label(plan.max_model_len)}"
+        return f"cpu-{context}"
+    tp = f"-tp{plan.tensor_parallel_size}" if plan.engine == "vllm" else ""
+    return f"{plan.device}-{plan.gpus_per_node}gpu{tp}-{context}"
 
 
 def _covered(profile: Profile, need: Needs, kept: Sequence[Profile]) -> bool:
@@ -325,6 +328,8 @@ function judge(i,   why, avail, t) {
     if (t >= minctx[i] && t > 0) use[i] = t
     else why = why (why == "" ? "" : "; ") "memory: needs " gib(mem[i]) " per GPU, the GPU has " gib(gmem)
   }
+  if (minram[i] > 0 && ram > 0 && ram < minram[i])  # what a GPU profile keeps in system RAM (llama.cpp)
+    why = why (why == "" ? "" : "; ") "memory: needs " gib(minram[i]) " of RAM, this server has " gib(ram)
   if (why != "") { fit[i] = "incompatible"; reason[i] = why; return }
   fit[i] = (use[i] < ctx[i] ? "shorter" : "runnable")
   reason[i] = "uses " gpus[i] " of " ng " GPU" (ng > 1 ? "s" : "") "; needs " gib(mem[i]) " per GPU for " ctx[i] \

@@ -41,6 +41,7 @@ from tests.unit.test_load_sh_args import FAKE_DOCKER, SERVE
 from tests.unit.test_plan import gpus
 from tests.unit.test_render import qwen05b_on_cpu, with_files
 from tests.unit.test_sizing import A100_80, load_config, model_info
+from tests.unit.test_sizing import T4 as T4_GPU
 
 # Qwen3-32B: 32.8 B parameters (its Hugging Face model card), BF16: 61 GiB of weights, a 40,960-token context.
 QWEN3_32B_PARAMETERS = 32_762_123_264
@@ -365,3 +366,20 @@ def test_ezrunner_profiles_lists_an_archive_against_a_described_server(
     # the same judgement as the image's: check_profiles runs the image's own script
     fits = check_profiles(spec=packed.run_spec, target=gpus(A100_80, 4))
     assert {f.group for f in fits} == {"runnable", "incompatible"}
+
+
+def test_a_gguf_pack_for_an_l4_serves_a_t4_with_the_profile_planned_for_it() -> None:
+    from tests.unit.test_llamacpp_engine import L4 as L4_GPU
+    from tests.unit.test_llamacpp_engine import gguf_repo, target
+
+    packed_plan = with_neighbours(plan=plan(model=gguf_repo("Qwen2.5-7B-Instruct"), target=target(L4_GPU)))
+    assert all(n.model.files == packed_plan.model.files for n in packed_plan.neighbours)  # the one quantization
+    spec = render(plan=packed_plan).run_spec
+    assert {p.device for p in spec.profiles} == {"cuda"}
+    assert all("tp" not in p.name for p in spec.profiles)  # llama.cpp splits layers, not tensors
+    fits = {f.name: f for f in check_profiles(spec=spec, target=gpus(T4_GPU, 1))}
+    assert fits["default"].group == "incompatible" and "memory: needs" in fits["default"].reason
+    chosen = choose(spec=spec, target=gpus(T4_GPU, 1))
+    assert chosen is not None
+    profile = spec.profile(chosen[0])
+    assert "T4" in profile.description and chosen[1] == profile.max_model_len < spec.default.max_model_len

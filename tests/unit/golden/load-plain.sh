@@ -93,6 +93,8 @@ function judge(i,   why, avail, t) {
     if (t >= minctx[i] && t > 0) use[i] = t
     else why = why (why == "" ? "" : "; ") "memory: needs " gib(mem[i]) " per GPU, the GPU has " gib(gmem)
   }
+  if (minram[i] > 0 && ram > 0 && ram < minram[i])  # what a GPU profile keeps in system RAM (llama.cpp)
+    why = why (why == "" ? "" : "; ") "memory: needs " gib(minram[i]) " of RAM, this server has " gib(ram)
   if (why != "") { fit[i] = "incompatible"; reason[i] = why; return }
   fit[i] = (use[i] < ctx[i] ? "shorter" : "runnable")
   reason[i] = "uses " gpus[i] " of " ng " GPU" (ng > 1 ? "s" : "") "; needs " gib(mem[i]) " per GPU for " ctx[i] \
