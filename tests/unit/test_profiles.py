@@ -383,3 +383,16 @@ def test_a_gguf_pack_for_an_l4_serves_a_t4_with_the_profile_planned_for_it() -> 
     assert chosen is not None
     profile = spec.profile(chosen[0])
     assert "T4" in profile.description and chosen[1] == profile.max_model_len < spec.default.max_model_len
+
+
+def test_pack_refuses_also_for_with_a_hand_edited_dockerfile_and_bad_targets_before_any_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EZRUNNER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a hub call would fail otherwise
+    out = str(tmp_path / "m.tar")
+    both = main(["pack", "org/model", "--gpu-name", "A100-80", "-o", out, "--dockerfile", str(tmp_path / "D"),
+                 "--also-for", "--gpu-name T4"])  # fmt: skip
+    assert both == 2 and "hand-edited --dockerfile" in capsys.readouterr().err
+    bad = main(["pack", "org/model", "--gpu-name", "A100-80", "-o", out, "--also-for", "--gpu-name A100-80 --gpus x"])
+    assert bad == 2 and "--also-for '--gpu-name A100-80 --gpus x'" in capsys.readouterr().err
