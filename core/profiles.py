@@ -335,15 +335,17 @@ function judge(i,   why, avail, t) {
   reason[i] = "uses " gpus[i] " of " ng " GPU" (ng > 1 ? "s" : "") "; needs " gib(mem[i]) " per GPU for " ctx[i] \
     " tokens, the GPU has " gib(gmem)
 }
-# The better of two that fit: more GPUs used, then the longer context, then the default, then the profile made
-# for the most memory (the one planned closest to this server).
+# The better of two that fit: more GPUs used, then the longer context it starts with here (a shorter one
+# counts as what it is), then one that fits as planned, then the default, then the profile made for the most
+# memory (the one planned closest to this server).
 function better(i, b) {
   if (gpus[i] != gpus[b]) return gpus[i] > gpus[b]
   if (use[i] != use[b]) return use[i] > use[b]
+  if (fit[i] != fit[b]) return fit[i] == "runnable"
   if (isdef[i] != isdef[b]) return isdef[i] == "1"
   return mem[i] > mem[b] }
 function best(group,   i, b) { b = 0
-  for (i = 1; i <= n; i++) if (fit[i] == group && (b == 0 || better(i, b))) b = i
+  for (i = 1; i <= n; i++) if (index(" " group " ", " " fit[i] " ") && (b == 0 || better(i, b))) b = i
   return b }
 function closest(   i, b) { b = 0
   for (i = 1; i <= n; i++) if (b == 0 || gpus[i] < gpus[b] || (gpus[i] == gpus[b] && mem[i] < mem[b])) b = i
@@ -375,7 +377,7 @@ END {
         if (!shown) print titles[groups[g]] ":"
         shown = 1; print line(i) }
       if (!shown && g < 4) print titles[groups[g]] ": none" }
-    c = best("runnable"); if (c == 0) c = best("shorter")
+    c = best("runnable shorter")
     if (c > 0) print "load.sh and the image start " name[c] \
       (fit[c] == "shorter" ? " with --max-model-len " use[c] : "") "."
     else print "No profile fits this server."
@@ -388,8 +390,8 @@ END {
       say("ezrunner: profile " forced " was forced although it does not fit: " reason[c] ".")
     else say("ezrunner: profile " forced " (" desc[c] "), as asked: " reason[c] ".")
     printf "%s %.0f\n", name[c], use[c]; exit 0 }
-  c = best("runnable"); how = "it fits"
-  if (c == 0) { c = best("shorter"); how = "it fits with a shorter context" }
+  c = best("runnable shorter")
+  how = (fit[c] == "shorter" ? "it fits with a shorter context" : "it fits")
   # GPUs that cannot be checked: the plan the user made, as packed
   if (c == 0) { for (i = 1; i <= n; i++) if (fit[i] == "unchecked" && isdef[i] == "1") c = i; how = "" }
   if (c == 0) c = best("unchecked")
