@@ -25,6 +25,7 @@ from ezrunner_ui.cli.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from core.pack import Artifact
+    from core.plan import Plan
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -115,8 +116,22 @@ def run(args: argparse.Namespace) -> None:
         print_json({**artifact.__dict__, **({"push": result_json(pushed)} if pushed else {})})
         return
     print("\n".join(summary(artifact)))
+    print("\n".join(profile_lines(result, load_script=artifact.load_script.name)))
     if pushed:
         print_result(pushed)
+
+
+def profile_lines(result: Plan, *, load_script: str) -> list[str]:
+    """The profiles the image carries, one line each: where it lands, it starts the best that fits."""
+    from core.render import render
+
+    spec = render(plan=result).run_spec
+    lines = [f"Profiles ({len(spec.profiles)}; the image starts the best that fits the server, "
+             f"bash {load_script} --profiles lists them there):"]  # fmt: skip
+    for profile in spec.profiles:
+        mark = " (default)" if profile.name == spec.default_profile else ""
+        lines.append(f"  {profile.name:<24} {profile.description}{mark}")
+    return lines
 
 
 def written_files(artifact: Artifact) -> list[Path]:

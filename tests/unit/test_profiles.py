@@ -405,3 +405,12 @@ def test_pack_refuses_also_for_with_a_hand_edited_dockerfile_and_bad_targets_bef
     assert both == 2 and "hand-edited --dockerfile" in capsys.readouterr().err
     bad = main(["pack", "org/model", "--gpu-name", "A100-80", "-o", out, "--also-for", "--gpu-name A100-80 --gpus x"])
     assert bad == 2 and "--also-for '--gpu-name A100-80 --gpus x'" in capsys.readouterr().err
+
+
+def test_the_pack_summary_lists_the_profiles(packed: BuildSpec) -> None:
+    from ezrunner_ui.cli.pack import profile_lines
+
+    lines = profile_lines(qwen32b_on_two_a100(), load_script="load.sh")
+    assert lines[0].startswith(f"Profiles ({len(packed.run_spec.profiles)}; ") and "bash load.sh --profiles" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [p.name for p in packed.run_spec.profiles]
+    assert lines[1].endswith("(default)")
