@@ -37,6 +37,7 @@ from core.hubs.base import ModelFile, ModelInfo
 from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import runtime_layers
 from core.plan import Plan, plan_to_dict
+from core.profiles import with_neighbours
 from core.render import (
     BuildSpec,
     load_script_is_for,
@@ -277,6 +278,10 @@ def pack(
     """
     if not overwrite:  # before any download, and before a history row: nothing was tried yet
         refuse_existing_output(archive=output_paths(output=output.resolve(), compression=compression))
+    if not plan.neighbours and dockerfile is None:
+        # The profiles for nearby servers (core.profiles); a hand-edited Dockerfile keeps the ENTRYPOINT it
+        # was rendered with, so its image keeps that render's profiles.
+        plan = with_neighbours(plan=plan)
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",

@@ -537,6 +537,22 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             {"engine": a.engine, "fits": a.fits, "max_model_len": a.max_model_len, "summary": a.summary}
             for a in plan.alternatives
         ],
+        # the profiles' plans (only once a pack added them, so plans made before keep their JSON)
+        **({"neighbours": [_neighbour_to_dict(n) for n in plan.neighbours]} if plan.neighbours else {}),
+    }
+
+
+def _neighbour_to_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "target": plan.target.label,
+        "device": plan.device,
+        "gpus_per_node": plan.gpus_per_node,
+        "gpu_memory_bytes": plan.target.gpus[0].memory_bytes if plan.target.gpus else None,
+        "tensor_parallel_size": plan.tensor_parallel_size,
+        "data_parallel_size": plan.data_parallel_size,
+        "max_model_len": plan.max_model_len,
+        "dtype": plan.dtype,
+        "kv_cache_tokens": plan.kv_cache_tokens,
     }
 
 

@@ -119,6 +119,9 @@ class Plan:
     pipeline_parallel_size: int = 1
     # Replicas of the model on the node, each on tensor_parallel_size GPUs; every GPU used when it divides them.
     data_parallel_size: int = 1
+    # Plans of the same model, engine and image for nearby targets (fewer / more GPUs, smaller cards): each
+    # becomes a profile the image can start with (core.profiles.with_neighbours fills them at pack time).
+    neighbours: tuple[Plan, ...] = ()
 
     @property
     def nodes(self) -> int:

@@ -29,8 +29,12 @@ from core.errors import EzRunnerError, InvalidOptionsError, InvalidReferenceErro
 from core.layers import WeightLayer, plan_layers
 from core.plan import plan_to_dict
 from core.planning import Plan
+from core.profiles import profiled_run_spec, selection_script
 from core.runspec import (
+    CONTEXT_ENV,
+    PROFILE_ENV,
     RUN_SPEC_LABEL,
+    SELECT_SCRIPT_PATH,
     Network,
     Role,
     RunSpec,
@@ -55,6 +59,8 @@ TEMPLATES_DIR = templates_root()
 MODELS_ROOT = "/models"
 # Build-context folder whose files the Dockerfile copies to /etc/ezrunner (core.runspec.RUN_SPEC_PATH)
 EZRUNNER_CONTEXT_DIR = "ezrunner"
+# The selection script's file name there (core.runspec.SELECT_SCRIPT_PATH in the image).
+SELECT_SCRIPT_NAME = SELECT_SCRIPT_PATH.rsplit("/", 1)[-1]
 
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -203,7 +209,13 @@ def render(*, plan: Plan) -> BuildSpec:
     model_root = f"{MODELS_ROOT}/{re.sub(r'[^A-Za-z0-9._-]+', '-', model.name)}"
     layers = plan_layers(files=model.files)
     image_tag = image_tag_for(plan)
-    spec = engine.run_spec(plan=plan, image=image_tag, served_model_name=served_model_name, model_dir=model_root)
+    spec = profiled_run_spec(
+        spec=engine.run_spec(plan=plan, image=image_tag, served_model_name=served_model_name, model_dir=model_root),
+        plan=plan,
+        spec_of=lambda other: engine.run_spec(
+            plan=other, image=image_tag, served_model_name=served_model_name, model_dir=model_root
+        ),
+    )
     spec_json = run_spec_json(spec)
     plan_json = json.dumps(plan_to_dict(plan), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
     labels = (*_labels(plan, served_model_name=served_model_name, gpus=spec.needs_gpus), (RUN_SPEC_LABEL, spec_json))
@@ -239,6 +251,7 @@ def render(*, plan: Plan) -> BuildSpec:
             (f"{EZRUNNER_CONTEXT_DIR}/plan.json", plan_json.encode()),
             (f"{EZRUNNER_CONTEXT_DIR}/run-spec.json", (spec_json + "\n").encode()),
             *engine.context_files(plan=plan),
+            (f"{EZRUNNER_CONTEXT_DIR}/{SELECT_SCRIPT_NAME}", selection_script(spec).encode()),
         ),
     )
 
@@ -297,24 +310,28 @@ def default_timeout_s(*, spec: RunSpec | None, archive_bytes: int = 0) -> int:
 # Stand-ins that load.sh's shell variables replace in the rendered ``docker run`` line.
 _NAME_SLOT = "EZRUNNER-NAME-SLOT"
 _PORT_SLOT = 987654321
-_SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
-
-
+_PROFILE_SLOT = "EZRUNNER-PROFILE-SLOT"
+_CONTEXT_SLOT = "EZRUNNER-CONTEXT-SLOT"
 _ADDRESS_SLOT = "EZRUNNER-ADDRESS-SLOT"
 _HEAD_SLOT = "EZRUNNER-HEAD-SLOT"
 #: slot in a rendered argv -> the load.sh variable it becomes
-_SLOTS = {_NAME_SLOT: "$NAME", str(_PORT_SLOT): "$PORT", _ADDRESS_SLOT: "$ADDRESS", _HEAD_SLOT: "$HEAD_ADDRESS"}
+_SLOTS = {
+    _NAME_SLOT: "$NAME", str(_PORT_SLOT): "$PORT", _PROFILE_SLOT: "$PROFILE_NAME", _CONTEXT_SLOT: "$PROFILE_CONTEXT",
+    _ADDRESS_SLOT: "$ADDRESS", _HEAD_SLOT: "$HEAD_ADDRESS",
+}  # fmt: skip
+_SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.,:=/+@%-]*$")
 
 
 def _shell_words(argv: Sequence[str]) -> str:
     """``argv`` as one shell line in which the slots become load.sh's variables (in double quotes)."""
     words = []
     for arg in argv:
-        if any(slot in arg for slot in _SLOTS):
+        slots = [slot for slot in _SLOTS if slot in arg]
+        if slots:
             if not _SHELL_SAFE.fullmatch(arg):
                 raise ValueError(f"cannot put {arg!r} in a double-quoted shell word")
-            for slot, variable in _SLOTS.items():
-                arg = arg.replace(slot, variable)
+            for slot in slots:
+                arg = arg.replace(slot, _SLOTS[slot])
             words.append('"' + arg + '"')
         else:
             words.append(shlex.quote(arg))
@@ -324,7 +341,9 @@ def _shell_words(argv: Sequence[str]) -> str:
 def _shell_run_line(spec: RunSpec, *, network: Network) -> str:
     """``core.runspec.docker_run_argv`` as one shell line whose container name and host port are load.sh's
     ``$NAME`` and ``$PORT``: the flags come from the run spec only, never from the template."""
-    return _shell_words(docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network))
+    # The profile load.sh chose travels to the ENTRYPOINT, which then starts it without choosing again.
+    env = () if spec.default.multi_node else ((PROFILE_ENV, _PROFILE_SLOT), (CONTEXT_ENV, _CONTEXT_SLOT))
+    return _shell_words(docker_run_argv(spec, name=_NAME_SLOT, host_port=_PORT_SLOT, network=network, env=env))
 
 
 def _shell_node_line(spec: RunSpec, *, role: Role) -> str:
@@ -362,6 +381,8 @@ def render_load_script(
             **_run_lines(spec.run_spec),
             served_model_name=spec.served_model_name,
             api_key_env=spec.run_spec.api_key.env if spec.run_spec.api_key else "",
+            select_script=shlex.quote(selection_script(spec.run_spec)),
+            profiles=not spec.run_spec.default.multi_node,
         )
     )
 

@@ -6,7 +6,10 @@ no flag is written twice. The spec is baked into the image as JSON (``/etc/ezrun
 the ``io.ezrunner.run-spec`` label), so any later command can read it back from an archive or an image.
 
 A spec has one or more *profiles* (ways to start: device, GPUs, parallelism, context) and names the
-default one; today every plan makes one profile. Data-parallel replicas live in the server command (vLLM's
+default one, the plan the user made; a pack adds one profile per neighbouring target the same image can serve
+(``core.profiles``), each with the facts (``Needs``) that judge at start whether the server it lands on fits.
+A one-node image's ENTRYPOINT runs ``core.profiles``' selection script first and starts the profile it
+picks. Data-parallel replicas live in the server command (vLLM's
 ``--data-parallel-size``), so a one-node profile starts the same way whatever its parallelism. A multi-node
 profile (``nodes > 1``, vLLM over Ray) starts differently per node, and its two roles render from here too:
 the first node runs ``head_script`` (the image's ENTRYPOINT: Ray head, wait for every node, then the
@@ -25,7 +28,7 @@ import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from core.errors import ArtifactInvalidError
@@ -52,6 +55,40 @@ Role = Literal["head", "worker"]
 
 Network = Literal["bridge", "host", "none"]
 
+#: Where the image keeps the profile selection script (``core.profiles.selection_script``).
+SELECT_SCRIPT_PATH = "/etc/ezrunner/select-profile.sh"
+#: The variables the ENTRYPOINT reads a profile forced by load.sh or by hand from, and its context.
+PROFILE_ENV = "EZRUNNER_PROFILE"
+CONTEXT_ENV = "EZRUNNER_MAX_MODEL_LEN"
+# Profile names travel through shell words and environment variables unquoted.
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a server must have to start a profile: the facts the selection script judges fit with.
+
+    GPU memory is the total one GPU reports (``nvidia-smi --query-gpu=memory.total``); the per-GPU use is
+    modelled as ``gpu_fixed_bytes + gpu_kv_bytes_per_token × context`` out of ``gpu_memory_fraction`` of it, so
+    a GPU with less than ``min_gpu_memory_bytes`` can still start the profile with a shorter context (through
+    ``context_flag``) down to ``min_context`` tokens. Zero / empty: not checked.
+    """
+
+    min_gpu_memory_bytes: int = 0  # per GPU, for the profile's full max_model_len
+    gpu_fixed_bytes: int = 0  # per GPU: weights + overhead, whatever the context
+    gpu_kv_bytes_per_token: int = 0  # per GPU
+    gpu_memory_fraction: float = 0.0  # the share of a GPU's total memory the engine may use
+    min_compute_capability: str = ""  # "8.0"
+    min_driver: str = ""  # "580.65.06": the GA driver of the image's CUDA
+    min_cuda: str = ""  # "13.0": that CUDA, for messages
+    min_ram_bytes: int = 0  # system RAM, for what runs from it (a CPU profile, llama.cpp's host share)
+    context_flag: str = ""  # the server flag that sets the context ("--max-model-len"); "": cannot shorten
+    min_context: int = 0  # the shortest context worth starting with
+
+    @property
+    def empty(self) -> bool:
+        return self == Needs()
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -69,6 +106,7 @@ class Profile:
     max_model_len: int = 0
     description: str = ""  # "1 × NVIDIA H100 80GB SXM, 32,768 tokens"
     ray_port: int = 0  # the head node's Ray port when nodes > 1; 0 otherwise
+    needs: Needs = Needs()  # what a server must have to start it (empty in specs made before profiles)
 
     @property
     def multi_node(self) -> bool:
@@ -116,6 +154,9 @@ class RunSpec:
         names = [p.name for p in self.profiles]
         if not names or self.default_profile not in names or len(set(names)) != len(names):
             raise ValueError(f"run spec profiles {names} must be unique and include {self.default_profile!r}")
+        odd = [name for name in names if not _PROFILE_NAME.fullmatch(name)]
+        if odd:
+            raise ValueError(f"profile names {odd} must be letters, digits, '.', '_' and '-'")
 
     @property
     def default(self) -> Profile:
@@ -170,11 +211,40 @@ def _exec_server(spec: RunSpec, profile: Profile) -> str:
     return "\n".join([*api_key_lines(spec), command])
 
 
+def _context_argv(profile: Profile) -> list[str]:
+    """The profile's argv as shell words, its context value replaced by ``$EZRUNNER_MAX_MODEL_LEN``."""
+    words = [shlex.quote(a) for a in profile.argv]
+    flag = profile.needs.context_flag
+    if flag and flag in profile.argv[:-1]:
+        words[profile.argv.index(flag) + 1] = f'"${{{CONTEXT_ENV}}}"'
+    return words
+
+
+def start_script(spec: RunSpec) -> str:
+    """A one-node image's start: the selection script picks the profile for the GPUs (or CPU) present, or the
+    one ``$EZRUNNER_PROFILE`` names, prints which and why (or refuses, naming the closest), then the chosen
+    profile's server starts with the context that fits (``$EZRUNNER_MAX_MODEL_LEN`` when load.sh gave it)."""
+    lines = [
+        *api_key_lines(spec),  # first: an image packed to need a key never starts, or chooses, without it
+        f'choice=$(/bin/sh {SELECT_SCRIPT_PATH} select "${{{PROFILE_ENV}:-}}") || exit $?',
+        f"{CONTEXT_ENV}=${{{CONTEXT_ENV}:-${{choice#* }}}}",
+        'case "${choice%% *}" in',
+    ]
+    for profile in spec.profiles:
+        env = " ".join(f"{key}={shlex.quote(value)}" for key, value in profile.env)
+        start = "exec env " + env + " " if env else "exec "
+        command = " ".join(_context_argv(profile)) + f' {spec.port_flag} "${{PORT}}" "$@"'
+        lines.append(f"  {profile.name}) {start}{command} ;;")
+    lines += ["esac", 'echo "The profile selection chose ${choice%% *}, which this image does not have." >&2', "exit 1"]
+    return "\n".join(lines)
+
+
 def entrypoint(spec: RunSpec) -> list[str]:
-    """The image's ENTRYPOINT (exec form): the default profile's command, port from ``$PORT``, extra
-    ``docker run IMAGE ARGS…`` appended; for a multi-node profile the head node's script, which ends in it."""
+    """The image's ENTRYPOINT (exec form): on one node the start script (profile selection, then the chosen
+    profile's command, port from ``$PORT``, extra ``docker run IMAGE ARGS…`` appended); for a multi-node
+    profile the head node's script, which ends in the server."""
     profile = spec.default
-    command = head_script(spec, profile=profile) if profile.multi_node else _exec_server(spec, profile)
+    command = head_script(spec, profile=profile) if profile.multi_node else start_script(spec)
     return ["/bin/sh", "-c", command, "serve"]
 
 
@@ -254,9 +324,11 @@ def docker_run_argv(
     network: Network = "bridge",
     restart: str | None = "unless-stopped",
     profile: Profile | None = None,
+    env: tuple[tuple[str, str], ...] = (),
 ) -> list[str]:
     """The ``docker run -d`` line for a server: with ``network="host"`` the server listens on the host's
-    ``host_port`` directly; with ``"bridge"`` the container port is published there."""
+    ``host_port`` directly; with ``"bridge"`` the container port is published there; ``env`` adds ``-e``
+    variables (load.sh's chosen profile)."""
     chosen = profile or spec.default
     port = host_port or spec.port
     argv = ["docker", "run", "-d", "--name", name]
@@ -270,6 +342,8 @@ def docker_run_argv(
     else:
         argv += ["-p", f"{port}:{spec.port}"]
     argv += api_key_flags(spec)
+    for key, value in env:
+        argv += ["-e", f"{key}={value}"]
     argv.append(spec.image)
     return argv
 
@@ -349,10 +423,38 @@ def run_spec_to_dict(spec: RunSpec) -> dict[str, Any]:
                 "description": p.description,
                 # only where it means something: one-node specs keep the bytes of earlier versions
                 **({"ray_port": p.ray_port} if p.multi_node else {}),
+                **({"needs": _needs_to_dict(p.needs)} if not p.needs.empty else {}),
             }
             for p in spec.profiles
         ],
     }
+
+
+def _needs_to_dict(needs: Needs) -> dict[str, Any]:
+    return {f.name: getattr(needs, f.name) for f in fields(Needs)}
+
+
+def _needs_from_dict(value: object) -> Needs:
+    """A profile's needs, absent in specs packed before profiles (then nothing is checked)."""
+    if value is None:
+        return Needs()
+    if not isinstance(value, Mapping):
+        raise _bad("a profile's 'needs' is not an object")
+    read: dict[str, Any] = {}
+    for f in fields(Needs):
+        default = getattr(Needs(), f.name)
+        item = value.get(f.name, default)
+        if isinstance(default, float):
+            ok = isinstance(item, (int, float)) and not isinstance(item, bool) and 0 <= item <= 1
+            item = float(item) if ok else item
+        elif isinstance(default, int):
+            ok = isinstance(item, int) and not isinstance(item, bool) and item >= 0
+        else:
+            ok = isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9._-]{0,40}", item) is not None
+        if not ok:
+            raise _bad(f"a profile's need {f.name!r} is {item!r}")
+        read[f.name] = item
+    return Needs(**read)
 
 
 def run_spec_json(spec: RunSpec) -> str:
@@ -422,6 +524,7 @@ def run_spec_from_dict(data: object) -> RunSpec:
                 max_model_len=_field(raw, "max_model_len", int),
                 description=str(raw.get("description", "")),
                 ray_port=ray_port,
+                needs=_needs_from_dict(raw.get("needs")),
             )
         )
     healthcheck = _field(data, "healthcheck", list)
@@ -472,13 +575,17 @@ def run_spec_from_labels(labels: Mapping[str, str] | None) -> RunSpec | None:
 
 
 __all__ = [
+    "CONTEXT_ENV",
     "ENV_NAME",
     "HEAD_ADDRESS_ENV",
     "PLAN_PATH",
+    "PROFILE_ENV",
     "RAY_HEAD_PORT",
     "RUN_SPEC_LABEL",
     "RUN_SPEC_PATH",
+    "SELECT_SCRIPT_PATH",
     "ApiKey",
+    "Needs",
     "Profile",
     "RunSpec",
     "api_key_flags",
@@ -496,6 +603,7 @@ __all__ = [
     "run_spec_json",
     "run_spec_to_dict",
     "server_command",
+    "start_script",
     "worker_script",
 ]
 

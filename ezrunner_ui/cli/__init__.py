@@ -29,6 +29,7 @@ from ezrunner_ui.cli import (
     listing,
     pack,
     plan,
+    profiles,
     push,
     run,
     search,
@@ -37,7 +38,7 @@ from ezrunner_ui.cli import (
 from ezrunner_ui.cli.common import FLAGS, error_line, print_json
 
 COMMANDS: tuple[ModuleType, ...] = (
-    search, inspect, hardware, plan, dockerfile, generate, pack, push, run, bench, listing, clean, ui
+    search, inspect, hardware, plan, dockerfile, generate, pack, push, run, bench, profiles, listing, clean, ui
 )
 
 #: exit statuses: a user-fixable error, a bug

@@ -6,14 +6,15 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from core import errors, hubs
 from core.engines import engine_names
-from core.errors import EzRunnerError
+from core.errors import EzRunnerError, InvalidOptionsError, InvalidTargetError
 from core.events import Event
 from core.hardware import Target, default_data_dir, describe_target, detect_local
 from core.hubs.base import ModelInfo
@@ -158,6 +159,36 @@ def target_from_args(args: argparse.Namespace) -> Target:
         cpu_cores=args.cpu_cores,
         gpu_api=args.gpu_api,
     )
+
+
+class _AlsoForParser(argparse.ArgumentParser):
+    """The target flags of one ``--also-for`` value; a flag it refuses is an error naming that value."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidOptionsError(
+            f"--also-for {self.prog!r}: {message}.",
+            hint='Give the target flags of `ezrunner plan` in quotes, e.g. --also-for "--gpu-name A100-40 --gpus 2".',
+        )
+
+
+def also_for_target(text: str) -> Target:
+    """One ``--also-for "TARGET FLAGS"`` value as a described target (the same flags as ``plan``)."""
+    parser = _AlsoForParser(prog=text, add_help=False)
+    add_target_args(parser)
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        parser.error(str(error))
+    args = parser.parse_args(words)
+    described = [a for a in (*_GPU_FLAGS, *_CPU_FLAGS) if getattr(args, a, None) is not None] or args.cpu_only
+    if not described:
+        parser.error("it describes no server (no --gpu-name, --gpu-memory, --cpu-only or --ram)")
+    if args.nodes != 1:
+        parser.error("profiles run on one node, so --nodes does not apply")
+    try:
+        return target_from_args(args)
+    except InvalidTargetError as error:
+        raise InvalidOptionsError(f"--also-for {text!r}: {error}") from error
 
 
 def options(args: argparse.Namespace) -> Options:

@@ -8,14 +8,24 @@ from typing import TYPE_CHECKING
 
 from core import errors
 from core.errors import InvalidOptionsError
+from core.profiles import with_neighbours
 from core.registry.client import parse_image_ref
-from ezrunner_ui.cli.common import add_plan_args, check_pack_paths, make_plan, parse_size, print_json, token
+from ezrunner_ui.cli.common import (
+    add_plan_args,
+    also_for_target,
+    check_pack_paths,
+    make_plan,
+    parse_size,
+    print_json,
+    token,
+)
 from ezrunner_ui.cli.progress import ProgressRenderer, human_bytes
 from ezrunner_ui.cli.push import print_result, push, result_json
 from ezrunner_ui.cli.signals import stop_on_signals
 
 if TYPE_CHECKING:
     from core.pack import Artifact
+    from core.plan import Plan
 
 NAME = "pack"
 HELP = "download, build and export one docker-loadable tar"
@@ -36,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fast: stream the weights into the archive (default); docker-build: docker build + docker save",
     )
     p.add_argument("--dockerfile", metavar="FILE", help="build this hand-edited Dockerfile (docker-build path)")
+    p.add_argument(
+        "--also-for",
+        action="append",
+        default=[],
+        metavar='"TARGET FLAGS"',
+        help='also plan a profile for this server (the target flags of plan, quoted; repeatable), e.g. '
+        '--also-for "--gpu-name A100-40 --gpus 4"; the image picks the profile that fits where it starts',
+    )
     p.add_argument("--push", metavar="REF", help="then push the image to a registry, e.g. registry.local:5000/m:v1")
     p.add_argument("--push-insecure", action="store_true", help="with --push: the registry serves plain HTTP")
 
@@ -47,7 +65,16 @@ def run(args: argparse.Namespace) -> None:
     check_pack_paths(args)
     if args.push:  # a bad reference fails now, not after the pack
         parse_image_ref(ref=args.push)
+    if args.also_for and args.dockerfile:
+        raise InvalidOptionsError(
+            "--also-for adds profiles that the image's ENTRYPOINT starts, but a hand-edited --dockerfile keeps the "
+            "ENTRYPOINT it was rendered with.",
+            hint="Drop one of them.",
+        )
+    also_for = [also_for_target(text) for text in args.also_for]  # a typo fails before the hub is asked
     result = make_plan(args)
+    if not args.dockerfile:
+        result = with_neighbours(plan=result, also_for=also_for)
     if not result.fits and not args.force:
         raise InvalidOptionsError(
             "The plan does not fit the target: " + "; ".join(w.text for w in result.warnings),
@@ -89,8 +116,22 @@ def run(args: argparse.Namespace) -> None:
         print_json({**artifact.__dict__, **({"push": result_json(pushed)} if pushed else {})})
         return
     print("\n".join(summary(artifact)))
+    print("\n".join(profile_lines(result, load_script=artifact.load_script.name)))
     if pushed:
         print_result(pushed)
+
+
+def profile_lines(result: Plan, *, load_script: str) -> list[str]:
+    """The profiles the image carries, one line each: where it lands, it starts the best that fits."""
+    from core.render import render
+
+    spec = render(plan=result).run_spec
+    lines = [f"Profiles ({len(spec.profiles)}; the image starts the best that fits the server, "
+             f"bash {load_script} --profiles lists them there):"]  # fmt: skip
+    for profile in spec.profiles:
+        mark = " (default)" if profile.name == spec.default_profile else ""
+        lines.append(f"  {profile.name:<24} {profile.description}{mark}")
+    return lines
 
 
 def written_files(artifact: Artifact) -> list[Path]:

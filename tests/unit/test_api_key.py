@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_the_run_spec_names_the_servers_variable_and_the_entrypoint_maps_the_pac
     assert lines[0].startswith('if [ -z "${MY_KEY:-}" ]; then echo ')
     assert lines[0].endswith(f"exit {MISSING_KEY_EXIT}; fi")
     assert lines[1:3] == [f'export {server_env}="${{MY_KEY}}"', "unset MY_KEY"]
-    assert lines[3].startswith("exec ")
+    assert lines[3].startswith("choice=$(")  # then the profile for this server's GPUs, then its server
+    assert any(line.strip().startswith("default) exec ") for line in lines[4:])
     # rendered once, from the run spec: the Dockerfile's ENTRYPOINT, the label and /etc/ezrunner/run-spec.json agree
     assert f"ENTRYPOINT {json.dumps(entrypoint(spec))}\n" in build.dockerfile
     assert run_spec_from_json(dict(build.labels)["io.ezrunner.run-spec"]) == spec
@@ -103,8 +105,17 @@ def _probe(spec: RunSpec) -> RunSpec:
 
 
 def _start(spec: RunSpec, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*entrypoint(spec), *args], env={"PATH": os.environ["PATH"], "PORT": "8123", **env},
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    """The image's ENTRYPOINT run here, its profile selection script at a temporary path (the image has it at
+    /etc/ezrunner/select-profile.sh)."""
+    from core.profiles import selection_script
+    from core.runspec import SELECT_SCRIPT_PATH
+
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "select-profile.sh"
+        script.write_text(selection_script(spec))
+        argv = [part.replace(SELECT_SCRIPT_PATH, str(script)) for part in entrypoint(spec)]
+        return subprocess.run([*argv, *args], env={"PATH": os.environ["PATH"], "PORT": "8123", **env},
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
 
 
 @pytest.mark.parametrize("engine", ENGINES)

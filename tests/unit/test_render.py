@@ -102,7 +102,10 @@ def test_vllm_dockerfile_carries_the_plan() -> None:
     entry = json.loads(re.search(r"^ENTRYPOINT (.*)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert entry[:2] == ["/bin/sh", "-c"]
     command = entry[2]
-    assert f"--max-model-len {p.max_model_len}" in command
+    # the context comes from the profile selection, which starts the default with the planned one
+    assert '--max-model-len "${EZRUNNER_MAX_MODEL_LEN}"' in command
+    assert command.startswith("choice=$(/bin/sh /etc/ezrunner/select-profile.sh select")
+    assert spec.run_spec.default.max_model_len == p.max_model_len
     assert "--tensor-parallel-size 1" in command
     assert "--served-model-name org/Llama-3.1-8B-Instruct" in command
     assert "--gpu-memory-utilization 0.9" in command

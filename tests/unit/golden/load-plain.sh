@@ -16,6 +16,172 @@ NETWORK="${NETWORK:-bridge}"
 TIMEOUT="${TIMEOUT:-512}"
 START=1
 CHECK=0
+PROFILE=""  # --profile NAME; empty: the selection script picks the best that fits
+LIST_PROFILES=0
+# The image's profile selection script (its /etc/ezrunner/select-profile.sh, the same text): which profile fits
+# the GPUs (nvidia-smi) or the CPU of this server.
+SELECT_SCRIPT='#!/bin/sh
+# Which profile of this image fits this server: rendered by EZ Runner from the image'"'"'s run spec; the image'"'"'s
+# ENTRYPOINT and load.sh run the same text. Usage: select-profile.sh select [NAME] | list | table
+mode=${1:-select}
+forced=${2:-}
+state=checked
+if [ -n "${EZRUNNER_GPUS:-}" ]; then
+  gpus=$EZRUNNER_GPUS
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  gpus=$(nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version --format=csv,noheader 2>/dev/null) || gpus=none
+else
+  gpus=none
+  state=unknown
+fi
+ram=${EZRUNNER_RAM_BYTES:-}
+if [ -z "$ram" ] && [ -r /proc/meminfo ]; then
+  ram=$(awk '"'"'/^MemTotal:/ { printf "%.0f", $2 * 1024 }'"'"' /proc/meminfo)
+fi
+# A container'"'"'s memory limit (cgroup v2, then v1) is the RAM it has.
+for limit in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+  if [ -z "${EZRUNNER_RAM_BYTES:-}" ] && [ -r "$limit" ]; then
+    cap=$(cat "$limit" 2>/dev/null)
+    case "$cap" in '"'"''"'"'|*[!0-9]*) ;; *) if [ -n "$ram" ] && [ "$cap" -lt "$ram" ] 2>/dev/null; then ram=$cap; fi ;; esac
+  fi
+done
+{
+cat <<'"'"'EZRUNNER_PROFILES'"'"'
+P|default|cuda|1|41175673636|20475284356|131072|0.9145|131072|2048|8.0|580.65.06|13.0|0|--max-model-len|1|1 × NVIDIA H100 80GB HBM3 (driver 580.82.07, CUDA 13.0), CUDA, 131,072 tokens
+EZRUNNER_PROFILES
+printf '"'"'S|%s\n'"'"' "$state"
+printf '"'"'R|%s\n'"'"' "${ram:-0}"
+[ "$gpus" = none ] || printf '"'"'%s\n'"'"' "$gpus"
+} | awk -F'"'"'|'"'"' -v mode="$mode" -v forced="$forced" '"'"'
+function vnum(v,   a, n, i, s) { n = split(v, a, "."); s = 0
+  for (i = 1; i <= 3; i++) s = s * 100000 + (i <= n ? a[i] + 0 : 0); return s }
+function gib(b) { return sprintf("%.1f GiB", b / 1073741824) }
+function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s); return s }
+function say(s) { print s > "/dev/stderr" }
+$1 == "P" { n++; name[n] = $2; dev[n] = $3; gpus[n] = $4 + 0; mem[n] = $5 + 0; fixed[n] = $6 + 0
+  kvpt[n] = $7 + 0; frac[n] = $8 + 0; ctx[n] = $9 + 0; minctx[n] = $10 + 0; mincc[n] = $11; mindrv[n] = $12
+  mincuda[n] = $13; minram[n] = $14 + 0; flag[n] = $15; isdef[n] = $16; desc[n] = $17; next }
+$1 == "R" { ram = $2 + 0; next }
+$1 == "S" { state = $2; next }
+{ c = split($0, f, ","); if (c < 4) next
+  m = trim(f[2]); gsub(/[^0-9]/, "", m); if (m == "") next
+  ng++; gname = trim(f[1]); gb = m * 1048576; gcc = trim(f[3]); gdrv = trim(f[4])
+  if (ng == 1 || gb < gmem) gmem = gb
+  if (ng == 1 || vnum(gcc) < vnum(gccmin)) gccmin = gcc
+  if (ng == 1) { gdriver = gdrv; first = gname } else if (gname != first) mixed = 1 }
+function judge(i,   why, avail, t) {
+  fit[i] = ""; reason[i] = ""; use[i] = ctx[i]
+  if (dev[i] == "cpu") {
+    if (minram[i] > 0 && ram > 0 && ram < minram[i]) {
+      fit[i] = "incompatible"; reason[i] = "memory: needs " gib(minram[i]) " of RAM, this server has " gib(ram)
+    } else { fit[i] = "runnable"
+      reason[i] = (minram[i] > 0 && ram > 0 ? "needs " gib(minram[i]) " of RAM, this server has " gib(ram) : "CPU") }
+    return }
+  if (dev[i] != "cuda" || state == "unknown") {
+    fit[i] = "unchecked"; reason[i] = (dev[i] != "cuda" ? toupper(dev[i]) " GPUs are not checked here" \
+      : "nvidia-smi is not available here, so the GPUs were not checked"); return }
+  why = ""
+  if (ng < gpus[i]) why = "GPUs: needs " gpus[i] ", this server has " (ng + 0)
+  if (ng > 0 && mincc[i] != "" && vnum(gccmin) < vnum(mincc[i]))
+    why = why (why == "" ? "" : "; ") "compute capability: needs " mincc[i] " or newer, the GPU has " gccmin
+  if (ng > 0 && mindrv[i] != "" && vnum(gdriver) < vnum(mindrv[i]))
+    why = why (why == "" ? "" : "; ") "driver: needs " mindrv[i] " or newer (CUDA " mincuda[i] \
+      "), this server has " gdriver
+  if (ng > 0 && mem[i] > 0 && gmem < mem[i]) {
+    t = 0
+    if (flag[i] != "" && kvpt[i] > 0) { avail = gmem * frac[i] - fixed[i]
+      if (avail > 0) t = int(avail / kvpt[i] / 256) * 256
+      if (t > ctx[i]) t = ctx[i] }
+    if (t >= minctx[i] && t > 0) use[i] = t
+    else why = why (why == "" ? "" : "; ") "memory: needs " gib(mem[i]) " per GPU, the GPU has " gib(gmem)
+  }
+  if (minram[i] > 0 && ram > 0 && ram < minram[i])  # what a GPU profile keeps in system RAM (llama.cpp)
+    why = why (why == "" ? "" : "; ") "memory: needs " gib(minram[i]) " of RAM, this server has " gib(ram)
+  if (why != "") { fit[i] = "incompatible"; reason[i] = why; return }
+  fit[i] = (use[i] < ctx[i] ? "shorter" : "runnable")
+  reason[i] = "uses " gpus[i] " of " ng " GPU" (ng > 1 ? "s" : "") "; needs " gib(mem[i]) " per GPU for " ctx[i] \
+    " tokens, the GPU has " gib(gmem)
+}
+# The better of two that fit: more GPUs used, then the longer context it starts with here (a shorter one
+# counts as what it is), then one that fits as planned, then the default, then the profile made for the most
+# memory (the one planned closest to this server).
+function better(i, b) {
+  if (gpus[i] != gpus[b]) return gpus[i] > gpus[b]
+  if (use[i] != use[b]) return use[i] > use[b]
+  if (fit[i] != fit[b]) return fit[i] == "runnable"
+  if (isdef[i] != isdef[b]) return isdef[i] == "1"
+  return mem[i] > mem[b] }
+function best(group,   i, b) { b = 0
+  for (i = 1; i <= n; i++) if (index(" " group " ", " " fit[i] " ") && (b == 0 || better(i, b))) b = i
+  return b }
+function closest(   i, b) { b = 0
+  for (i = 1; i <= n; i++) if (b == 0 || gpus[i] < gpus[b] || (gpus[i] == gpus[b] && mem[i] < mem[b])) b = i
+  return b }
+function hardware(   i, gpu) {
+  for (i = 1; i <= n; i++) if (dev[i] != "cpu") gpu = 1
+  if (!gpu) return "CPU" (ram > 0 ? ", " gib(ram) " of RAM" : "")
+  if (state == "unknown") return "GPUs not checked (no nvidia-smi)"
+  if (ng == 0) return "no NVIDIA GPU" (ram > 0 ? ", " gib(ram) " of RAM" : "")
+  return ng " x " first (mixed ? " and others" : "") " (" gib(gmem) (mixed ? " the smallest" : "") \
+    ", compute capability " gccmin ", driver " gdriver ")" (ram > 0 ? ", " gib(ram) " of RAM" : "")
+}
+function line(i) {
+  return sprintf("  %-24s %s%s\n    %s", name[i], desc[i], (isdef[i] == "1" ? " (default)" : ""), \
+    (fit[i] == "shorter" ? "--max-model-len " use[i] " fits (planned " ctx[i] "): " : "") reason[i])
+}
+END {
+  for (i = 1; i <= n; i++) judge(i)
+  if (mode == "table") {
+    for (i = 1; i <= n; i++) printf "%s\t%s\t%.0f\t%s\n", fit[i], name[i], use[i], reason[i]
+    exit 0 }
+  if (mode == "list") {
+    print "Profiles of this image on this server: " hardware()
+    split("runnable shorter incompatible unchecked", groups, " ")
+    titles["runnable"] = "Runnable"; titles["shorter"] = "Runnable with a shorter context"
+    titles["incompatible"] = "Incompatible"; titles["unchecked"] = "Not checked"
+    for (g = 1; g <= 4; g++) { shown = 0
+      for (i = 1; i <= n; i++) if (fit[i] == groups[g]) {
+        if (!shown) print titles[groups[g]] ":"
+        shown = 1; print line(i) }
+      if (!shown && g < 4) print titles[groups[g]] ": none" }
+    c = best("runnable shorter")
+    if (c > 0) print "load.sh and the image start " name[c] \
+      (fit[c] == "shorter" ? " with --max-model-len " use[c] : "") "."
+    else print "No profile fits this server."
+    exit 0 }
+  if (forced != "") {
+    c = 0; for (i = 1; i <= n; i++) if (name[i] == forced) c = i
+    if (c == 0) { all = ""; for (i = 1; i <= n; i++) all = all (i > 1 ? ", " : "") name[i]
+      say("ezrunner: this image has no profile " forced "."); say("  Next: choose one of: " all "."); exit 2 }
+    if (fit[c] == "incompatible")
+      say("ezrunner: profile " forced " was forced although it does not fit: " reason[c] ".")
+    else say("ezrunner: profile " forced " (" desc[c] "), as asked: " reason[c] ".")
+    printf "%s %.0f\n", name[c], use[c]; exit 0 }
+  c = best("runnable shorter")
+  how = (fit[c] == "shorter" ? "it fits with a shorter context" : "it fits")
+  # GPUs that cannot be checked: the plan the user made, as packed
+  if (c == 0) { for (i = 1; i <= n; i++) if (fit[i] == "unchecked" && isdef[i] == "1") c = i; how = "" }
+  if (c == 0) c = best("unchecked")
+  if (c == 0) {
+    k = closest()
+    say("ezrunner: no profile of this image fits this server (" hardware() ").")
+    say("  The closest is " name[k] " (" desc[k] "): " reason[k] ".")
+    say("  Next: start it on a server that has what it needs, or force a profile: ./load.sh --profile NAME,")
+    say("  or docker run -e EZRUNNER_PROFILE=NAME; ./load.sh --profiles lists them.")
+    exit 1 }
+  if (how == "") say("ezrunner: starting profile " name[c] " (" desc[c] ") unchecked: " reason[c] ".")
+  else {
+    say("ezrunner: starting profile " name[c] " (" desc[c] ") on " hardware() ":")
+    if (n == 1) why = "it is the only profile of this image"
+    else if (gpus[c] > 0) why = "of the profiles that fit it uses the most GPUs, then the longest context"
+    else why = "of the profiles that fit it has the longest context"
+    say("  " how (fit[c] == "shorter" ? ", --max-model-len " use[c] " of the planned " ctx[c] : "") "; " reason[c] \
+      "; " why ".") }
+  printf "%s %.0f\n", name[c], use[c]
+}
+'"'"'
+'
+select_profile() { sh -c "$SELECT_SCRIPT" select-profile "$@"; }
 
 usage() {
   cat <<EOF
@@ -30,6 +196,9 @@ Options:
   --no-start        verify and load only (--no-run does the same)
   --check           smoke test: start, send one short chat request, print the answer's first tokens
                     and the time to first token, then stop and remove the container
+  --profiles        list the image's profiles against this server's GPUs (runnable, runnable with a
+                    shorter context, incompatible) and stop
+  --profile NAME    start this profile instead of the best one that fits
   -h, --help        show this help
 Options may also be written --port=N. The environment variables PORT, NAME, NETWORK and TIMEOUT set
 the same defaults.
@@ -61,6 +230,8 @@ while [ "$#" -gt 0 ]; do
     --no-start|--no-run) START=0; shift ;;
     --check) CHECK=1; shift ;;
     --head|--worker) usage_error "$1 is for packs that span several nodes; this one runs on one server." ;;
+    --profiles) LIST_PROFILES=1; shift ;;
+    --profile) needs_value "$@"; PROFILE=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage_error "unknown option $1." ;;
   esac
@@ -75,6 +246,8 @@ case "$TIMEOUT" in ???????*) usage_error "--timeout $TIMEOUT is more than 999999
 case "$NETWORK" in bridge|host) ;; *) usage_error "--network $NETWORK is not bridge or host." ;; esac
 { [ "$CHECK" = 0 ] || [ "$START" = 1 ]; } || usage_error "--check starts the server: it cannot go with --no-start."
 [[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || usage_error "--name $NAME is not a container name (letters, digits, '_', '.', '-')."
+[ -z "$PROFILE" ] || [[ "$PROFILE" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || usage_error "--profile $PROFILE is not a profile name (./load.sh --profiles lists them)."
+if [ "$LIST_PROFILES" = 1 ]; then select_profile list; exit 0; fi
 
 # Whether something on this server accepts connections on $PORT (bash's /dev/tcp: no curl needed).
 listening() { timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' probe "$PORT" 2>/dev/null; }
@@ -105,6 +278,10 @@ if [ "$START" = 1 ]; then
   if docker container inspect "$NAME" >/dev/null 2>&1; then
     fail "A container named $NAME already exists." "Remove it (docker rm -f $NAME) or choose another name: ./load.sh --name NAME."
   fi
+  # Which profile fits this server's GPUs: before the load, so a server that fits none is told in seconds.
+  choice=$(select_profile select "$PROFILE") || exit 1
+  PROFILE_NAME=${choice%% *}
+  PROFILE_CONTEXT=${choice#* }
 fi
 
 say "[1/3] Verifying the sha256 checksum..."
@@ -125,9 +302,9 @@ last_logs() { echo "Last log lines of $NAME:" >&2; docker logs --tail 30 "$NAME"
 # started before docker run: a signal while it runs must still remove what it may have created
 started=1
 if [ "$NETWORK" = host ]; then
-  docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host --network host -e "PORT=$PORT" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
+  docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host --network host -e "PORT=$PORT" -e "EZRUNNER_PROFILE=$PROFILE_NAME" -e "EZRUNNER_MAX_MODEL_LEN=$PROFILE_CONTEXT" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
 else
-  docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host -p "$PORT:8000" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
+  docker run -d --name "$NAME" --restart unless-stopped --gpus all --ipc=host -p "$PORT:8000" -e "EZRUNNER_PROFILE=$PROFILE_NAME" -e "EZRUNNER_MAX_MODEL_LEN=$PROFILE_CONTEXT" ezrunner/llama-3.1-8b-instruct:0123456789ab-vllm >/dev/null
 fi
 
 # At most $TIMEOUT seconds: the container must keep running and its port must answer from this server.
