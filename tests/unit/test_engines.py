@@ -112,13 +112,17 @@ def test_transformers_serve_argv_on_cpu() -> None:
     engine = engine_for(p.engine)
     spec = engine.run_spec(plan=p, image="ezrunner/x:1", model_dir="/models/Qwen2.5-0.5B", served_model_name="qwen")
     argv = list(spec.default.argv)
-    # the hub id, resolved offline through the HF-cache snapshot the template links to model_dir
+    # EZ Runner's proxy in front (API key, /metrics), then the server it starts: the hub id, resolved offline
+    # through the HF-cache snapshot the template links to model_dir
+    proxy = argv.index("--")
+    assert argv[0] == "python3" and argv[1].endswith("serving_proxy.py")
+    argv = argv[proxy + 1 :]
     assert argv[:3] == ["transformers", "serve", "qwen"]
     assert argv[argv.index("--device") + 1] == "cpu"
     assert argv[argv.index("--dtype") + 1] == "bfloat16"
     assert "--port" not in argv
     assert not spec.needs_gpus and not spec.ipc_host
-    assert spec.metrics_path is None
+    assert spec.metrics_path == "/metrics"  # the proxy's counters
     values = engine.template_values(plan=p, served_model_name="org/model", model_dir="/m")
     assert values["transformers_version"] == TRANSFORMERS_VERSION
     assert values["hf_cache_repo"] == "/home/ezrunner/.cache/huggingface/hub/models--org--model"
