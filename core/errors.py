@@ -67,6 +67,9 @@ IMAGE: Final = "image"
 NAMESPACE: Final = "namespace"
 NODES: Final = "nodes"
 DATA_PARALLEL_SIZE: Final = "data_parallel_size"
+#: pack --sign: the SSH private key; verify / load.sh --verify: the allowed_signers file
+SIGN_KEY: Final = "sign_key"
+ALLOWED_SIGNERS: Final = "allowed_signers"
 #: search
 QUERY: Final = "query"
 LIMIT: Final = "limit"
@@ -78,7 +81,7 @@ FIELDS: Final[frozenset[str]] = frozenset(
         ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
         KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
         OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
-        IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE,
+        IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE, SIGN_KEY, ALLOWED_SIGNERS,
     }
 )  # fmt: skip
 
@@ -237,6 +240,12 @@ class HealthTimeoutError(EzRunnerError):
 class ArtifactInvalidError(EzRunnerError):
     code = "artifact_invalid"
     default_field = ARCHIVE
+
+
+class SignatureError(EzRunnerError):
+    """An archive's signature is missing, does not verify, or cannot be made (``core.signing``)."""
+
+    code = "signature_invalid"
 
 
 class CancelledError(EzRunnerError):

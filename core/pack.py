@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 
 from docker import DockerClient
 
-from core import convert, hubs
+from core import convert, hubs, signing
 from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
@@ -74,6 +74,7 @@ class Artifact:
     export_reason: str
     seconds: float
     record_id: str | None = None  # the History record, when the pack was recorded
+    signature: Path | None = None  # NAME.sha256.sig, when packed with sign_key
 
 
 def _check_cancel(cancel: Cancel | None) -> None:
@@ -262,6 +263,7 @@ def pack(
     work_dir: Path | None = None,
     history: History | None = None,
     overwrite: bool = False,
+    sign_key: Path | None = None,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> Artifact:
@@ -274,13 +276,16 @@ def pack(
     streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
     Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
     when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
+    With ``sign_key`` (an SSH key) the checksum file is signed (``core.signing``) as the last step.
     """
+    if sign_key is not None:
+        signing.check_sign_key(key=sign_key)  # before any download: a typo in the path costs nothing
     if not overwrite:  # before any download, and before a history row: nothing was tried yet
         refuse_existing_output(archive=output_paths(output=output.resolve(), compression=compression))
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
-        overwrite=overwrite, cancel=cancel,
+        overwrite=overwrite, sign_key=sign_key, cancel=cancel,
     )
     if history is None:
         return _pack(request, on_event=on_event)
@@ -328,6 +333,7 @@ class _Request:
     work_dir: Path
     overwrite: bool
     cancel: Cancel | None
+    sign_key: Path | None = None
 
 
 def choose_export_path(
@@ -433,6 +439,12 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
             plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
             compression=request.compression,
         )
+        signature = None
+        if request.sign_key is not None:
+            on_event(Event(stage="export", message=f"Signing {checksum_file.name} with {request.sign_key}"))
+            signature = signing.sign_archive(archive=archive, key=request.sign_key)
+        else:  # an earlier pack's signature would not match this checksum
+            names.signature_path(archive).unlink(missing_ok=True)
     wrote = (  # the files on disk: a split archive has no file of its own name
         f"Wrote {archive}" if len(exported.paths) == 1 and exported.paths[0] == archive
         else f"Wrote {', '.join(p.name for p in exported.paths)} in {archive.parent}"
@@ -452,6 +464,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         export_path=path,
         export_reason=reason,
         seconds=time.monotonic() - started,
+        signature=signature,
     )
 
 

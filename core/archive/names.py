@@ -5,6 +5,7 @@ For an archive ``NAME`` (``model.tar``, or ``model.tar.zst`` when compressed) a 
 - ``NAME`` itself, or its parts ``NAME.part000``, ``NAME.part001`` … when split (then no ``NAME``);
 - ``NAME.sha256``: the sha256 of ``NAME`` (of the parts concatenated, when split), ``sha256sum`` format;
 - ``NAME.parts.sha256``: one line per part, only when split;
+- ``NAME.sha256.sig``: the SSH signature of ``NAME.sha256``, only with ``pack --sign`` (``core.signing``);
 - ``load.sh``, or ``<stem>.load.sh`` when another archive's ``load.sh`` already lies there;
 
 and, while writing, each file as ``.NAME.<pid>-<random>.partial`` (hidden, and unique to the writing
@@ -31,6 +32,7 @@ TAR_SUFFIX = ".tar"
 ZSTD_SUFFIX = ".zst"
 CHECKSUM_SUFFIX = ".sha256"
 PARTS_CHECKSUM_SUFFIX = ".parts.sha256"
+SIGNATURE_SUFFIX = ".sig"  # ssh-keygen -Y sign FILE writes FILE.sig
 PARTIAL_SUFFIX = ".partial"
 PART_SUFFIX = ".part"  # followed by the part number, three digits from 000
 FIRST_PART_SUFFIX = f"{PART_SUFFIX}000"
@@ -70,6 +72,15 @@ def checksum_name(archive_name: str) -> str:
 def checksum_path(archive: Path) -> Path:
     """``NAME.sha256`` beside the archive: the sha256 of the whole archive (parts concatenated)."""
     return archive.with_name(checksum_name(archive.name))
+
+
+def signature_name(archive_name: str) -> str:
+    return checksum_name(archive_name) + SIGNATURE_SUFFIX
+
+
+def signature_path(archive: Path) -> Path:
+    """``NAME.sha256.sig`` beside the archive: the SSH signature of its checksum file (``pack --sign``)."""
+    return archive.with_name(signature_name(archive.name))
 
 
 def parts_checksum_name(archive_name: str) -> str:

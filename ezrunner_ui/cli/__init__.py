@@ -20,10 +20,11 @@ from typing import NoReturn
 from core.errors import EzRunnerError, from_os_error, is_file_system_error
 from core.render import ezrunner_version
 from ezrunner_ui.cli import clean, dockerfile, generate, hardware, inspect, listing, pack, plan, push, run, search, ui
+from ezrunner_ui.cli import verify as verify
 from ezrunner_ui.cli.common import FLAGS, error_line, print_json
 
 COMMANDS: tuple[ModuleType, ...] = (
-    search, inspect, hardware, plan, dockerfile, generate, pack, push, run, listing, clean, ui
+    search, inspect, hardware, plan, dockerfile, generate, pack, verify, push, run, listing, clean, ui
 )
 
 #: exit statuses: a user-fixable error, a bug

@@ -59,6 +59,8 @@ FLAGS: dict[str, str] = {
     errors.NAMESPACE: "--namespace",
     errors.NODES: "--nodes",
     errors.DATA_PARALLEL_SIZE: "--data-parallel-size",
+    errors.SIGN_KEY: "--sign",
+    errors.ALLOWED_SIGNERS: "--allowed-signers",
 }
 
 

@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fast: stream the weights into the archive (default); docker-build: docker build + docker save",
     )
     p.add_argument("--dockerfile", metavar="FILE", help="build this hand-edited Dockerfile (docker-build path)")
+    p.add_argument(
+        "--sign", metavar="KEY", type=Path,
+        help="sign the archive's checksum with this SSH key (or its .pub with the key in ssh-agent): NAME.sha256.sig",
+    )
     p.add_argument("--push", metavar="REF", help="then push the image to a registry, e.g. registry.local:5000/m:v1")
     p.add_argument("--push-insecure", action="store_true", help="with --push: the registry serves plain HTTP")
 
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
                 dockerfile=dockerfile,
                 history=history,
                 overwrite=args.overwrite,
+                sign_key=args.sign,
                 on_event=progress,
                 cancel=cancel,
             )
@@ -100,6 +105,8 @@ def written_files(artifact: Artifact) -> list[Path]:
     files = [*artifact.parts, artifact.checksum_file]
     if len(artifact.parts) > 1:
         files.append(names.parts_checksum_path(artifact.archive))
+    if artifact.signature is not None:
+        files.append(artifact.signature)
     return [*files, artifact.load_script]
 
 
@@ -123,5 +130,10 @@ def summary(artifact: Artifact) -> list[str]:
     lines.append(f"sha256 {artifact.sha256}" + (" (of the parts joined in order)" if len(artifact.parts) > 1 else ""))
     lines.append(artifact.export_reason)
     lines.append(f"On the offline server, with these files in one folder: bash {artifact.load_script.name}")
+    if artifact.signature is not None:
+        lines.append(
+            f"  it checks who made the archive with: bash {artifact.load_script.name} --verify allowed_signers "
+            "(or: ezrunner verify ARCHIVE --allowed-signers allowed_signers)"
+        )
     lines.append(f"  or by hand: {manual_load_command(artifact)} && {artifact.run_command}")
     return lines
