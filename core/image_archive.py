@@ -104,10 +104,14 @@ class ArchiveResult:
 
 @dataclass(frozen=True)
 class ModelLayerSource:
-    """One model layer and the folder holding its files by their relative paths (symlinks are followed)."""
+    """One model layer and the folder holding its files by their relative paths (symlinks are followed).
+
+    ``root`` is the folder of the image the layer's files land in (as ``COPY <folder>/ <root>/``): the
+    model folder when None; another for a layer of other files (the SBOM's, in ``/etc/ezrunner``)."""
 
     layer: WeightLayer
     folder: Path
+    root: str | None = None
 
 
 # PLANNING: EVERY HEADER AND SIZE, BEFORE ANY DATA IS READ
@@ -153,6 +157,7 @@ def _header(name: str, *, kind: bytes, size: int = 0, mode: int, mtime: int, lin
 
 
 def _plan_model_layer(source: ModelLayerSource, *, model_root: str, mtime: int) -> _LayerPlan:
+    model_root = source.root or model_root
     root = model_root.strip("/")
     parts = root.split("/")
     members: list[_Member] = []
