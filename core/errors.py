@@ -54,6 +54,7 @@ PARALLEL: Final = "parallel"
 GGUF_PRE_TOKENIZER: Final = "gguf_pre_tokenizer"
 #: pack options: the archive path, its split size, a hand-edited Dockerfile
 OUTPUT: Final = "output"
+ARCHIVE_FORMAT: Final = "archive_format"
 SPLIT: Final = "split"
 DOCKERFILE: Final = "dockerfile"
 #: EZ Runner's own data folder (EZRUNNER_HOME): history, build contexts, caches
@@ -80,7 +81,7 @@ FIELDS: Final[frozenset[str]] = frozenset(
         GPU_PRESET, GPUS, GPU_MEMORY, COMPUTE_CAPABILITY, DRIVER, GPU_API, CPU_ONLY, RAM, CPU_CORES,
         ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
         KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER,
-        OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
+        OUTPUT, ARCHIVE_FORMAT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
         IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE, SIGN_KEY, ALLOWED_SIGNERS,
     }
 )  # fmt: skip

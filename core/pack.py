@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 
 from docker import DockerClient
 
-from core import convert, hubs, sbom, signing
+from core import convert, errors, hubs, sbom, signing
 from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
@@ -34,7 +34,7 @@ from core.hardware import default_data_dir, target_summary
 from core.history import History
 from core.housekeeping import disk_probe
 from core.hubs.base import ModelFile, ModelInfo
-from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
+from core.image_archive import ArchiveFormat, ModelLayerSource, exact_archive_size, write_image_archive
 from core.layer_cache import RuntimeLayers, runtime_layers
 from core.layers import WeightLayer
 from core.plan import Plan, plan_to_dict
@@ -81,6 +81,7 @@ class Artifact:
     record_id: str | None = None  # the History record, when the pack was recorded
     signature: Path | None = None  # NAME.sha256.sig, when packed with sign_key
     sbom: Path | None = None  # NAME.cdx.json: the CycloneDX SBOM, also in the image at core.sbom.IMAGE_PATH
+    format: ArchiveFormat = "docker-archive"
 
 
 def _check_cancel(cancel: Cancel | None) -> None:
@@ -270,6 +271,7 @@ def pack(
     history: History | None = None,
     overwrite: bool = False,
     sign_key: Path | None = None,
+    archive_format: ArchiveFormat = "docker-archive",
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> Artifact:
@@ -283,6 +285,7 @@ def pack(
     Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
     when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
     With ``sign_key`` (an SSH key) the checksum file is signed (``core.signing``) as the last step.
+    ``archive_format`` "oci-layout" writes an OCI image layout tar (``core.image_archive``) on the fast path.
     """
     if sign_key is not None:
         signing.check_sign_key(key=sign_key)  # before any download: a typo in the path costs nothing
@@ -291,7 +294,7 @@ def pack(
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
-        overwrite=overwrite, sign_key=sign_key, cancel=cancel,
+        overwrite=overwrite, sign_key=sign_key, archive_format=archive_format, cancel=cancel,
     )
     if history is None:
         return _pack(request, on_event=on_event)
@@ -340,6 +343,7 @@ class _Request:
     overwrite: bool
     cancel: Cancel | None
     sign_key: Path | None = None
+    archive_format: ArchiveFormat = "docker-archive"
 
 
 def choose_export_path(
@@ -390,6 +394,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         convert.check_converter()  # before any download: the workstation must be able to convert
     spec = render(plan=plan)
     path, reason = choose_export_path(requested=request.export_path, spec=spec, dockerfile=request.dockerfile)
+    _check_format(archive_format=request.archive_format, path=path)
     model = plan.model
     source = download_model(plan)
 
@@ -424,7 +429,8 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
 
     export = _Export(
         client=client, plan=plan, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
-        split_bytes=split_bytes, work_dir=request.work_dir, on_event=on_event, cancel=cancel,
+        split_bytes=split_bytes, work_dir=request.work_dir, archive_format=request.archive_format,
+        on_event=on_event, cancel=cancel,
     )
     # One pack at a time writes to this name, so parts and sidecars never mix two packs' files.
     with output_lock(archive=archive, on_event=on_event, cancel=cancel):
@@ -435,6 +441,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
                 exported = export.fast()
             except LayerCacheUnusableError as error:
                 # An engine whose `docker save` layout we cannot cache from: the reference path still works.
+                _check_format(archive_format=request.archive_format, path="docker-build", why=error.message)
                 path = "docker-build"
                 reason = f"{error.message} Falling back to the docker-build path (slower)."
                 on_event(Event(stage="check", message=reason))
@@ -475,6 +482,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         seconds=time.monotonic() - started,
         signature=signature,
         sbom=sbom_file,
+        format=request.archive_format,
     )
 
 
@@ -492,6 +500,7 @@ class _Export:
     work_dir: Path
     on_event: EventSink
     cancel: Cancel | None
+    archive_format: ArchiveFormat = "docker-archive"
 
     def _build(self, *, include_model: bool, tag: str, dockerfile: str | None = None, sbom: bytes = b"") -> str:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -560,16 +569,29 @@ class _Export:
         sbom_layer = WeightLayer(name=SBOM_LAYER, files=(ModelFile(path=sbom_file.name, size=len(document)),))
         sources.append(ModelLayerSource(layer=sbom_layer, folder=sbom_file.parent, root=sbom.IMAGE_FOLDER))
         size = exact_archive_size(
-            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag
+            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag,
+            format=self.archive_format,
         )
         check_disk(needs=[(self.archive.parent, size)])
         result = write_image_archive(
             runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag,
-            out=self.archive, compress=self.compression, split_bytes=self.split_bytes, on_event=self.on_event,
-            cancel=self.cancel,
+            out=self.archive, compress=self.compression, split_bytes=self.split_bytes, format=self.archive_format,
+            on_event=self.on_event, cancel=self.cancel,
         )
         return _Exported(
             result.image_id, tuple(result.paths), result.size, result.sha256, tuple(result.part_sha256), document
+        )
+
+
+def _check_format(*, archive_format: ArchiveFormat, path: ExportPath, why: str = "") -> None:
+    """The OCI layout is written by the fast path's writer only (``docker save`` writes docker-archives)."""
+    if archive_format == "oci-layout" and path == "docker-build":
+        raise InvalidOptionsError(
+            f"--format oci-layout is written by the fast export path only, and this pack takes the docker-build "
+            f"path{': ' + why if why else ''}.",
+            hint="Drop --format oci-layout (the docker-archive tar loads into Docker, and `skopeo copy "
+            "docker-archive:NAME.tar oci:DIR` converts it), or pack without --dockerfile / --export-path docker-build.",
+            field=errors.ARCHIVE_FORMAT,
         )
 
 

@@ -47,6 +47,7 @@ FLAGS: dict[str, str] = {
     errors.PARALLEL: "--parallel",
     errors.GGUF_PRE_TOKENIZER: "--gguf-pre-tokenizer",
     errors.OUTPUT: "--output",
+    errors.ARCHIVE_FORMAT: "--format",
     errors.SPLIT: "--split",
     errors.DOCKERFILE: "--dockerfile",
     errors.HOME: "EZRUNNER_HOME",

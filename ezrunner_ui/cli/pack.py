@@ -26,6 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_args(p)
     p.add_argument("-o", "--output", required=True, help="archive path, e.g. qwen2.5-7b.tar")
     p.add_argument("--compress", choices=["none", "zstd"], default="none")
+    p.add_argument(
+        "--format", choices=["docker-archive", "oci-layout"], default="docker-archive",
+        help="docker-archive (docker load; default) or oci-layout (skopeo oci-archive:, podman load, ctr import; "
+        "docker load takes it too)",
+    )
     p.add_argument("--split", type=parse_size, metavar="SIZE", help="split into parts of SIZE (e.g. 4G for FAT32)")
     p.add_argument("--force", action="store_true", help="pack even when the plan says it does not fit")
     p.add_argument("--overwrite", action="store_true", help="replace an archive already at --output")
@@ -82,6 +87,7 @@ def run(args: argparse.Namespace) -> None:
                 history=history,
                 overwrite=args.overwrite,
                 sign_key=args.sign,
+                archive_format=args.format,
                 on_event=progress,
                 cancel=cancel,
             )
