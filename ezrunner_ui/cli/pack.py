@@ -105,14 +105,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def written_files(artifact: Artifact) -> list[Path]:
-    """The files the pack left, in the order a user copies them: archive or parts, checksums, load.sh."""
+    """The files the pack left, in the order a user copies them: archive or parts, checksums, SBOM,
+    signature, load.sh."""
     from core.archive import names
 
     files = [*artifact.parts, artifact.checksum_file]
     if len(artifact.parts) > 1:
         files.append(names.parts_checksum_path(artifact.archive))
-    if artifact.signature is not None:
-        files.append(artifact.signature)
+    files += [path for path in (artifact.sbom, artifact.signature) if path is not None]
     return [*files, artifact.load_script]
 
 

@@ -181,3 +181,21 @@ def test_ezrunner_verify_command(
     only_stranger = _allowed_signers(other, ("stranger@example.org", stranger))
     assert main(["verify", archive, "--allowed-signers", str(only_stranger)]) == 2
     assert "was not made by any key" in capsys.readouterr().err
+
+
+def test_the_pack_summary_lists_the_sbom_and_the_signature_and_how_to_verify(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ezrunner_ui.cli.pack import summary, written_files
+    from tests.unit.test_cli_housekeeping import _artifact
+
+    plain = _artifact(tmp_path, compression="none", parts=1)
+    sbom, signature = names.sbom_path(plain.archive), names.signature_path(plain.archive)
+    for path in (sbom, signature):
+        path.write_text("x")
+    artifact = replace(plain, sbom=sbom, signature=signature)
+    assert [p.name for p in written_files(artifact)] == [
+        "m.tar", "m.tar.sha256", "m.tar.cdx.json", "m.tar.sha256.sig", "load.sh"
+    ]  # fmt: skip
+    assert any("load.sh --verify allowed_signers" in line for line in summary(artifact))
+    assert not any("--verify" in line for line in summary(plain))
