@@ -8,6 +8,10 @@ digests (diff_ids) and the archive's sha256 are computed on the way, in hashing 
 I/O. The exact archive size is known before the first byte is written, from the tar headers alone. The
 bytes reach the disk through ``core.archive.writer.PartsWriter`` (zstd, parts, ``.partial`` names).
 
+The same pass writes either format (``ArchiveFormat``): the docker-archive, or an OCI image layout whose
+blobs are the same layer tars and the same config bytes, so layer digests and the image id agree across
+the two; a model layer's blob there is a hard link written right after the layer, once its digest is known.
+
 What the model layers hold mirrors what ``COPY layers/<layer>/ <model_root>/`` records with the classic
 builder: ``model_root`` and its parents 0755, nested folders and files with their source modes, all
 owned by root, files hard-linked to each other inside one layer kept as hard links. Times are fixed
