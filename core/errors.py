@@ -55,6 +55,7 @@ GGUF_PRE_TOKENIZER: Final = "gguf_pre_tokenizer"
 API_KEY_ENV: Final = "api_key_env"
 #: pack options: the archive path, its split size, a hand-edited Dockerfile
 OUTPUT: Final = "output"
+ARCHIVE_FORMAT: Final = "archive_format"
 SPLIT: Final = "split"
 DOCKERFILE: Final = "dockerfile"
 #: EZ Runner's own data folder (EZRUNNER_HOME): history, build contexts, caches
@@ -74,6 +75,9 @@ PROMPTS: Final = "prompts"
 REQUESTS: Final = "requests"
 CONCURRENCY: Final = "concurrency"
 MAX_TOKENS: Final = "max_tokens"
+#: pack --sign: the SSH private key; verify / load.sh --verify: the allowed_signers file
+SIGN_KEY: Final = "sign_key"
+ALLOWED_SIGNERS: Final = "allowed_signers"
 #: search
 QUERY: Final = "query"
 LIMIT: Final = "limit"
@@ -84,8 +88,8 @@ FIELDS: Final[frozenset[str]] = frozenset(
         GPU_PRESET, GPUS, GPU_MEMORY, COMPUTE_CAPABILITY, DRIVER, GPU_API, CPU_ONLY, RAM, CPU_CORES,
         ENGINE, TENSOR_PARALLEL_SIZE, MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, DTYPE, PORT, BASE_IMAGE,
         KV_CACHE_TYPE, PARALLEL, GGUF_PRE_TOKENIZER, API_KEY_ENV,
-        OUTPUT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
-        IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE,
+        OUTPUT, ARCHIVE_FORMAT, SPLIT, DOCKERFILE, HOME, ARCHIVE, TIMEOUT, NETWORK, QUERY, LIMIT,
+        IMAGE, NAMESPACE, NODES, DATA_PARALLEL_SIZE, SIGN_KEY, ALLOWED_SIGNERS,
         BENCH_TARGET, PROMPTS, REQUESTS, CONCURRENCY, MAX_TOKENS,
     }
 )  # fmt: skip
@@ -258,6 +262,12 @@ class ServerCheckError(EzRunnerError):
     """A started server answered its health check but not a chat request (`run --check`, bench)."""
 
     code = "server_check_failed"
+
+
+class SignatureError(EzRunnerError):
+    """An archive's signature is missing, does not verify, or cannot be made (``core.signing``)."""
+
+    code = "signature_invalid"
 
 
 class CancelledError(EzRunnerError):

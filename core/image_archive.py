@@ -8,6 +8,10 @@ digests (diff_ids) and the archive's sha256 are computed on the way, in hashing 
 I/O. The exact archive size is known before the first byte is written, from the tar headers alone. The
 bytes reach the disk through ``core.archive.writer.PartsWriter`` (zstd, parts, ``.partial`` names).
 
+The same pass writes either format (``ArchiveFormat``): the docker-archive, or an OCI image layout whose
+blobs are the same layer tars and the same config bytes, so layer digests and the image id agree across
+the two; a model layer's blob there is a hard link written right after the layer, once its digest is known.
+
 What the model layers hold mirrors what ``COPY layers/<layer>/ <model_root>/`` records with the classic
 builder: ``model_root`` and its parents 0755, nested folders and files with their source modes, all
 owned by root, files hard-linked to each other inside one layer kept as hard links. Times are fixed
@@ -45,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.archive.compression import Compression, check_compression
 from core.archive.writer import ArchiveFile, Chunk, Hasher, PartsWriter
@@ -72,6 +76,19 @@ PARENT_DIR_MODE = 0o755
 REPRODUCIBLE_EPOCH = 0
 REPRODUCIBLE_CREATED = datetime.fromtimestamp(REPRODUCIBLE_EPOCH, UTC)
 _PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+#: docker-archive: what `docker save` writes (manifest.json, <id>.json, <layer>/layer.tar). oci-layout: an OCI
+#: image layout (https://github.com/opencontainers/image-spec/blob/v1.1.0/image-layout.md: oci-layout,
+#: index.json, blobs/sha256/<digest>) that skopeo (oci-archive:), podman load and ctr import take; it
+#: carries manifest.json too, as Docker 25's `docker save` does, so `docker load` and load.sh take it as well.
+ArchiveFormat = Literal["docker-archive", "oci-layout"]
+ARCHIVE_FORMATS: tuple[ArchiveFormat, ...] = ("docker-archive", "oci-layout")
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"  # uncompressed: its digest is the diff_id
+_BLOBS = "blobs/sha256/"
 
 
 # PUBLIC TYPES
@@ -104,10 +121,14 @@ class ArchiveResult:
 
 @dataclass(frozen=True)
 class ModelLayerSource:
-    """One model layer and the folder holding its files by their relative paths (symlinks are followed)."""
+    """One model layer and the folder holding its files by their relative paths (symlinks are followed).
+
+    ``root`` is the folder of the image the layer's files land in (as ``COPY <folder>/ <root>/``): the
+    model folder when None; another for a layer of other files (the SBOM's, in ``/etc/ezrunner``)."""
 
     layer: WeightLayer
     folder: Path
+    root: str | None = None
 
 
 # PLANNING: EVERY HEADER AND SIZE, BEFORE ANY DATA IS READ
@@ -153,6 +174,7 @@ def _header(name: str, *, kind: bytes, size: int = 0, mode: int, mtime: int, lin
 
 
 def _plan_model_layer(source: ModelLayerSource, *, model_root: str, mtime: int) -> _LayerPlan:
+    model_root = source.root or model_root
     root = model_root.strip("/")
     parts = root.split("/")
     members: list[_Member] = []
@@ -285,9 +307,65 @@ class _ArchivePlan:
     created: str
     labels: Mapping[str, str] | None
     mtime: int
+    format: ArchiveFormat = "docker-archive"
+
+    @property
+    def oci(self) -> bool:
+        return self.format == "oci-layout"
 
     def runtime_member(self, index: int) -> str:
-        return f"{self.runtime.diff_ids[index].removeprefix('sha256:')}/layer.tar"
+        hex_digest = self.runtime.diff_ids[index].removeprefix("sha256:")
+        return f"{_BLOBS}{hex_digest}" if self.oci else f"{hex_digest}/layer.tar"
+
+    def config_member(self, image_id: str) -> str:
+        hex_digest = image_id.removeprefix("sha256:")
+        return f"{_BLOBS}{hex_digest}" if self.oci else f"{hex_digest}.json"
+
+    def blob_link(self, plan: _LayerPlan, digest: str) -> bytes:
+        """OCI only: a model layer's digest is known once its bytes are written, after its tar header, so
+        its blob is a hard link (a header, no data) to the member just written: one pass, no second copy."""
+        return _header(_BLOBS + digest.removeprefix("sha256:"), kind=tarfile.LNKTYPE, mode=0o644, mtime=self.mtime,
+                       linkname=plan.member_name)  # fmt: skip
+
+    def oci_manifest(self, *, config: bytes, image_id: str, diff_ids: Sequence[str]) -> bytes:
+        layers = [
+            {"mediaType": OCI_LAYER_MEDIA_TYPE, "digest": digest, "size": size}
+            for digest, size in zip(
+                [*self.runtime.diff_ids, *diff_ids], [*self.runtime.sizes, *(p.tar_size for p in self.layers)],
+                strict=True,
+            )
+        ]
+        manifest = {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE, "digest": image_id, "size": len(config)},
+            "layers": layers,
+        }  # fmt: skip
+        return json.dumps(manifest, separators=(",", ":")).encode()
+
+    def oci_index(self, manifest: bytes) -> bytes:
+        tag = self.repo_tag.rpartition(":")[2]
+        entry = {
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE, "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+            "size": len(manifest),
+            # the names Docker 25's `docker save` gives: containerd's full name, the OCI tag
+            "annotations": {"io.containerd.image.name": self.repo_tag, "org.opencontainers.image.ref.name": tag},
+        }  # fmt: skip
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [entry]}
+        return json.dumps(index, separators=(",", ":")).encode()
+
+    def trailer(self, *, config: bytes, image_id: str, diff_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """The members after the layers, in order: the config, (OCI: manifest blob, index.json, oci-layout),
+        then manifest.json, last, where ``core.archive.inspect`` looks for it."""
+        config_name = self.config_member(image_id)
+        members = [(config_name, config)]
+        if self.oci:
+            manifest = self.oci_manifest(config=config, image_id=image_id, diff_ids=diff_ids)
+            members += [
+                (_BLOBS + hashlib.sha256(manifest).hexdigest(), manifest),
+                ("index.json", self.oci_index(manifest)),
+                ("oci-layout", OCI_LAYOUT),
+            ]
+        return [*members, ("manifest.json", self.manifest(config_name))]
 
     def config(self, diff_ids: Sequence[str]) -> bytes:
         return _image_config(
@@ -316,11 +394,12 @@ class _ArchivePlan:
             total += len(self.file_header(self.runtime_member(i), size)) + _padded(size)
         for plan in self.layers:
             total += len(self.file_header(plan.member_name, plan.tar_size)) + _padded(plan.tar_size)
-        config = self.config([_PLACEHOLDER_DIGEST] * len(self.layers))
-        config_name = "0" * 64 + ".json"
-        total += len(self.file_header(config_name, len(config))) + _padded(len(config))
-        manifest = self.manifest(config_name)
-        total += len(self.file_header("manifest.json", len(manifest))) + _padded(len(manifest))
+            if self.oci:
+                total += len(self.blob_link(plan, _PLACEHOLDER_DIGEST))
+        placeholders = [_PLACEHOLDER_DIGEST] * len(self.layers)
+        config = self.config(placeholders)
+        for name, body in self.trailer(config=config, image_id=_PLACEHOLDER_DIGEST, diff_ids=placeholders):
+            total += len(self.file_header(name, len(body))) + _padded(len(body))
         return total + 2 * BLOCK
 
 
@@ -340,6 +419,7 @@ def _plan(
     labels: Mapping[str, str] | None,
     created: datetime,
     mtime: int,
+    format: ArchiveFormat = "docker-archive",
 ) -> _ArchivePlan:
     if not model_root.startswith("/") or model_root.rstrip("/") == "":
         raise InvalidOptionsError(
@@ -360,6 +440,7 @@ def _plan(
         created=_timestamp(created),
         labels=labels,
         mtime=mtime,
+        format=format,
     )
 
 
@@ -372,6 +453,7 @@ def exact_archive_size(
     labels: Mapping[str, str] | None = None,
     created: datetime = REPRODUCIBLE_CREATED,
     mtime: int = REPRODUCIBLE_EPOCH,
+    format: ArchiveFormat = "docker-archive",
 ) -> int:
     """Bytes of the tar ``write_image_archive`` will write with the same arguments (before compression).
 
@@ -385,6 +467,7 @@ def exact_archive_size(
         labels=labels,
         created=created,
         mtime=mtime,
+        format=format,
     ).tar_size()
 
 
@@ -474,6 +557,7 @@ def write_image_archive(
     split_bytes: int | None = None,
     created: datetime = REPRODUCIBLE_CREATED,
     mtime: int = REPRODUCIBLE_EPOCH,
+    format: ArchiveFormat = "docker-archive",
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> ArchiveResult:
@@ -496,6 +580,7 @@ def write_image_archive(
         labels=labels,
         created=created,
         mtime=mtime,
+        format=format,
     )
     total = plan.tar_size()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -522,11 +607,12 @@ def write_image_archive(
             stream.hash_layer = False
             diff_ids.append("sha256:" + layer_hasher.digest())
             stream.bytes(b"\0" * (_padded(layer_plan.tar_size) - layer_plan.tar_size))
+            if plan.oci:
+                stream.bytes(plan.blob_link(layer_plan, diff_ids[-1]))
         config = plan.config(diff_ids)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-        config_name = image_id.removeprefix("sha256:") + ".json"
         stream.message = "Image config and manifest"
-        for name, body in ((config_name, config), ("manifest.json", plan.manifest(config_name))):
+        for name, body in plan.trailer(config=config, image_id=image_id, diff_ids=diff_ids):
             stream.bytes(plan.file_header(name, len(body)))
             stream.bytes(body)
             stream.bytes(b"\0" * (_padded(len(body)) - len(body)))

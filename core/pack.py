@@ -23,7 +23,7 @@ from typing import Literal, TypeVar
 
 from docker import DockerClient
 
-from core import convert, hubs
+from core import convert, errors, hubs, sbom, signing
 from core.archive import names
 from core.archive.compression import Compression
 from core.docker import api as docker_api
@@ -34,20 +34,25 @@ from core.hardware import default_data_dir, target_summary
 from core.history import History
 from core.housekeeping import disk_probe
 from core.hubs.base import ModelFile, ModelInfo
-from core.image_archive import ModelLayerSource, exact_archive_size, write_image_archive
-from core.layer_cache import runtime_layers
+from core.image_archive import ArchiveFormat, ModelLayerSource, exact_archive_size, write_image_archive
+from core.layer_cache import RuntimeLayers, runtime_layers
+from core.layers import WeightLayer
 from core.plan import Plan, plan_to_dict
 from core.profiles import with_neighbours
 from core.render import (
     BuildSpec,
+    ezrunner_version,
     load_script_is_for,
     render,
     render_load_script,
     validate_file_name,
     write_context_files,
+    write_sbom_file,
 )
 
 ExportPath = Literal["fast", "docker-build"]
+#: The name of the SBOM's layer (the model's are named by core.layers.plan_layers, never like this).
+SBOM_LAYER = "ezrunner-sbom"
 _T = TypeVar("_T")
 #: How long a download that was cancelled may take to notice (the hub clients look between 10 MiB chunks)
 #: before the pack stops without it.
@@ -75,6 +80,9 @@ class Artifact:
     export_reason: str
     seconds: float
     record_id: str | None = None  # the History record, when the pack was recorded
+    signature: Path | None = None  # NAME.sha256.sig, when packed with sign_key
+    sbom: Path | None = None  # NAME.cdx.json: the CycloneDX SBOM, also in the image at core.sbom.IMAGE_PATH
+    format: ArchiveFormat = "docker-archive"
 
 
 def _check_cancel(cancel: Cancel | None) -> None:
@@ -263,6 +271,8 @@ def pack(
     work_dir: Path | None = None,
     history: History | None = None,
     overwrite: bool = False,
+    sign_key: Path | None = None,
+    archive_format: ArchiveFormat = "docker-archive",
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
 ) -> Artifact:
@@ -275,7 +285,11 @@ def pack(
     streamed into the archive by ``core.image_archive``) unless ``dockerfile`` is a hand-edited
     Dockerfile, which only Docker itself can build as written. With ``history``, the pack is recorded
     when it starts and updated when it ends, whatever the outcome; the artifact carries the record id.
+    With ``sign_key`` (an SSH key) the checksum file is signed (``core.signing``) as the last step.
+    ``archive_format`` "oci-layout" writes an OCI image layout tar (``core.image_archive``) on the fast path.
     """
+    if sign_key is not None:
+        signing.check_sign_key(key=sign_key)  # before any download: a typo in the path costs nothing
     if not overwrite:  # before any download, and before a history row: nothing was tried yet
         refuse_existing_output(archive=output_paths(output=output.resolve(), compression=compression))
     if not plan.neighbours and dockerfile is None:
@@ -285,7 +299,7 @@ def pack(
     request = _Request(
         plan=plan, output=output, compression=compression, split_bytes=split_bytes, token=token,
         export_path=export_path, dockerfile=dockerfile, work_dir=work_dir or default_data_dir() / "builds",
-        overwrite=overwrite, cancel=cancel,
+        overwrite=overwrite, sign_key=sign_key, archive_format=archive_format, cancel=cancel,
     )
     if history is None:
         return _pack(request, on_event=on_event)
@@ -333,6 +347,8 @@ class _Request:
     work_dir: Path
     overwrite: bool
     cancel: Cancel | None
+    sign_key: Path | None = None
+    archive_format: ArchiveFormat = "docker-archive"
 
 
 def choose_export_path(
@@ -362,6 +378,7 @@ class _Exported:
     size: int
     sha256: str
     part_sha256: tuple[str, ...]
+    sbom: bytes
 
 
 def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
@@ -382,6 +399,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         convert.check_converter()  # before any download: the workstation must be able to convert
     spec = render(plan=plan)
     path, reason = choose_export_path(requested=request.export_path, spec=spec, dockerfile=request.dockerfile)
+    _check_format(archive_format=request.archive_format, path=path)
     model = plan.model
     source = download_model(plan)
 
@@ -415,8 +433,9 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         spec = render(plan=plan)
 
     export = _Export(
-        client=client, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
-        split_bytes=split_bytes, work_dir=request.work_dir, on_event=on_event, cancel=cancel,
+        client=client, plan=plan, spec=spec, model_dir=model_dir, archive=archive, compression=request.compression,
+        split_bytes=split_bytes, work_dir=request.work_dir, archive_format=request.archive_format,
+        on_event=on_event, cancel=cancel,
     )
     # One pack at a time writes to this name, so parts and sidecars never mix two packs' files.
     with output_lock(archive=archive, on_event=on_event, cancel=cancel):
@@ -427,6 +446,7 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
                 exported = export.fast()
             except LayerCacheUnusableError as error:
                 # An engine whose `docker save` layout we cannot cache from: the reference path still works.
+                _check_format(archive_format=request.archive_format, path="docker-build", why=error.message)
                 path = "docker-build"
                 reason = f"{error.message} Falling back to the docker-build path (slower)."
                 on_event(Event(stage="check", message=reason))
@@ -434,10 +454,18 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         else:
             exported = export.docker_build(dockerfile=request.dockerfile)
         remove_stale_pieces(archive=archive, keep=exported.paths)
+        sbom_file = names.sbom_path(archive)
+        sbom_file.write_bytes(exported.sbom)
         checksum_file, load_script = _write_sidecars(
             plan=plan, spec=spec, archive=archive, parts=exported.paths, sha256=exported.sha256,
             compression=request.compression,
         )
+        signature = None
+        if request.sign_key is not None:
+            on_event(Event(stage="export", message=f"Signing {checksum_file.name} with {request.sign_key}"))
+            signature = signing.sign_archive(archive=archive, key=request.sign_key)
+        else:  # an earlier pack's signature would not match this checksum
+            names.signature_path(archive).unlink(missing_ok=True)
     wrote = (  # the files on disk: a split archive has no file of its own name
         f"Wrote {archive}" if len(exported.paths) == 1 and exported.paths[0] == archive
         else f"Wrote {', '.join(p.name for p in exported.paths)} in {archive.parent}"
@@ -457,6 +485,9 @@ def _pack(request: _Request, *, on_event: EventSink) -> Artifact:
         export_path=path,
         export_reason=reason,
         seconds=time.monotonic() - started,
+        signature=signature,
+        sbom=sbom_file,
+        format=request.archive_format,
     )
 
 
@@ -465,6 +496,7 @@ class _Export:
     """The two ways from downloaded files to the archive on disk."""
 
     client: DockerClient
+    plan: Plan
     spec: BuildSpec
     model_dir: Path
     archive: Path
@@ -473,13 +505,15 @@ class _Export:
     work_dir: Path
     on_event: EventSink
     cancel: Cancel | None
+    archive_format: ArchiveFormat = "docker-archive"
 
-    def _build(self, *, include_model: bool, tag: str, dockerfile: str | None = None) -> str:
+    def _build(self, *, include_model: bool, tag: str, dockerfile: str | None = None, sbom: bytes = b"") -> str:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="context-", dir=self.work_dir) as tmp:
             context = Path(tmp)
             if include_model:
                 self.on_event(Event(stage="stage", message="Linking model files into the build context"))
+                write_sbom_file(sbom=sbom, context_dir=context)
             stage_context(spec=self.spec, model_dir=self.model_dir, context_dir=context, include_model=include_model)
             if dockerfile is not None:
                 (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
@@ -488,33 +522,82 @@ class _Export:
                 client=self.client, context_dir=context, tag=tag, on_event=self.on_event, cancel=self.cancel
             )
 
+    def _runtime(self) -> RuntimeLayers:
+        """The engine-only image (the Dockerfile without the model), built (cached) and its layers cached."""
+        runtime_id = self._build(include_model=False, tag=runtime_tag(self.spec))
+        return runtime_layers(
+            client=self.client, image_id=runtime_id, cache_dir=default_data_dir() / "layer-cache",
+            on_event=self.on_event, cancel=self.cancel,
+        )
+
+    def _sbom(self, runtime: RuntimeLayers) -> bytes:
+        """The SBOM of the engine image ``runtime`` and the model (``core.sbom``), as it goes into the image."""
+        self.on_event(Event(stage="export", message="Listing the image's packages and model files (SBOM)"))
+        packages, distro = sbom.image_packages(layer_tars=runtime.blobs)
+        model = self.plan.model
+        return sbom.build_sbom(
+            sbom.SbomInputs(
+                image_tag=self.spec.image_tag, base_image=self.plan.base_image, engine=self.plan.engine,
+                hub=model.ref.source, repo_id=model.repo_id, revision=model.revision, commit=model.commit,
+                license=model.license, model_files=sbom.model_file_entries(files=model.files, folder=self.model_dir),
+                packages=packages, distro=distro, plan=plan_to_dict(self.plan), ezrunner_version=ezrunner_version(),
+            )
+        )  # fmt: skip
+
     def docker_build(self, *, dockerfile: str | None) -> _Exported:
-        """The reference path: docker build with the weights, then docker save."""
-        image_id = self._build(include_model=True, tag=self.spec.image_tag, dockerfile=dockerfile)
+        """The reference path: docker build with the weights, then docker save.
+
+        The SBOM's packages are read from the engine-only image of the generated Dockerfile (built from
+        the same steps, so Docker's build cache shares them); a hand-edited Dockerfile that drops the
+        SBOM's COPY line still gets the SBOM beside the archive."""
+        document = self._sbom(self._runtime())
+        image_id = self._build(include_model=True, tag=self.spec.image_tag, dockerfile=dockerfile, sbom=document)
         written = docker_api.save_image(
             client=self.client, ref=self.spec.image_tag, out=self.archive, compress=self.compression,
             split_bytes=self.split_bytes, on_event=self.on_event, cancel=self.cancel,
         )
-        return _Exported(image_id, tuple(written.paths), written.size, written.sha256, tuple(written.part_sha256))
+        return _Exported(
+            image_id, tuple(written.paths), written.size, written.sha256, tuple(written.part_sha256), document
+        )
 
     def fast(self) -> _Exported:
         """Docker builds the engine layers (cached); the weights are streamed into the archive here."""
-        runtime_id = self._build(include_model=False, tag=runtime_tag(self.spec))
-        runtime = runtime_layers(
-            client=self.client, image_id=runtime_id, cache_dir=default_data_dir() / "layer-cache",
-            on_event=self.on_event, cancel=self.cancel,
-        )
+        runtime = self._runtime()
+        document = self._sbom(runtime)
+        with tempfile.TemporaryDirectory(prefix="sbom-", dir=self.work_dir) as tmp:
+            sbom_file = write_sbom_file(sbom=document, context_dir=Path(tmp))
+            return self._write_fast(runtime=runtime, sbom_file=sbom_file, document=document)
+
+    def _write_fast(self, *, runtime: RuntimeLayers, sbom_file: Path, document: bytes) -> _Exported:
         sources = [ModelLayerSource(layer=layer, folder=self.model_dir) for layer in self.spec.layers]
+        # The SBOM's layer, where the Dockerfile's `COPY sbom/ /etc/ezrunner/` puts it: after the model's.
+        sbom_layer = WeightLayer(name=SBOM_LAYER, files=(ModelFile(path=sbom_file.name, size=len(document)),))
+        sources.append(ModelLayerSource(layer=sbom_layer, folder=sbom_file.parent, root=sbom.IMAGE_FOLDER))
         size = exact_archive_size(
-            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag
+            runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag,
+            format=self.archive_format,
         )
         check_disk(needs=[(self.archive.parent, size)])
         result = write_image_archive(
             runtime=runtime, model_root=self.spec.model_root, layers=sources, repo_tag=self.spec.image_tag,
-            out=self.archive, compress=self.compression, split_bytes=self.split_bytes, on_event=self.on_event,
-            cancel=self.cancel,
+            out=self.archive, compress=self.compression, split_bytes=self.split_bytes, format=self.archive_format,
+            on_event=self.on_event, cancel=self.cancel,
         )
-        return _Exported(result.image_id, tuple(result.paths), result.size, result.sha256, tuple(result.part_sha256))
+        return _Exported(
+            result.image_id, tuple(result.paths), result.size, result.sha256, tuple(result.part_sha256), document
+        )
+
+
+def _check_format(*, archive_format: ArchiveFormat, path: ExportPath, why: str = "") -> None:
+    """The OCI layout is written by the fast path's writer only (``docker save`` writes docker-archives)."""
+    if archive_format == "oci-layout" and path == "docker-build":
+        raise InvalidOptionsError(
+            f"--format oci-layout is written by the fast export path only, and this pack takes the docker-build "
+            f"path{': ' + why if why else ''}.",
+            hint="Drop --format oci-layout (the docker-archive tar loads into Docker, and `skopeo copy "
+            "docker-archive:NAME.tar oci:DIR` converts it), or pack without --dockerfile / --export-path docker-build.",
+            field=errors.ARCHIVE_FORMAT,
+        )
 
 
 def conversion_of(plan: Plan) -> convert.Conversion | None:

@@ -61,6 +61,9 @@ MODELS_ROOT = "/models"
 EZRUNNER_CONTEXT_DIR = "ezrunner"
 # The selection script's file name there (core.runspec.SELECT_SCRIPT_PATH in the image).
 SELECT_SCRIPT_NAME = SELECT_SCRIPT_PATH.rsplit("/", 1)[-1]
+#: The build context's folder of the SBOM (``core.sbom``), copied into /etc/ezrunner after the model layers.
+SBOM_CONTEXT_DIR = "sbom"
+SBOM_FILE_NAME = "sbom.cdx.json"
 
 _SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
@@ -234,6 +237,7 @@ def render(*, plan: Plan) -> BuildSpec:
         "entrypoint_json": json.dumps(entrypoint(spec)),
         "labels": [(key, _dockerfile_string(value)) for key, value in labels],
         "ezrunner_dir": EZRUNNER_CONTEXT_DIR,
+        "sbom_dir": SBOM_CONTEXT_DIR,
         **engine.template_values(plan=plan, served_model_name=served_model_name, model_dir=model_root),
         "served_model_name": served_model_name,
     }
@@ -270,6 +274,20 @@ def write_context_files(*, spec: BuildSpec, context_dir: Path) -> None:
     for folder in folders:  # after the files: writing them changed their folders' mtimes
         folder.chmod(CONTEXT_DIR_MODE)
         os.utime(folder, times)
+
+
+def write_sbom_file(*, sbom: bytes, context_dir: Path) -> Path:
+    """Write the SBOM as ``<context_dir>/sbom/sbom.cdx.json`` with the fixed mode and time of the other
+    context files (the image layer it becomes must not depend on when or where it was written)."""
+    folder = context_dir / SBOM_CONTEXT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SBOM_FILE_NAME
+    path.write_bytes(sbom)
+    path.chmod(CONTEXT_FILE_MODE)
+    folder.chmod(CONTEXT_DIR_MODE)
+    for written in (path, folder):
+        os.utime(written, (CONTEXT_MTIME, CONTEXT_MTIME))
+    return path
 
 
 def validate_file_name(name: str) -> str:

@@ -25,11 +25,12 @@ from types import MappingProxyType
 from typing import Any
 
 from core.archive.compression import ZSTD_MAGIC
-from core.archive.names import archive_of, archive_parts
+from core.archive.names import archive_of, archive_parts, sbom_path, signature_path
 from core.archive.reader import read_stream
 from core.errors import ArtifactInvalidError
 from core.events import Cancel, EventSink, ignore_events, raise_if_cancelled
 from core.runspec import RunSpec, run_spec_from_labels
+from core.sbom import SbomCounts, counts
 
 MANIFEST_NAME = "manifest.json"
 #: An image config or manifest.json larger than this is not one EZ Runner (or docker save) wrote: refuse to
@@ -293,3 +294,64 @@ def _not_an_archive(archive: Path, why: str) -> ArtifactInvalidError:
 
 
 __all__ = ["JSON_MEMBER_MAX_BYTES", "MANIFEST_NAME", "ArchiveImage", "archive_run_spec", "read_archive_image"]
+
+
+# A SUMMARY FOR `ezrunner inspect ARCHIVE`
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What an archive holds, from its image config and the SBOM beside it (nothing is loaded)."""
+
+    archive: Path
+    repo_tags: tuple[str, ...]
+    model: str | None  # repo id
+    source: str | None  # hub: hf, ms, local
+    commit: str | None
+    engine: str | None
+    plan: Mapping[str, Any]  # the io.ezrunner.plan label: TP size, context, dtype, target …
+    profiles: tuple[str, ...]  # the run spec's profile names (default first)
+    sbom: SbomCounts | None  # None when NAME.cdx.json is not beside the archive
+    signed: bool  # NAME.sha256.sig lies beside it (`ezrunner verify` checks it)
+
+
+def summarize_archive(
+    *, archive: Path, on_event: EventSink = ignore_events, cancel: Cancel | None = None
+) -> ArchiveSummary:
+    """The summary of ``archive`` (a ``.tar``, ``.tar.zst``, or the first part of a split one)."""
+    archive = archive_of(archive)
+    image = read_archive_image(archive=archive, on_event=on_event, cancel=cancel)
+    labels = image.labels
+    try:
+        plan_label = json.loads(labels.get("io.ezrunner.plan", "{}"))
+    except ValueError:
+        plan_label = {}
+    spec = image.run_spec
+    profiles: tuple[str, ...] = ()
+    if spec is not None:
+        profiles = (spec.default_profile, *(p.name for p in spec.profiles if p.name != spec.default_profile))
+    return ArchiveSummary(
+        archive=archive,
+        repo_tags=image.repo_tags,
+        model=labels.get("io.ezrunner.model"),
+        source=labels.get("io.ezrunner.model.source"),
+        commit=labels.get("io.ezrunner.model.commit"),
+        engine=labels.get("io.ezrunner.engine"),
+        plan=MappingProxyType(plan_label if isinstance(plan_label, dict) else {}),
+        profiles=profiles,
+        sbom=_sbom_counts(sbom_path(archive)),
+        signed=signature_path(archive).is_file(),
+    )
+
+
+def _sbom_counts(path: Path) -> SbomCounts | None:
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ArtifactInvalidError(
+            f"{path.name} is not a readable SBOM ({error}).",
+            hint="Copy it again from the machine that packed the archive (it lies beside the archive).",
+        ) from error
+    return counts(document) if isinstance(document, dict) else None

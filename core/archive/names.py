@@ -5,6 +5,8 @@ For an archive ``NAME`` (``model.tar``, or ``model.tar.zst`` when compressed) a 
 - ``NAME`` itself, or its parts ``NAME.part000``, ``NAME.part001`` … when split (then no ``NAME``);
 - ``NAME.sha256``: the sha256 of ``NAME`` (of the parts concatenated, when split), ``sha256sum`` format;
 - ``NAME.parts.sha256``: one line per part, only when split;
+- ``NAME.cdx.json``: the CycloneDX bill of materials of the image and model (``core.sbom``);
+- ``NAME.sha256.sig``: the SSH signature of ``NAME.sha256``, only with ``pack --sign`` (``core.signing``);
 - ``load.sh``, or ``<stem>.load.sh`` when another archive's ``load.sh`` already lies there;
 
 and, while writing, each file as ``.NAME.<pid>-<random>.partial`` (hidden, and unique to the writing
@@ -31,6 +33,8 @@ TAR_SUFFIX = ".tar"
 ZSTD_SUFFIX = ".zst"
 CHECKSUM_SUFFIX = ".sha256"
 PARTS_CHECKSUM_SUFFIX = ".parts.sha256"
+SBOM_SUFFIX = ".cdx.json"
+SIGNATURE_SUFFIX = ".sig"  # ssh-keygen -Y sign FILE writes FILE.sig
 PARTIAL_SUFFIX = ".partial"
 PART_SUFFIX = ".part"  # followed by the part number, three digits from 000
 FIRST_PART_SUFFIX = f"{PART_SUFFIX}000"
@@ -70,6 +74,24 @@ def checksum_name(archive_name: str) -> str:
 def checksum_path(archive: Path) -> Path:
     """``NAME.sha256`` beside the archive: the sha256 of the whole archive (parts concatenated)."""
     return archive.with_name(checksum_name(archive.name))
+
+
+def sbom_name(archive_name: str) -> str:
+    return archive_name + SBOM_SUFFIX
+
+
+def sbom_path(archive: Path) -> Path:
+    """``NAME.cdx.json`` beside the archive: its CycloneDX SBOM (the same bytes as in the image)."""
+    return archive.with_name(sbom_name(archive.name))
+
+
+def signature_name(archive_name: str) -> str:
+    return checksum_name(archive_name) + SIGNATURE_SUFFIX
+
+
+def signature_path(archive: Path) -> Path:
+    """``NAME.sha256.sig`` beside the archive: the SSH signature of its checksum file (``pack --sign``)."""
+    return archive.with_name(signature_name(archive.name))
 
 
 def parts_checksum_name(archive_name: str) -> str:

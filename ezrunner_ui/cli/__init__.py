@@ -34,11 +34,12 @@ from ezrunner_ui.cli import (
     run,
     search,
     ui,
+    verify,
 )
 from ezrunner_ui.cli.common import FLAGS, error_line, print_json
 
 COMMANDS: tuple[ModuleType, ...] = (
-    search, inspect, hardware, plan, dockerfile, generate, pack, push, run, bench, profiles, listing, clean, ui
+    search, inspect, hardware, plan, dockerfile, generate, pack, verify, push, run, bench, profiles, listing, clean, ui
 )
 
 #: exit statuses: a user-fixable error, a bug

@@ -49,6 +49,7 @@ FLAGS: dict[str, str] = {
     errors.GGUF_PRE_TOKENIZER: "--gguf-pre-tokenizer",
     errors.API_KEY_ENV: "--api-key-env",
     errors.OUTPUT: "--output",
+    errors.ARCHIVE_FORMAT: "--format",
     errors.SPLIT: "--split",
     errors.DOCKERFILE: "--dockerfile",
     errors.HOME: "EZRUNNER_HOME",
@@ -66,6 +67,8 @@ FLAGS: dict[str, str] = {
     errors.REQUESTS: "--requests",
     errors.CONCURRENCY: "--concurrency",
     errors.MAX_TOKENS: "--max-tokens",
+    errors.SIGN_KEY: "--sign",
+    errors.ALLOWED_SIGNERS: "--allowed-signers",
 }
 
 

@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_args(p)
     p.add_argument("-o", "--output", required=True, help="archive path, e.g. qwen2.5-7b.tar")
     p.add_argument("--compress", choices=["none", "zstd"], default="none")
+    p.add_argument(
+        "--format", choices=["docker-archive", "oci-layout"], default="docker-archive",
+        help="docker-archive (docker load; default) or oci-layout (skopeo oci-archive:, podman load, ctr import; "
+        "docker load takes it too)",
+    )
     p.add_argument("--split", type=parse_size, metavar="SIZE", help="split into parts of SIZE (e.g. 4G for FAT32)")
     p.add_argument("--force", action="store_true", help="pack even when the plan says it does not fit")
     p.add_argument("--overwrite", action="store_true", help="replace an archive already at --output")
@@ -53,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar='"TARGET FLAGS"',
         help='also plan a profile for this server (the target flags of plan, quoted; repeatable), e.g. '
         '--also-for "--gpu-name A100-40 --gpus 4"; the image picks the profile that fits where it starts',
+    )
+    p.add_argument(
+        "--sign", metavar="KEY", type=Path,
+        help="sign the archive's checksum with this SSH key (or its .pub with the key in ssh-agent): NAME.sha256.sig",
     )
     p.add_argument("--push", metavar="REF", help="then push the image to a registry, e.g. registry.local:5000/m:v1")
     p.add_argument("--push-insecure", action="store_true", help="with --push: the registry serves plain HTTP")
@@ -104,6 +113,8 @@ def run(args: argparse.Namespace) -> None:
                 dockerfile=dockerfile,
                 history=history,
                 overwrite=args.overwrite,
+                sign_key=args.sign,
+                archive_format=args.format,
                 on_event=progress,
                 cancel=cancel,
             )
@@ -135,12 +146,14 @@ def profile_lines(result: Plan, *, load_script: str) -> list[str]:
 
 
 def written_files(artifact: Artifact) -> list[Path]:
-    """The files the pack left, in the order a user copies them: archive or parts, checksums, load.sh."""
+    """The files the pack left, in the order a user copies them: archive or parts, checksums, SBOM,
+    signature, load.sh."""
     from core.archive import names
 
     files = [*artifact.parts, artifact.checksum_file]
     if len(artifact.parts) > 1:
         files.append(names.parts_checksum_path(artifact.archive))
+    files += [path for path in (artifact.sbom, artifact.signature) if path is not None]
     return [*files, artifact.load_script]
 
 
@@ -164,5 +177,10 @@ def summary(artifact: Artifact) -> list[str]:
     lines.append(f"sha256 {artifact.sha256}" + (" (of the parts joined in order)" if len(artifact.parts) > 1 else ""))
     lines.append(artifact.export_reason)
     lines.append(f"On the offline server, with these files in one folder: bash {artifact.load_script.name}")
+    if artifact.signature is not None:
+        lines.append(
+            f"  it checks who made the archive with: bash {artifact.load_script.name} --verify allowed_signers "
+            "(or: ezrunner verify ARCHIVE --allowed-signers allowed_signers)"
+        )
     lines.append(f"  or by hand: {manual_load_command(artifact)} && {artifact.run_command}")
     return lines

@@ -173,10 +173,11 @@ def _normalised_config(config: dict[str, Any]) -> dict[str, Any]:
         entry.pop("created")
         # Docker names a COPY's source by a hash of the context files; the fast path by the layer digest.
         prefix, copy, rest = entry.get("created_by", "").partition(" COPY dir:")
-        if copy and rest[64:].startswith(" in /models/"):
+        # the model layers, and after them the SBOM's (COPY sbom/ /etc/ezrunner/)
+        if copy and (rest[64:].startswith(" in /models/") or (model_layers and rest[64:].startswith(" in /etc/"))):
             entry["created_by"] = f"{prefix}{copy}<digest>{rest[64:]}"
             model_layers += 1
-    # The model layers' bytes differ (Docker keeps the source files' mtimes and stamps the folders).
+    # The model and SBOM layers' bytes differ (Docker keeps the source files' mtimes and stamps the folders).
     assert model_layers > 0
     config["rootfs"]["diff_ids"] = config["rootfs"]["diff_ids"][:-model_layers]
     return config

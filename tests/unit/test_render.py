@@ -82,9 +82,11 @@ def test_dockerfile_matches_golden(case: str) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_runtime_dockerfile_is_the_dockerfile_without_model_layers(case: str) -> None:
     spec = render(plan=CASES[case]())
-    full = [line for line in spec.dockerfile.splitlines() if not line.startswith("COPY layers/")]
+    # the model's layers and the SBOM (which lists the runtime's packages) come after the runtime
+    full = [line for line in spec.dockerfile.splitlines() if not line.startswith(("COPY layers/", "COPY sbom/"))]
     runtime = spec.runtime_dockerfile.splitlines()
-    assert "COPY layers/" not in spec.runtime_dockerfile
+    assert "COPY layers/" not in spec.runtime_dockerfile and "COPY sbom/" not in spec.runtime_dockerfile
+    assert spec.dockerfile.count("COPY sbom/ /etc/ezrunner/") == 1
     assert "COPY ezrunner/ /etc/ezrunner/" in spec.runtime_dockerfile  # the plan travels in the engine layers
     assert [line for line in full if line and not line.startswith("#")] == [
         line for line in runtime if line and not line.startswith("#")

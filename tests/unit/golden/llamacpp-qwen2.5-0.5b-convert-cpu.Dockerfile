@@ -26,6 +26,8 @@ COPY ezrunner/ /etc/ezrunner/
 # Model files, after the engine layers: a flag change rebuilds in seconds, and capped layers let a new
 # revision share the shards that did not change.
 COPY layers/01-weights/ /models/Qwen2.5-0.5B/
+# The bill of materials (CycloneDX) of this image and model: written by the pack, after the model layers.
+COPY sbom/ /etc/ezrunner/
 
 USER 10001:10001
 WORKDIR /home/ezrunner

@@ -15,6 +15,7 @@ NAME="${NAME:-llama-3.1-8b-instruct}"
 NETWORK="${NETWORK:-bridge}"
 TIMEOUT="${TIMEOUT:-512}"
 START=1
+VERIFY=""
 CHECK=0
 PROFILE=""  # --profile NAME; empty: the selection script picks the best that fits
 LIST_PROFILES=0
@@ -194,6 +195,8 @@ Options:
   --network MODE    bridge: publish the port (default); host: share this server's network
   --timeout SECONDS how long to wait for the server to answer (default $TIMEOUT)
   --no-start        verify and load only (--no-run does the same)
+  --verify FILE     refuse the archive unless $ARCHIVE.sha256.sig was made by a key in FILE
+                    (an ssh-keygen allowed_signers file: IDENTITY KEYTYPE BASE64-KEY per line)
   --check           smoke test: start, send one short chat request, print the answer's first tokens
                     and the time to first token, then stop and remove the container
   --profiles        list the image's profiles against this server's GPUs (runnable, runnable with a
@@ -228,6 +231,7 @@ while [ "$#" -gt 0 ]; do
     --network) needs_value "$@"; NETWORK=$2; shift 2 ;;
     --timeout) needs_value "$@"; TIMEOUT=$2; shift 2 ;;
     --no-start|--no-run) START=0; shift ;;
+    --verify) needs_value "$@"; VERIFY=$2; shift 2 ;;
     --check) CHECK=1; shift ;;
     --head|--worker) usage_error "$1 is for packs that span several nodes; this one runs on one server." ;;
     --profiles) LIST_PROFILES=1; shift ;;
@@ -264,6 +268,25 @@ command -v docker >/dev/null || fail "docker is not installed on this server." "
 copy_again="Copy it from the machine that packed the archive (it was written beside the archive), then run ./load.sh again."
 [ -f "$ARCHIVE.sha256" ] || fail "$ARCHIVE.sha256 is missing beside load.sh." "$copy_again"
 [ -f "$ARCHIVE" ] || fail "$ARCHIVE is missing beside load.sh." "$copy_again"
+
+# Who made the archive (seconds): the SSH signature of $ARCHIVE.sha256, whose bytes the checksum step ties
+# to every byte of the archive. The signer's identity is the one allowed_signers gives the signing key.
+SIGNATURE="$ARCHIVE.sha256.sig"
+if [ -n "$VERIFY" ]; then
+  [ -f "$VERIFY" ] || usage_error "--verify $VERIFY: no such allowed signers file."
+  command -v ssh-keygen >/dev/null || fail "ssh-keygen is needed to check the signature." "apt-get install openssh-client (or dnf install openssh), then run ./load.sh again."
+  [ -f "$SIGNATURE" ] || fail "$SIGNATURE is missing, so who made $ARCHIVE cannot be checked." \
+    "Copy it from the machine that packed the archive (packed with --sign), then run ./load.sh again."
+  signer=$(ssh-keygen -Y find-principals -s "$SIGNATURE" -f "$VERIFY" 2>/dev/null | head -n 1) || signer=""
+  [ -n "$signer" ] || fail "$SIGNATURE was not made by any key in $VERIFY: the archive is not from a signer you trust, or the signature is damaged. Nothing was loaded." \
+    "Add the packer's public key to $VERIFY, or copy the archive and its .sig again."
+  ssh-keygen -Y verify -f "$VERIFY" -I "$signer" -n ezrunner-archive -s "$SIGNATURE" < "$ARCHIVE.sha256" >/dev/null 2>&1 \
+    || fail "$SIGNATURE does not match $ARCHIVE.sha256: the checksum file was changed after signing. Nothing was loaded." \
+      "Copy the archive, its .sha256 and its .sig again from the machine that packed it."
+  say "Signature: good, made by $signer (allowed by $VERIFY)."
+elif [ -f "$SIGNATURE" ]; then
+  say "Signature: $SIGNATURE was NOT checked; ./load.sh --verify allowed_signers checks who made the archive."
+fi
 
 if [ "$START" = 1 ]; then
   # What takes seconds before what takes minutes: can the server be started and reached here at all?

@@ -27,6 +27,8 @@ COPY layers/01-weights/ /models/Qwen2.5-7B-Instruct/
 COPY layers/02-weights/ /models/Qwen2.5-7B-Instruct/
 COPY layers/03-weights/ /models/Qwen2.5-7B-Instruct/
 COPY layers/04-weights/ /models/Qwen2.5-7B-Instruct/
+# The bill of materials (CycloneDX) of this image and model: written by the pack, after the model layers.
+COPY sbom/ /etc/ezrunner/
 
 USER 10001:10001
 WORKDIR /home/ezrunner
