@@ -14,8 +14,9 @@ from core.docker import api as docker_api
 from core.errors import EzRunnerError
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
+from core.pack_extras import is_signed, pack_run_spec, sbom_summary
 from core.render import container_name, find_load_script
-from core.runspec import run_spec_from_labels
+from core.runspec import RunSpec, run_spec_from_labels
 from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
@@ -168,6 +169,58 @@ def _commands(record: PackRecord) -> None:
         st.info(t("download.no_run_command"), icon=":material/info:")
 
 
+@st.cache_data(ttl=300, max_entries=16, show_spinner=False)
+def _cached_run_spec(archive: str, image_tag: str | None, mtime: float) -> RunSpec | None:
+    return pack_run_spec(archive=Path(archive), image_tag=image_tag)
+
+
+def _beyond(record: PackRecord) -> None:
+    """Profiles, SBOM, signature, registry, Kubernetes and compose: each rendered by core from the pack's own
+    run spec (never rebuilt here)."""
+    from core import manifests
+
+    archive = Path(record.archive or "")
+    mtime = archive.stat().st_mtime if archive.exists() else 0.0
+    spec = _cached_run_spec(str(archive), record.image_tag, mtime)
+    sbom = sbom_summary(archive=archive)
+    st.subheader(t("download.more"))
+    if spec is not None and spec.profiles:
+        st.markdown(t("download.profiles", count=len(spec.profiles)))
+        st.dataframe(
+            [{t("download.col_profile"): p.name + (" ★" if p.name == spec.default_profile else ""),
+              t("download.col_profile_for"): p.description} for p in spec.profiles],
+            hide_index=True, width="stretch",
+        )  # fmt: skip
+        st.caption(t("download.profiles_hint"))
+    if sbom is not None:
+        st.markdown(t("download.sbom", name=names.sbom_name(archive.name), os=sbom.os_packages,
+                      python=sbom.python_packages, files=sbom.model_files, license=sbom.license or "—"))  # fmt: skip
+    if is_signed(archive=archive):
+        st.markdown(t("download.signed", name=names.signature_name(names.checksum_name(archive.name))))
+        verify = (f"bash {shlex.quote(load_script_name(archive))} --verify allowed_signers\n"
+                  f"ezrunner verify {shlex.quote(archive.name)} --allowed-signers allowed_signers")  # fmt: skip
+        st.code(verify, language="bash")
+    with st.expander(t("download.registry_title"), icon=":material/cloud_upload:"):
+        ref = st.text_input(t("download.registry_ref"), key="push_ref",
+                            placeholder="registry.local:5000/llm/model:1").strip()  # fmt: skip
+        insecure = st.checkbox(t("download.registry_insecure"), key="push_insecure")
+        target = ref or "REGISTRY/REPOSITORY:TAG"
+        push = f"ezrunner push {shlex.quote(str(archive))} {shlex.quote(target)}" + (" --insecure" if insecure else "")
+        st.code(push, language="bash")
+        st.caption(t("download.registry_hint"))
+        if spec is None:
+            st.info(t("download.no_spec"), icon=":material/info:")
+            return
+        image = ref or spec.image
+        try:
+            st.markdown(t("download.k8s"))
+            st.code(manifests.kubernetes_manifests(spec=spec, image=image), language="yaml")
+            st.markdown(t("download.compose"))
+            st.code(manifests.compose_file(spec=spec, image=image), language="yaml")
+        except EzRunnerError as error:
+            st.warning(str(error), icon=":material/warning:")
+
+
 def render() -> None:
     st.title(t("download.title"))
     history = History()
@@ -193,6 +246,7 @@ def render() -> None:
             st.warning(t("download.missing_files"), icon=":material/warning:")
     _files(record)
     _commands(record)
+    _beyond(record)
 
 
 render()

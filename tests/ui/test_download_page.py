@@ -116,3 +116,41 @@ def test_chinese_labels(app: AppTest, data_home: Path) -> None:
     download_page(app, record_id)
     assert app.title[0].value == "下载"
     assert "在离线服务器上" in texts(app)
+
+
+def test_profiles_sbom_signature_registry_kubernetes_and_compose_from_the_packs_run_spec(
+    app: AppTest, data_home: Path, tiny_model: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import core.pack_extras
+
+    the_plan = plan(model=hubs.inspect(ref=parse_ref(str(tiny_model))),
+                    target=describe_target(gpu_preset="a100-80gb", gpu_count=2))  # fmt: skip
+    spec = render(plan=the_plan).run_spec
+    monkeypatch.setattr(core.pack_extras, "pack_run_spec", lambda **kwargs: spec)
+    record_id = finished_record(data_home / "exports")
+    folder = data_home / "exports"
+    sbom = {"components": [
+        {"type": "library", "purl": "pkg:deb/debian/bash@5.2"},
+        {"type": "library", "purl": "pkg:pypi/torch@2.11.0"},
+        {"type": "machine-learning-model", "licenses": [{"license": {"id": "apache-2.0"}}],
+         "components": [{"name": "config.json", "properties": [{"name": "ezrunner:size", "value": "10"}]}]},
+    ]}  # fmt: skip
+    (folder / "tiny-llama-0123456789ab-vllm.tar.cdx.json").write_text(json.dumps(sbom))
+    (folder / "tiny-llama-0123456789ab-vllm.tar.sha256.sig").write_text("-----BEGIN SSH SIGNATURE-----\n")
+    download_page(app, record_id)
+    shown = texts(app)
+    assert "1 OS packages, 1 Python packages, 1 model files, licence apache-2.0" in shown
+    assert any(p.name in "\n".join(str(v) for v in app.dataframe[0].value.iloc[:, 0]) for p in spec.profiles)
+    commands = "\n".join(code.value for code in app.code)
+    assert "--verify allowed_signers" in commands and "ezrunner verify tiny-llama-0123456789ab-vllm.tar" in commands
+    assert "ezrunner push" in commands and "REGISTRY/REPOSITORY:TAG" in commands
+    yaml_blocks = [code.value for code in app.code if code.language == "yaml"]
+    assert any("kind: Deployment" in y and "nvidia.com/gpu" in y for y in yaml_blocks)
+    assert any("services:" in y for y in yaml_blocks)
+    app.text_input(key="push_ref").set_value("registry.local:5000/llm/tiny:1").run()
+    assert not app.exception
+    commands = "\n".join(code.value for code in app.code)
+    assert "registry.local:5000/llm/tiny:1" in commands
+    assert any("image: registry.local:5000/llm/tiny:1" in code.value for code in app.code if code.language == "yaml")
