@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +14,7 @@ from core.errors import InvalidTargetError
 from core.hardware import GPU_PRESETS, Target, describe_target, detect_local
 from ezrunner_ui.app_options import HARDWARE_PREFIX, engine_options_form, show_notices
 from ezrunner_ui.i18n import fmt_bytes, fmt_target, t
-from ezrunner_ui.state import PAGE_MODEL, PAGE_PLAN, WizardState, wizard
+from ezrunner_ui.state import PAGE_MODEL, PAGE_PLAN, WizardState, seed, wizard
 from ezrunner_ui.ui_errors import error_text
 
 CUSTOM = "custom"
@@ -153,6 +154,13 @@ def _describe_section(state: WizardState) -> None:
             persist_state="session",
         )
         count_slot = st.empty()
+        # a cluster: identical servers (nodes) of these GPUs; vLLM spans them with pipeline parallelism
+        seed("hw_nodes", state.options.nodes)
+        nodes = st.number_input(t("plan.nodes"), key="hw_nodes", min_value=1, max_value=64, step=1,
+                                disabled=cpu_only, help=t("hardware.nodes_help"))  # fmt: skip
+        if int(nodes) != state.options.nodes:
+            state.options = replace(state.options, nodes=int(nodes))
+            st.session_state.pop("opt_nodes", None)  # the Plan page's field re-seeds from the options
         memory = st.number_input(
             t("hardware.gpu_memory"),
             key="hw_gpu_memory",

@@ -74,3 +74,12 @@ def test_described_values_survive_a_page_switch(hardware: AppTest) -> None:
     hardware.switch_page("views/hardware.py").run()
     assert hardware.radio(key="hw_mode").value == "describe"
     assert hardware.number_input(key="hw_gpu_count").value == 4
+
+
+def test_nodes_of_a_cluster_are_described_with_the_server(hardware: AppTest) -> None:
+    describe(hardware)
+    hardware.selectbox(key="hw_preset").set_value("a100-40gb")
+    hardware.number_input(key="hw_gpu_count").set_value(4)
+    hardware.number_input(key="hw_nodes").set_value(2).run()
+    assert not hardware.exception
+    assert hardware.session_state["wizard"].options.nodes == 2
