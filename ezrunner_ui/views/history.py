@@ -114,7 +114,26 @@ def _ask_delete(record_id: str | None) -> None:
     wizard().confirm_delete = record_id
 
 
-def _record(record: PackRecord) -> None:
+def _bench(results: list[dict[str, Any]]) -> None:
+    """The ``ezrunner bench`` runs kept with this pack: when, load, TTFT, tokens/s, requests, memory."""
+    rows = [
+        {
+            t("history.bench_when"): dt.datetime.fromtimestamp(float(r["recorded"])).strftime("%Y-%m-%d %H:%M"),
+            t("history.bench_load"):
+                f"{r.get('requests', '—')} × {r.get('max_tokens', '—')} ({r.get('concurrency', 1)})",
+            t("history.bench_ttft"): f"{r['ttft_s_p50']:.2f} / {r['ttft_s_p95']:.2f} s"
+            if r.get("ttft_s_p50") is not None and r.get("ttft_s_p95") is not None else "—",
+            t("history.bench_tokens"): f"{r.get('output_tokens_per_s') or 0:.1f}",
+            t("history.bench_requests"): f"{r.get('requests_ok', 0)} / {r.get('requests_failed', 0)}",
+            t("history.bench_memory"): fmt_bytes(r.get("peak_memory_bytes")),
+        }
+        for r in results
+    ]  # fmt: skip
+    with st.expander(t("history.bench", count=len(rows)), icon=":material/speed:"):
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def _record(record: PackRecord, bench: list[dict[str, Any]] | None = None) -> None:
     state = wizard()
     started = dt.datetime.fromtimestamp(record.started).strftime("%Y-%m-%d %H:%M")
     icon = OUTCOME_ICONS.get(record.outcome, ":material/help:")
@@ -151,6 +170,8 @@ def _record(record: PackRecord) -> None:
         if record.log:
             with st.expander(t("history.log"), icon=":material/receipt_long:"):
                 st.code(record.log[-20000:], language=None, height=400)
+        if bench:
+            _bench(bench)
 
         download, replan, delete = st.columns(3)
         if record.outcome == "succeeded" and download.button(
@@ -183,13 +204,14 @@ def _record(record: PackRecord) -> None:
 
 def render() -> None:
     st.title(t("history.title"))
-    records = History().list()
+    history = History()
+    records = history.list()
     if not records:
         st.info(t("history.empty"), icon=":material/info:")
         return
     st.caption(t("history.count", count=len(records)))
     for record in records:
-        _record(record)
+        _record(record, history.bench_results(record.id))
 
 
 render()

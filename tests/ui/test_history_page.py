@@ -77,3 +77,18 @@ def test_open_the_plan_again(app: AppTest, ui_hub: FakeHub, data_home: Path) -> 
     assert state.target.gpu_count == 2 and state.target.gpus[0].name == "NVIDIA L4"
     assert state.options.max_model_len == 1024
     assert state.current_plan().max_model_len == 1024
+
+
+def test_bench_figures_appear_with_their_pack(app: AppTest, data_home: Path) -> None:
+    from core.history import History
+
+    record_id = finished_record(data_home / "exports")
+    History().add_bench_result(record_id, result={
+        "requests": 4, "max_tokens": 8, "concurrency": 1, "ttft_s_p50": 0.05, "ttft_s_p95": 0.09,
+        "output_tokens_per_s": 123.4, "requests_ok": 4, "requests_failed": 0, "peak_memory_bytes": 50 << 20,
+    })  # fmt: skip
+    history_page(app)
+    assert "Bench runs (1)" in [e.label for e in app.expander]
+    table = app.dataframe[0].value
+    assert table["Output tokens/s"][0] == "123.4" and table["TTFT p50 / p95"][0] == "0.05 / 0.09 s"
+    assert table["OK / failed"][0] == "4 / 0"
