@@ -97,7 +97,8 @@ def test_pack_then_run_serves_chat_completions(
         assert f"==> {stage}" in packed.stderr
     assert "Step 1/" in packed.stderr
     # the tar, its checksum and load.sh beside it; no partial files
-    assert sorted(p.name for p in out_dir.iterdir()) == ["load.sh", "tiny.tar", "tiny.tar.sha256"]
+    # + its SBOM
+    assert sorted(p.name for p in out_dir.iterdir()) == ["load.sh", "tiny.tar", "tiny.tar.cdx.json", "tiny.tar.sha256"]
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert artifact["sha256"] == digest
     assert (out_dir / "tiny.tar.sha256").read_text() == f"{digest}  tiny.tar\n"
