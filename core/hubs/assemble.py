@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from core import errors, events
-from core.errors import ChecksumMismatchError, DownloadError, HubAnswerError, ModelConfigError, NoSafetensorsError
+from core.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    EzRunnerError,
+    HubAnswerError,
+    ModelConfigError,
+    NoSafetensorsError,
+)
 from core.events import Cancel as CancelFlag
 from core.events import Event, EventSink
 from core.hubs.base import ModelFile, ModelInfo, WeightStats
@@ -59,6 +67,21 @@ def cut_short(name: str, path: str, error: BaseException) -> HubAnswerError:
         hint="Try again; if it keeps happening, a proxy or mirror between you and the hub cuts answers short.",
         field=errors.MODEL,
     )
+
+
+@contextmanager
+def unreadable_answers(*, hub: str, endpoint: str, endpoint_variable: str, name: str) -> Iterator[None]:
+    """Around a hub client's calls only (not our own code): an answer it cannot make sense of, such as an HTML
+    page from a proxy, surfaces from inside it as ValueError, KeyError or TypeError."""
+    try:
+        yield
+    except EzRunnerError:
+        raise
+    except (ValueError, KeyError, TypeError) as error:
+        raise HubAnswerError(
+            f"{hub} ({endpoint}) answered something unreadable for {name} ({type(error).__name__}).",
+            hint=f"Check {endpoint_variable} (a proxy or captive portal may answer instead), then try again.",
+        ) from error
 
 
 def missing_config(repo: str) -> NoSafetensorsError:

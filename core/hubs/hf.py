@@ -34,9 +34,7 @@ from core import errors
 from core.errors import (
     CancelledError,
     DownloadError,
-    EzRunnerError,
     GatedModelError,
-    HubAnswerError,
     HubUnreachableError,
     ModelNotFoundError,
     RevisionNotFoundError,
@@ -49,6 +47,7 @@ from core.hubs.assemble import (
     cut_short,
     estimate_bytes,
     raise_if_cancelled,
+    unreadable_answers,
     verify_download,
 )
 from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
@@ -100,7 +99,9 @@ class HuggingFaceHub:
         wanted = revision or "main"
         api = self._api(token)
         with hf_errors(repo=repo, revision=wanted):
-            with unreadable_answers(f"hf:{repo}"):
+            with unreadable_answers(
+                hub="Hugging Face", endpoint=endpoint(), endpoint_variable="HF_ENDPOINT", name=f"hf:{repo}"
+            ):
                 info = api.model_info(repo, revision=wanted)
                 commit = str(info.sha)
                 listing = {
@@ -274,21 +275,6 @@ def hf_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
             f"Hugging Face ({endpoint()}) answered HTTP {status}{busy} for {name}.",
             hint="Try again later (setting HF_TOKEN raises the request limits), use a mirror "
             "(HF_ENDPOINT=https://hf-mirror.com), or ModelScope with ms:.",
-        ) from error
-
-
-@contextmanager
-def unreadable_answers(name: str) -> Iterator[None]:
-    """Around the client's calls only (not our own code): an answer it cannot make sense of, such as an HTML
-    page from a proxy, surfaces from inside it as ValueError, KeyError or TypeError."""
-    try:
-        yield
-    except EzRunnerError:
-        raise
-    except (ValueError, KeyError, TypeError) as error:
-        raise HubAnswerError(
-            f"Hugging Face ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
-            hint="Check HF_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
         ) from error
 
 

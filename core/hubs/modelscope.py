@@ -56,6 +56,7 @@ from core.hubs.assemble import (
     StopDownload,
     cut_short,
     raise_if_cancelled,
+    unreadable_answers,
     verify_download,
 )
 from core.hubs.base import HubName, ModelInfo, ModelSummary, SearchFilters
@@ -130,7 +131,9 @@ class ModelScopeHub:
         wanted = revision or DEFAULT_REVISION
         api = _api(token)
         with ms_errors(repo=repo, revision=wanted):
-            with unreadable_answers(f"ms:{repo}"):
+            with unreadable_answers(
+                hub="ModelScope", endpoint=endpoint(), endpoint_variable="MODELSCOPE_ENDPOINT", name=f"ms:{repo}"
+            ):
                 repo_info = api.get_repo(repo, _MODEL)
                 branches, tags = api.legacy.list_revisions_detail(repo, _MODEL)
                 known = {str(item.get("Revision")) for item in [*branches, *tags]}
@@ -329,21 +332,6 @@ def ms_errors(*, repo: str | None, revision: str | None = None) -> Iterator[None
     except HubError as error:
         raise HubAnswerError(
             f"ModelScope ({endpoint()}) answered with an error for {name}: {error}.",
-            hint="Check MODELSCOPE_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
-        ) from error
-
-
-@contextmanager
-def unreadable_answers(name: str) -> Iterator[None]:
-    """Around the client's calls only (not our own code): an answer it cannot make sense of, such as an HTML
-    page from a proxy, surfaces from inside it as ValueError, KeyError or TypeError."""
-    try:
-        yield
-    except EzRunnerError:
-        raise
-    except (ValueError, KeyError, TypeError) as error:
-        raise HubAnswerError(
-            f"ModelScope ({endpoint()}) answered something unreadable for {name} ({type(error).__name__}).",
             hint="Check MODELSCOPE_ENDPOINT (a proxy or captive portal may answer instead), then try again.",
         ) from error
 
