@@ -14,21 +14,26 @@ from core.runspec import RunSpec, run_spec_from_labels
 from core.sbom import SbomCounts, counts
 
 
+def image_run_spec(*, image_tag: str) -> RunSpec | None:
+    """The run spec in the label of ``image_tag`` in the local engine; None without an engine, the image or
+    the label."""
+    try:
+        from core.docker import api as docker_api
+
+        client = docker_api.connect(timeout=10)
+        try:
+            return run_spec_from_labels(client.images.get(image_tag).labels)
+        finally:
+            client.close()
+    except Exception:  # no engine, or the image was removed
+        return None
+
+
 def pack_run_spec(*, archive: Path, image_tag: str | None) -> RunSpec | None:
     """The run spec of a pack, from the local engine's image or a plain-tar archive; None when neither says."""
-    if image_tag:
-        try:
-            from core.docker import api as docker_api
-
-            client = docker_api.connect(timeout=10)
-            try:
-                spec = run_spec_from_labels(client.images.get(image_tag).labels)
-            finally:
-                client.close()
-            if spec is not None:
-                return spec
-        except Exception:  # no engine, or the image was removed: the archive may still say
-            pass
+    spec = image_run_spec(image_tag=image_tag) if image_tag else None
+    if spec is not None:
+        return spec
     if archive.name.endswith(names.ZSTD_SUFFIX) or not (archive.is_file() or names.part_path(archive, 0).is_file()):
         return None
     try:

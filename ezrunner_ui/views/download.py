@@ -10,13 +10,12 @@ import streamlit as st
 
 from core import runspec
 from core.archive import names
-from core.docker import api as docker_api
 from core.errors import EzRunnerError
 from core.history import History, PackRecord
 from core.jobs import REGISTRY
-from core.pack_extras import is_signed, pack_run_spec, sbom_summary
+from core.pack_extras import image_run_spec, is_signed, pack_run_spec, sbom_summary
 from core.render import container_name, find_load_script
-from core.runspec import RunSpec, run_spec_from_labels
+from core.runspec import RunSpec
 from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
@@ -56,16 +55,7 @@ def run_command(record: PackRecord) -> str | None:
         return stored
     if not record.image_tag:
         return None
-    try:
-        client = docker_api.connect(timeout=10)
-    except EzRunnerError:
-        return None
-    try:
-        spec = run_spec_from_labels(client.images.get(record.image_tag).labels)
-    except Exception:
-        return None
-    finally:
-        client.close()
+    spec = image_run_spec(image_tag=record.image_tag)
     if spec is None:
         return None
     return runspec.run_command(spec, name=container_name(record.image_tag), restart=None)
