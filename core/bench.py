@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -186,10 +186,13 @@ class RequestSample:
     error: str | None = None
 
 
-def chat_body(*, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
+
+
+def chat_body(*, model: str, messages: Sequence[Message], max_tokens: int) -> dict[str, Any]:
     return {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": [dict(m) for m in messages],
         "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -206,8 +209,32 @@ def stream_chat(
     cancel: Cancel | None = None,
     read_timeout_s: float = READ_TIMEOUT_S,
 ) -> RequestSample:
-    """Send one streamed chat completion to ``endpoint`` (``http://host:port/v1``) and time it; a failure
-    (refused, an HTTP error, a broken stream) is a sample with ``ok=False``, cancellation raises."""
+    """Send one streamed chat completion of ``prompt`` to ``endpoint`` (``http://host:port/v1``) and time it;
+    a failure (refused, an HTTP error, a broken stream) is a sample with ``ok=False``, cancellation raises."""
+    pieces = chat_pieces(session=session, endpoint=endpoint, model=model,
+                         messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, cancel=cancel,
+                         read_timeout_s=read_timeout_s)  # fmt: skip
+    while True:
+        try:
+            next(pieces)
+        except StopIteration as end:
+            sample: RequestSample = end.value
+            return sample
+
+
+def chat_pieces(
+    *,
+    session: requests.Session,
+    endpoint: str,
+    model: str,
+    messages: Sequence[Message],
+    max_tokens: int,
+    cancel: Cancel | None = None,
+    read_timeout_s: float = READ_TIMEOUT_S,
+) -> Generator[str, None, RequestSample]:
+    """Send one streamed chat completion and yield each piece of the answer as it arrives; the generator's
+    return value is the timed sample (``yield from`` gives it). The one client of the bench, the smoke check
+    and the wizard's test drive."""
     started = time.perf_counter()
     first: float | None = None
     last = started
@@ -221,7 +248,7 @@ def stream_chat(
                              token_source="chunks", text="".join(text), error=why)  # fmt: skip
 
     try:
-        with session.post(f"{endpoint}/chat/completions", json=chat_body(model=model, prompt=prompt,
+        with session.post(f"{endpoint}/chat/completions", json=chat_body(model=model, messages=messages,
                           max_tokens=max_tokens), stream=True, timeout=(10.0, read_timeout_s)) as response:  # fmt: skip
             if response.status_code != 200:
                 return failed(f"HTTP {response.status_code}: {' '.join(response.text.split())[:200]}")
@@ -246,6 +273,7 @@ def stream_chat(
                     last = now
                     chunks += 1
                     text.append(content)
+                    yield content
     except requests.exceptions.RequestException as error:
         return failed(f"{type(error).__name__}: {str(error)[:200]}")
     ended = time.perf_counter()
@@ -298,7 +326,7 @@ def _content(chunk: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _session(api_key_env: str | None = None) -> requests.Session:
+def server_session(api_key_env: str | None = None) -> requests.Session:
     """A session for the local server; with the key of an image packed with --api-key-env (read from that
     variable of this process, as the container got it) sent as "Authorization: Bearer …"."""
     session = requests.Session()
@@ -332,7 +360,7 @@ def send_load(
     def one(index: int) -> RequestSample:
         raise_if_cancelled(cancel)
         if not hasattr(local, "session"):
-            local.session = _session(api_key_env)
+            local.session = server_session(api_key_env)
         return stream_chat(session=local.session, endpoint=endpoint, model=model,
                            prompt=prompts[index % len(prompts)], max_tokens=max_tokens, cancel=cancel)  # fmt: skip
 
@@ -516,7 +544,7 @@ def read_token_counter(*, url: str, api_key_env: str | None = None) -> tuple[flo
     """The engine's count of generated tokens from its Prometheus text at ``url``: (value, counter name), or
     (None, None) when it does not answer or serves none of ``TOKEN_COUNTERS``."""
     try:
-        with _session(api_key_env) as session:
+        with server_session(api_key_env) as session:
             response = session.get(url, timeout=10)
     except requests.exceptions.RequestException:
         return None, None
@@ -818,7 +846,7 @@ def check_server(
     """Send one short streamed chat request to a started server; ServerCheckError, with the container's last
     log lines, when it does not answer with content."""
     endpoint = server.endpoint or f"http://127.0.0.1:{server.port}/v1"
-    with _session(server.api_key_env) as session:
+    with server_session(server.api_key_env) as session:
         sample = stream_chat(session=session, endpoint=endpoint, model=server.served_model_name, prompt=prompt,
                              max_tokens=max_tokens, cancel=cancel, read_timeout_s=120.0)  # fmt: skip
     if not sample.ok or sample.ttft_s is None:

@@ -631,6 +631,41 @@ def _nvml_gpus() -> tuple[tuple[Gpu, ...], str | None, str | None, tuple[str, ..
     return tuple(gpus), driver, cuda, tuple(notes)
 
 
+@dataclass(frozen=True)
+class FreeMemory:
+    """What this machine has free right now: RAM that processes can take, and each NVIDIA GPU's free bytes."""
+
+    ram_bytes: int | None
+    gpu_bytes: Mapping[int, int]
+
+
+def free_memory() -> FreeMemory:
+    """This machine's free RAM (psutil's ``available``) and free GPU memory by index (NVML); never raises."""
+    try:
+        import psutil
+
+        ram: int | None = int(psutil.virtual_memory().available)
+    except ImportError:
+        ram = None
+    gpus: dict[int, int] = {}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no package, no driver, no GPU: no GPU memory to count
+        return FreeMemory(ram_bytes=ram, gpu_bytes={})
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            with contextlib.suppress(pynvml.NVMLError):
+                gpus[index] = int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+    except pynvml.NVMLError:
+        pass
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+    return FreeMemory(ram_bytes=ram, gpu_bytes=gpus)
+
+
 def detect_local(*, disk_path: Path | None = None) -> Target:
     """This machine as a target. Never raises for missing GPUs, drivers or libraries: see ``notes``."""
     gpus, driver, cuda, notes = _nvml_gpus()

@@ -10,6 +10,7 @@ is removed and the error carries its last log lines and the next step.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def run_archive(
     timeout_s: float | None = None,
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> RunningServer:
     """Verify ``archive``, load it, start its server and wait (at most ``timeout_s``, default
     ``default_timeout_s``) until it answers; raise, having removed the container, when it does not."""
@@ -83,6 +85,7 @@ def run_archive(
         on_event=on_event,
         cancel=cancel,
         client=client,
+        labels=labels,
     )
 
 
@@ -97,6 +100,7 @@ def start_image(
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
     client: DockerClient | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> RunningServer:
     """Start the loaded image ``image_ref`` as its run spec says and wait (bounded, cancellable) until it
     answers; raise, having removed the container, when it does not. ``run_archive`` after its load, and
@@ -138,6 +142,7 @@ def start_image(
         device=device,
         ipc_host=ipc_host,
         env=env,
+        labels=labels,
     )
     try:
         if network == "none":  # the host cannot ask the server: the image's own HEALTHCHECK tells

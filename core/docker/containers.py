@@ -17,6 +17,7 @@ from typing import Any
 import docker.errors
 import requests
 from docker import DockerClient
+from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from core.docker.api import LABEL, LOG_TAIL_LINES, connect, engine_errors
@@ -76,7 +77,7 @@ def require_network(*, network: Network, port: int | None = None, client: Docker
         f"This Docker engine has no bridge network (its daemon runs with --bridge=none), so a container on "
         f"--network bridge cannot publish{where}: nothing could reach the server.",
         hint="Use --network host (the server then listens on the port of this machine directly), or enable "
-        "Docker's default bridge (drop \"bridge\": \"none\" from /etc/docker/daemon.json) and restart Docker.",
+        'Docker\'s default bridge (drop "bridge": "none" from /etc/docker/daemon.json) and restart Docker.',
     )
 
 
@@ -247,8 +248,7 @@ def wait_docker_healthy(
             return
         if health is None:
             raise HealthTimeoutError(
-                f"The image of {container} has no health check, so with no network nothing can tell when it "
-                "is ready.",
+                f"The image of {container} has no health check, so with no network nothing can tell when it is ready.",
                 hint="Start it with --network host, or pack it again with this EZ Runner (its images have one).",
             )
         on_event(Event(stage="run", done=int(elapsed), total=int(timeout), unit="s", message=f"health: {health}"))
@@ -327,3 +327,21 @@ def remove_container(*, container: str, client: DockerClient | None = None) -> N
     client = client or connect()
     with engine_errors(action=f"remove container {container}"), contextlib.suppress(docker.errors.NotFound):
         client.api.remove_container(container, force=True, v=True)
+
+
+def containers_labelled(*, label: str, client: DockerClient | None = None) -> list[Container]:
+    """Every container (running or not) carrying ``label`` (``key=value``)."""
+    client = client or connect()
+    with engine_errors(action=f"list containers labelled {label}"):
+        return list(client.containers.list(all=True, filters={"label": label}))
+
+
+def container_running(*, container: str, client: DockerClient | None = None) -> bool:
+    """Whether ``container`` exists and runs; False once it is gone or has exited."""
+    client = client or connect()
+    with engine_errors(action=f"inspect container {container}"):
+        try:
+            state = client.api.inspect_container(container).get("State") or {}
+        except docker.errors.NotFound:
+            return False
+    return bool(state.get("Running"))

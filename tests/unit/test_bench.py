@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,70 +28,9 @@ from core.bench import (
 )
 from core.errors import InvalidOptionsError
 from core.history import History
+from tests.fixtures.fake_engine import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class FakeEngine:
-    """An OpenAI-style server streaming ``tokens`` content chunks per request, with or without a usage chunk."""
-
-    def __init__(self, *, tokens: int = 5, usage: bool = True, delay_s: float = 0.02, status: int = 200) -> None:
-        self.tokens, self.usage, self.delay_s, self.status = tokens, usage, delay_s, status
-        self.bodies: list[dict] = []
-        self.active = 0
-        self.most_active = 0
-        self.lock = threading.Lock()
-        engine = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with engine.lock:
-                    engine.bodies.append(body)
-                    engine.active += 1
-                    engine.most_active = max(engine.most_active, engine.active)
-                try:
-                    if engine.status != 200:
-                        self.send_response(engine.status)
-                        self.send_header("Content-Length", "4")
-                        self.end_headers()
-                        self.wfile.write(b"nope")
-                        return
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    self.chunk({"choices": [{"delta": {"role": "assistant", "content": None}}]})
-                    for index in range(engine.tokens):
-                        time.sleep(engine.delay_s)
-                        self.chunk({"choices": [{"delta": {"content": f"t{index} "}}]})
-                    if engine.usage:
-                        self.chunk({"choices": [], "usage": {"completion_tokens": engine.tokens * 2}})
-                    self.raw(b"data: [DONE]\n\n")
-                    self.wfile.write(b"0\r\n\r\n")
-                finally:
-                    with engine.lock:
-                        engine.active -= 1
-
-            def chunk(self, value: dict) -> None:
-                self.raw(b"data: " + json.dumps(value).encode() + b"\n\n")
-
-            def raw(self, data: bytes) -> None:
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
