@@ -23,6 +23,7 @@ from ezrunner_ui.state import (
     PAGE_HISTORY,
     PAGE_MODEL,
     PAGE_PLAN,
+    PAGE_TRY,
     WizardState,
     attached_job,
     keep_url,
@@ -71,13 +72,14 @@ steps = [
     st.Page(PAGE_PLAN, title=t("nav.plan"), icon=":material/tune:", url_path="plan"),
     st.Page(PAGE_BUILD, title=t("nav.build"), icon=":material/construction:", url_path="build"),
     st.Page(PAGE_DOWNLOAD, title=t("nav.download"), icon=":material/download:", url_path="download"),
+    st.Page(PAGE_TRY, title=t("nav.try"), icon=":material/chat:", url_path="try"),
 ]
 history = st.Page(PAGE_HISTORY, title=t("nav.history"), icon=":material/history:", url_path="history")
 current = st.navigation({t("nav.wizard"): steps, t("nav.records"): [history]})
 
 
 def _step_done(state: WizardState) -> list[bool]:
-    """Which steps are complete, in order: model, hardware, plan, build, download."""
+    """Which steps are complete, in order: model, hardware, plan, build, download, try."""
     job = attached_job(state)
     built = state.record_id is not None or (job is not None and job.snapshot().state == "succeeded")
     return [
@@ -86,6 +88,7 @@ def _step_done(state: WizardState) -> list[bool]:
         state.model is not None and state.target is not None,
         built,
         False,  # downloading happens outside the app; the step is never "done" here
+        False,  # trying is never over: any pack can be driven again
     ]
 
 

@@ -9,6 +9,7 @@ development runs, and a test keeps the two equal.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -23,7 +24,8 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit import config as st_config
 
-from core.errors import InvalidOptionsError, PortInUseError
+from core import tryout
+from core.errors import EzRunnerError, InvalidOptionsError, PortInUseError
 from ezrunner_ui.routes import IdentityDownloads, LoopbackHostOnly, api_routes, is_loopback
 
 APP_SCRIPT = Path(__file__).resolve().with_name("app.py")
@@ -88,7 +90,18 @@ async def _on_start(_app: st.App) -> AsyncIterator[None]:
     if _LAUNCH.open_browser:
         # webbrowser can block while it starts a browser; the server must not wait for it.
         threading.Thread(target=webbrowser.open, args=(found[0],), daemon=True).start()
-    yield
+    # test servers a killed wizard left behind; a slow or absent Docker must not hold the start-up
+    threading.Thread(target=_remove_orphan_servers, daemon=True).start()
+    try:
+        yield
+    finally:
+        tryout.SERVERS.stop_all()  # Ctrl+C: every test server this wizard started goes with it
+
+
+def _remove_orphan_servers() -> None:
+    with contextlib.suppress(EzRunnerError):
+        for name in tryout.remove_orphans():
+            print(f"  Removed {name}, a test server left by a wizard that is gone.", flush=True)
 
 
 app = st.App(

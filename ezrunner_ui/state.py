@@ -17,6 +17,7 @@ from core.hardware import Target
 from core.hubs.base import ModelInfo
 from core.jobs import REGISTRY, Job
 from core.plan import Options, Plan, plan
+from core.tryout import ChatRun, Comparison
 from core.wizard_state import (
     SessionSnapshot,
     is_tab_id,
@@ -43,6 +44,7 @@ PAGE_PLAN = "views/plan.py"
 PAGE_BUILD = "views/build.py"
 PAGE_DOWNLOAD = "views/download.py"
 PAGE_HISTORY = "views/history.py"
+PAGE_TRY = "views/try_drive.py"
 
 
 @dataclass
@@ -86,6 +88,21 @@ class WizardState:
     # step 5 / history
     record_id: str | None = None
     confirm_delete: str | None = None
+    # step 6: try (the servers live in core.tryout.SERVERS, shared by every tab of this wizard)
+    try_mode: str = "chat"  # "chat" | "compare"
+    try_record: str | None = None
+    try_pair: tuple[str | None, str | None] = (None, None)
+    try_max_tokens: int = 128
+    try_prompt: str = ""
+    # record id → its conversation: {"role", "content"}, answers also "figures" (ChatFigures as a dict), "error"
+    try_messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    try_chat: ChatRun | None = None  # the answer in flight, for try_chat_record
+    try_chat_record: str | None = None
+    try_comparison: Comparison | None = None
+    try_bench_job: str | None = None
+    try_bench_requests: int = 8
+    try_bench_concurrency: int = 1
+    try_bench_max_tokens: int = 64
     # this tab's id (the URL's ?tab=, the name of its session file) and one-shot notices for the next page
     tab_id: str | None = None
     # (catalog key under "notice.", detail) pairs shown once, then cleared
@@ -116,6 +133,7 @@ class WizardState:
         # store), the token must not travel with it
         values = dict(self.__dict__)
         values["token"] = None
+        values["try_chat"] = values["try_comparison"] = None  # threads: not state to keep
         return values
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.docker import api as docker_api
 from core.errors import EzRunnerError
 from ezrunner_ui.i18n import has, t
 
@@ -31,3 +32,13 @@ def show_error(error: EzRunnerError) -> None:
 
 def show_error_message(*, code: str | None, message: str) -> None:
     st.error(error_text(code=code, message=message), icon=":material/error:")
+
+
+def docker_problem() -> EzRunnerError | None:
+    """Why Docker cannot be used right now, or None when it answers."""
+    try:
+        client = docker_api.connect(timeout=10)
+    except EzRunnerError as error:
+        return error
+    client.close()
+    return None

@@ -38,23 +38,13 @@ from ezrunner_ui.state import (
     seed,
     wizard,
 )
-from ezrunner_ui.ui_errors import show_error, show_error_message
+from ezrunner_ui.ui_errors import docker_problem, show_error, show_error_message
 
 GIB = 1 << 30
 # FAT32 holds files of at most 4 GiB - 1 byte; parts are N GiB - 1 MiB so that "4" fits such a stick.
 PART_SLACK_BYTES = 1 << 20
 LIVE_LOG_LINES = 12
 STAGE_ORDER = ("check", "pull", "download", "verify", "stage", "build", "export", "load", "run", "done")
-
-
-def docker_problem() -> EzRunnerError | None:
-    """Why Docker cannot be used right now, or None when it answers."""
-    try:
-        client = docker_api.connect(timeout=10)
-    except EzRunnerError as error:
-        return error
-    client.close()
-    return None
 
 
 def base_image_check(the_plan: Plan) -> BaseImageStatus | None:

@@ -18,7 +18,7 @@ from core.render import container_name, find_load_script
 from core.runspec import RunSpec
 from ezrunner_ui import routes
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
-from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, record_from_url, wizard
+from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, PAGE_TRY, record_from_url, wizard
 
 
 def artifact_url(record_id: str, kind: str) -> str:
@@ -234,6 +234,8 @@ def render() -> None:
         st.caption(t("download.on_disk", path=record.archive))
         if not Path(record.archive).exists() and not all(Path(p).exists() for p in record.parts):
             st.warning(t("download.missing_files"), icon=":material/warning:")
+        if st.button(t("download.try_it"), key="try_it", icon=":material/chat:"):
+            st.switch_page(PAGE_TRY, query_params={"record": record.id})
     _files(record)
     _commands(record)
     _beyond(record)

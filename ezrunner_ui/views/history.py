@@ -17,7 +17,7 @@ from core.plan import Options
 from core.refs import parse_ref
 from ezrunner_ui.app_options import forget_option_widgets
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
-from ezrunner_ui.state import PAGE_DOWNLOAD, PAGE_PLAN, wizard
+from ezrunner_ui.state import PAGE_DOWNLOAD, PAGE_PLAN, PAGE_TRY, wizard
 from ezrunner_ui.ui_errors import show_error
 
 # Material icons, not emoji: offline Linux desktops often lack an emoji font
@@ -173,12 +173,17 @@ def _record(record: PackRecord, bench: list[dict[str, Any]] | None = None) -> No
         if bench:
             _bench(bench)
 
-        download, replan, delete = st.columns(3)
+        download, drive, replan, delete = st.columns(4)
         if record.outcome == "succeeded" and download.button(
             t("history.download"), key=f"download_{record.id}", icon=":material/download:"
         ):
             state.record_id = record.id
             st.switch_page(PAGE_DOWNLOAD, query_params={"record": record.id})
+        if record.outcome == "succeeded" and drive.button(
+            t("history.try"), key=f"try_{record.id}", icon=":material/chat:"
+        ):
+            state.record_id = record.id
+            st.switch_page(PAGE_TRY, query_params={"record": record.id})
         if replan.button(t("history.open_plan"), key=f"replan_{record.id}", icon=":material/tune:"):
             _open_plan(record)
         if state.confirm_delete != record.id:
