@@ -678,10 +678,14 @@ def bench(
     on_event: EventSink = ignore_events,
     on_result: Callable[[BenchResult], None] = lambda result: None,
     cancel: Cancel | None = None,
+    pack_ids: Sequence[str] | None = None,
 ) -> tuple[BenchResult, ...]:
     """Bench each of ``targets`` in turn (see the module's docstring); every input is checked, and every
     target resolved, before the first container starts. Results of targets that came from a pack in
-    ``history`` are stored with that pack's record."""
+    ``history`` are stored with that pack's record: the one ``pack_ids`` names for each target where the caller
+    knows it (two records can share one image), else the one whose archive or image the target is."""
+    if pack_ids is not None and len(pack_ids) != len(targets):
+        raise ValueError("pack_ids names one record per target")
     validate_load(requests_count=requests_count, concurrency=concurrency, max_tokens=max_tokens, port=port)
     check_timeout(timeout_s)
     if not targets:
@@ -704,7 +708,8 @@ def bench(
         result = bench_target(target=target, requests_count=requests_count, concurrency=concurrency,
                               max_tokens=max_tokens, prompts=chosen, port=port, network=network,
                               timeout_s=timeout_s, on_event=on_event, cancel=cancel, client=client)  # fmt: skip
-        result = _store(result, target=target, history=history)
+        result = _store(result, target=target, history=history,
+                        pack_id=pack_ids[number - 1] if pack_ids is not None else None)  # fmt: skip
         results.append(result)
         on_result(result)
     return tuple(results)
@@ -812,10 +817,15 @@ def started_server(
         docker_containers.remove_container(container=server.container_id, client=client)
 
 
-def _store(result: BenchResult, *, target: Target, history: History | None) -> BenchResult:
+def _store(result: BenchResult, *, target: Target, history: History | None, pack_id: str | None = None) -> BenchResult:
     if history is None:
         return result
-    record = history.find_pack(archive=target.archive) if target.archive else history.find_pack(image_tag=target.image)
+    if pack_id is not None:
+        record = history.get(pack_id)
+    elif target.archive:
+        record = history.find_pack(archive=target.archive)
+    else:
+        record = history.find_pack(image_tag=target.image)
     if record is None:
         return result
     stored = BenchResult(**{**{f: getattr(result, f) for f in result.__dataclass_fields__}, "pack_id": record.id})

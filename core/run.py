@@ -107,12 +107,12 @@ def start_image(
     ``core.bench`` for an image that is already loaded."""
     check_timeout(timeout_s)
     client = client or docker_api.connect()
-    labels = client.images.get(image_ref).labels or {}
-    served = labels.get("io.ezrunner.served-model-name", "")
+    image_labels = client.images.get(image_ref).labels or {}
+    served = image_labels.get("io.ezrunner.served-model-name", "")
     host_port = port or _env_port(client, image_ref)
     # The image's entrypoint listens on $PORT: make it the host port, so host and bridge networks agree.
     env = {"PORT": str(host_port)}
-    spec = run_spec_from_labels(labels)
+    spec = run_spec_from_labels(image_labels)
     device: Device
     if spec is not None and spec.api_key is not None:
         # Handed over as docker run -e NAME would: from this environment, never from a flag or a file.
@@ -127,7 +127,7 @@ def start_image(
     if spec is not None:
         device, ipc_host = spec.default.device, spec.ipc_host
     else:  # packed before run specs: only the GPU label says how to start it
-        device = "cuda" if labels.get("io.ezrunner.gpus") == "all" else "cpu"
+        device = "cuda" if image_labels.get("io.ezrunner.gpus") == "all" else "cpu"
         ipc_host = True
     timeout = timeout_s or default_timeout_s(spec=spec, archive_bytes=archive_bytes)
     health_path = spec.health_path if spec is not None else "/health"

@@ -37,6 +37,7 @@ from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, WizardState, record_from
 from ezrunner_ui.ui_errors import docker_problem, show_error, show_error_message
 
 REPAINT_S = 0.05  # how often a streaming answer is redrawn: fast enough to look live, cheap on the socket
+HEARTBEAT_S = 0.5  # how often a start's or a bench's progress is redrawn
 MAX_TOKENS_CAP = 4096
 BENCH_STAGE = "bench"  # the core.events stage of the requests, after load and start
 
@@ -90,44 +91,45 @@ def _stop(record_id: str) -> None:
 
 
 def _server_panel(record: PackRecord, *, slot: str) -> None:
-    """Start / Stop and what the server is doing; a fragment follows a start until it is up or failed."""
-    was_starting = SERVERS.status(record.id).state == "starting"
-
-    @st.fragment(run_every=1.0 if was_starting else None)
-    def panel() -> None:
-        status = SERVERS.status(record.id)
-        if was_starting and status.state != "starting":
-            st.rerun()
-        with st.container(border=True, key=f"try_server_{slot}"):
-            head, button = st.columns([4, 1])
-            head.markdown(f"**{record.model_id}** · {t('engine.' + str(record.plan.get('engine', 'auto')))}")
-            if status.state == "running" and status.server is not None:
-                button.button(t("try.stop"), key=f"try_stop_{slot}", icon=":material/stop_circle:",
-                              on_click=_stop, args=(record.id,))  # fmt: skip
-                endpoint = status.server.endpoint or f"http://127.0.0.1:{status.server.port}/v1"
-                st.success(t("try.running", endpoint=endpoint, name=status.server.served_model_name),
-                           icon=":material/play_circle:")  # fmt: skip
-                return
-            if status.state == "starting":
-                button.button(t("try.stop"), key=f"try_stop_{slot}", icon=":material/stop_circle:",
-                              on_click=_stop, args=(record.id,))  # fmt: skip
-                snapshot = status.job.snapshot() if status.job is not None else None
-                stage = snapshot.progress(snapshot.stage) if snapshot is not None and snapshot.stage else None
-                fraction = stage.fraction if stage is not None else None
-                st.progress(fraction or 0.0, text=t("try.starting", step=stage.message if stage else "…"))
-                return
+    """Start / Stop and what the server is doing; while it starts, its progress is repainted until it is up."""
+    status = SERVERS.status(record.id)
+    with st.container(border=True, key=f"try_server_{slot}"):
+        head, button = st.columns([3, 2], vertical_alignment="center")
+        head.markdown(f"**{record.model_id}** · {t('engine.' + str(record.plan.get('engine', 'auto')))}")
+        if status.state in ("running", "starting"):
+            button.button(t("try.stop"), key=f"try_stop_{slot}", icon=":material/stop_circle:", on_click=_stop,
+                          args=(record.id,))  # fmt: skip
+        else:
             button.button(t("try.start"), key=f"try_start_{slot}", icon=":material/play_arrow:", type="primary",
                           on_click=_start, args=(record,))  # fmt: skip
-            if status.state == "failed" and status.job is not None:
-                snapshot = status.job.snapshot()
-                show_error_message(code=snapshot.error_code, message=snapshot.error or "")
-                if snapshot.log_tail:
-                    with st.expander(t("try.start_log")):
-                        st.code("\n".join(snapshot.log_tail[-40:]), language=None, wrap_lines=True)
-            else:
-                st.caption(t("try.stopped"))
+        if status.state == "running" and status.server is not None:
+            endpoint = status.server.endpoint or f"http://127.0.0.1:{status.server.port}/v1"
+            st.success(t("try.running", endpoint=endpoint, name=status.server.served_model_name),
+                       icon=":material/play_circle:")  # fmt: skip
+        elif status.state == "starting" and status.job is not None:
+            _follow_start(status.job, st.empty())
+        elif status.state == "failed" and status.job is not None:
+            snapshot = status.job.snapshot()
+            show_error_message(code=snapshot.error_code, message=snapshot.error or "")
+            if snapshot.log_tail:
+                with st.expander(t("try.start_log")):
+                    st.code("\n".join(snapshot.log_tail[-40:]), language=None, wrap_lines=True)
+        else:
+            st.caption(t("try.stopped"))
 
-    panel()
+
+def _follow_start(job: Job, slot: Any) -> None:
+    """Repaint the start's progress until it ends, then rerun the page (Start/Stop, the chat box)."""
+
+    def repaint() -> bool:
+        snapshot = job.snapshot()
+        stage = snapshot.progress(snapshot.stage) if snapshot.stage else None
+        step = stage.message if stage is not None and stage.message else "…"
+        slot.progress((stage.fraction if stage is not None else None) or 0.0, text=t("try.starting", step=step))
+        return not snapshot.active
+
+    _repaint_until(repaint, every_s=HEARTBEAT_S)
+    st.rerun()
 
 
 # CHAT
@@ -149,10 +151,14 @@ def _send(state: WizardState, record: PackRecord, prompt: str) -> None:
     state.try_chat_record = record.id
 
 
-def _repaint_until(done: Callable[[], bool]) -> None:
-    """Call ``done`` (which redraws what changed) every REPAINT_S until it says the work is over."""
+def _repaint_until(done: Callable[[], bool], *, every_s: float = REPAINT_S) -> None:
+    """Call ``done`` (which redraws) every ``every_s`` until it says the work is over.
+
+    The page's live parts (a start, an answer, a bench) are this loop in the script run, not fragments on a
+    timer: each redraw is also where Streamlit stops the run for a click (Stop), whose callback then runs.
+    """
     while not done():
-        time.sleep(REPAINT_S)
+        time.sleep(every_s)
 
 
 def _stream_answer(state: WizardState, record: PackRecord) -> None:
@@ -163,13 +169,14 @@ def _stream_answer(state: WizardState, record: PackRecord) -> None:
         answer = st.container(key="try_answer")
         text_slot = answer.empty()
         st.button(t("try.stop_answer"), key="try_stop_answer", icon=":material/stop:", on_click=run.cancel)
-    shown: list[str] = []
+    shown: list[tuple[str, float]] = []
 
     def repaint() -> bool:
         snapshot = run.snapshot()
-        if not shown or snapshot.text != shown[-1]:
+        now = time.monotonic()
+        if not shown or snapshot.text != shown[-1][0] or now - shown[-1][1] > HEARTBEAT_S:
             text_slot.markdown(snapshot.text or "…")
-            shown.append(snapshot.text)
+            shown.append((snapshot.text, now))
         return snapshot.finished
 
     _repaint_until(repaint)
@@ -244,12 +251,17 @@ def _compare(state: WizardState, records: Sequence[PackRecord]) -> list[PackReco
         second = _pick(state, records, key="try_pair_b", current=second_id, exclude=first.id)
     state.try_pair = (first.id, second.id)
     pair = [first, second]
+    for column, record, slot in ((left, first, "a"), (right, second, "b")):
+        with column:
+            _server_panel(record, slot=slot)
     history = History()
     needs = [memory_need(record=r, bench_results=history.bench_results(r.id)) for r in pair]
     running = [n for r, n in zip(pair, needs, strict=True) if SERVERS.server(r.id) is not None]
     verdict = fit_side_by_side(needs=needs, free=free_memory(), running=running)
     where = t("try.measured") if verdict.measured else t("try.estimated")
-    if verdict.side_by_side:
+    if len(running) == len(pair):
+        st.success(t("try.both_running"), icon=":material/view_column:")
+    elif verdict.side_by_side:
         st.success(t("try.side_by_side", need=fmt_bytes(verdict.ram_needed), free=fmt_bytes(verdict.ram_free),
                      where=where), icon=":material/view_column:")  # fmt: skip
     else:
@@ -307,7 +319,10 @@ def _stream_comparison(comparison: Comparison, records: dict[str, PackRecord]) -
                 figures_slot.error(side.chat.error, icon=":material/error:")
         return snapshot.finished
 
+    was_running = not comparison.snapshot().finished
     _repaint_until(repaint)
+    if was_running:
+        st.rerun()  # the whole page again: the servers the comparison left running, Stop all
 
 
 # BENCH
@@ -320,7 +335,8 @@ def _bench_work(records: Sequence[PackRecord], *, requests: int, concurrency: in
             SERVERS.stop(record.id)
         targets = [target_of(record=r).text for r in records]
         return bench(targets=targets, requests_count=requests, concurrency=concurrency, max_tokens=max_tokens,
-                     network=network_for(), history=History(), on_event=on_event, cancel=cancel)  # fmt: skip
+                     network=network_for(), history=History(), on_event=on_event, cancel=cancel,
+                     pack_ids=[r.id for r in records])  # fmt: skip
 
     return work
 
@@ -354,37 +370,38 @@ def _bench_panel(state: WizardState, records: Sequence[PackRecord]) -> None:
 
 
 def _bench_progress(job: Job) -> None:
-    was_active = job.snapshot().active
+    snapshot = job.snapshot()
+    if snapshot.active:
+        st.button(t("try.bench_cancel"), key="try_bench_cancel", icon=":material/stop_circle:", on_click=job.cancel)
+        slot = st.empty()
 
-    @st.fragment(run_every=1.0 if was_active else None)
-    def panel() -> None:
-        snapshot = job.snapshot()
-        if was_active and not snapshot.active:
-            st.rerun()
-        if snapshot.active:
-            progress = snapshot.progress(BENCH_STAGE)
+        def repaint() -> bool:
+            now = job.snapshot()
+            progress = now.progress(BENCH_STAGE)
             line = progress.message if progress is not None else t("try.bench_starting")
-            if snapshot.stage and snapshot.stage != BENCH_STAGE:
-                stage = snapshot.progress(snapshot.stage)
+            if now.stage and now.stage != BENCH_STAGE:
+                stage = now.progress(now.stage)
                 line = stage.message if stage is not None and stage.message else line
-            fraction = progress.fraction if progress is not None and snapshot.stage == BENCH_STAGE else None
-            st.progress(fraction or 0.0, text=t("try.bench_running", line=line,
-                                                 elapsed=fmt_duration(time.time() - snapshot.started)))  # fmt: skip
-            st.button(t("try.bench_cancel"), key="try_bench_cancel", icon=":material/stop_circle:", on_click=job.cancel)
-        elif snapshot.state == "succeeded":
-            _bench_results(snapshot.result or ())
-        elif snapshot.state == "cancelled":
-            st.info(t("try.bench_cancelled"), icon=":material/cancel:")
-        else:
-            show_error_message(code=snapshot.error_code, message=snapshot.error or "")
+            fraction = progress.fraction if progress is not None and now.stage == BENCH_STAGE else None
+            slot.progress(fraction or 0.0, text=t("try.bench_running", line=line,
+                                                   elapsed=fmt_duration(time.time() - now.started)))  # fmt: skip
+            return not now.active
 
-    panel()
+        _repaint_until(repaint, every_s=HEARTBEAT_S)
+        st.rerun()
+    elif snapshot.state == "succeeded":
+        with st.container(key="try_bench_results"):
+            _bench_results(snapshot.result or ())
+    elif snapshot.state == "cancelled":
+        st.info(t("try.bench_cancelled"), icon=":material/cancel:")
+    else:
+        show_error_message(code=snapshot.error_code, message=snapshot.error or "")
 
 
 def _bench_results(results: Sequence[BenchResult]) -> None:
     rows = [
         {
-            t("try.col_target"): r.target,
+            t("try.col_target"): f"{number}. {r.target}",
             t("history.bench_ttft"): f"{r.ttft_s_p50:.3f} / {r.ttft_s_p95:.3f} s"
             if r.ttft_s_p50 is not None and r.ttft_s_p95 is not None else "—",
             t("history.bench_tokens"): f"{r.output_tokens_per_s:.1f}",
@@ -392,12 +409,12 @@ def _bench_results(results: Sequence[BenchResult]) -> None:
             t("history.bench_requests"): f"{r.requests_ok} / {r.requests_failed}",
             t("history.bench_memory"): fmt_bytes(r.peak_memory_bytes),
         }
-        for r in results
+        for number, r in enumerate(results, 1)
     ]  # fmt: skip
-    st.dataframe(rows, hide_index=True, width="stretch", key="try_bench_table")
+    st.dataframe(rows, hide_index=True, width="stretch")
     chart_rows = []
-    for r in results:
-        name = r.target.rsplit("/", 1)[-1]
+    for number, r in enumerate(results, 1):
+        name = f"{number}. {r.target.rsplit('/', 1)[-1]}"  # numbered: two records may share one image
         for measure, value in ((t("try.chart_ttft_p50"), r.ttft_s_p50), (t("try.chart_ttft_p95"), r.ttft_s_p95)):
             if value is not None:
                 chart_rows.append({"target": name, "measure": measure, "value": value, "chart": "ttft"})

@@ -17,7 +17,7 @@ from playwright.sync_api import Download, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from core.docker import api as docker_api
-from core.history import History
+from core.history import History, PackRecord
 from ezrunner_ui.i18n import catalog
 from ezrunner_ui.routes import artifact_url
 from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for_app_run
@@ -218,3 +218,105 @@ def test_search_plan_build_download_and_load(
     assert loaded.returncode == 0, loaded.stderr
     assert record.image_tag in loaded.stdout
     screenshots.take("downloaded")
+
+    # 6. try it before it travels: start the pack on this machine and chat with it, tokens streaming in
+    click(page, "try_it")
+    expect(page.get_by_test_id("stHeading").filter(has_text=EN["try.title"]).first).to_be_visible()
+    try_it_in_the_browser(page, screenshots)
+    # the page stops what it started: nothing of the test drive outlives the Stop button
+    click(page, "try_stop_a")
+    expect(by_key(page, "try_start_a")).to_be_visible()
+    compare_two_in_the_browser(page, screenshots, history=History(home / "history.sqlite"), record=record)
+    assert [c.name for c in docker.from_env().containers.list(all=True, filters={"label": "io.ezrunner.role=try"})
+            ] == []  # fmt: skip
+
+
+def compare_two_in_the_browser(page: Page, screenshots: Screenshots, *, history: History, record: PackRecord) -> None:
+    """A second record of the same archive (as a second pack of another quantization would be), then one prompt
+    to both: each side shows its answer and its figures, and Stop all leaves no server."""
+    second = history.start(model_id=record.model_id, source=record.source, revision=record.revision,
+                           model_commit=record.model_commit, target=record.target, plan=record.plan,
+                           dockerfile=record.dockerfile, image_tag=record.image_tag)  # fmt: skip
+    history.finish(second, outcome="succeeded", log="", image_id=record.image_id, archive=Path(str(record.archive)),
+                   parts=tuple(Path(p) for p in record.parts), size=record.size, sha256=record.sha256)  # fmt: skip
+    page.reload()
+    wait_for_app_loaded(page)
+    wait_for_app_run(page)
+    by_key(page, "try_mode").get_by_text(EN["try.mode_compare"], exact=True).click()
+    wait_for_app_run(page)
+    prompt = by_key(page, "try_prompt").locator("textarea")
+    prompt.fill("Name three colours.")
+    prompt.press("Control+Enter")
+    wait_for_app_run(page)
+    by_key(page, "try_send_both").locator("button").first.click()
+    for side in ("try_side_0", "try_side_1"):
+        expect(by_key(page, side).get_by_text("First token")).to_be_visible(timeout=5 * 60 * 1000)
+    wait_for_app_run(page)
+    screenshots.take("try-compared")
+    for side in ("try_side_0", "try_side_1"):
+        assert by_key(page, side).get_by_text(EN["try.side_done"], exact=True).is_visible()
+    click(page, "try_stop_all")
+    assert docker.from_env().containers.list(all=True, filters={"label": "io.ezrunner.role=try"}) == []
+
+    # a short bench of both, one after the other: a progress bar, then the table and the charts, kept on History
+    for key, value in (("try_bench_requests", "2"), ("try_bench_max_tokens", "8")):
+        field = by_key(page, key).locator("input")
+        field.fill(value)
+        field.press("Enter")
+        wait_for_app_run(page)
+    by_key(page, "try_bench_run").locator("button").first.click()
+    expect(by_key(page, "try_bench").get_by_test_id("stProgress")).to_be_visible(timeout=60_000)
+    results = by_key(page, "try_bench_results")
+    expect(results).to_be_visible(timeout=10 * 60 * 1000)
+    wait_for_app_run(page)
+    expect(results.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(results.get_by_test_id("stVegaLiteChart")).to_have_count(2)
+    screenshots.take("try-benched")
+    for record_id in (record.id, second):
+        (result,) = history.bench_results(record_id)
+        assert result["requests_ok"] == 2 and result["requests_failed"] == 0 and result["output_tokens_per_s"] > 0
+    page.get_by_role("link", name=EN["try.to_history"]).click()
+    wait_for_app_run(page)
+    expect(page.get_by_text(EN["history.bench"].format(count=1)).first).to_be_visible()
+    assert docker.from_env().containers.list(all=True, filters={"label": "io.ezrunner.role=try"}) == []
+
+
+#: Every text the streaming answer showed, in order, recorded in the page by a MutationObserver.
+_RECORD_ANSWER = """() => {
+  window.__answers = [];
+  new MutationObserver(() => {
+    const answer = document.querySelector('.st-key-try_answer');
+    if (answer) window.__answers.push(answer.innerText);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def try_it_in_the_browser(page: Page, screenshots: Screenshots) -> None:
+    click(page, "try_start_a")
+    expect(by_key(page, "try_server_a").get_by_text("Running at")).to_be_visible(timeout=5 * 60 * 1000)
+    screenshots.take("try-running")
+    tokens = by_key(page, "try_max_tokens").locator("input")
+    tokens.fill("256")
+    tokens.press("Enter")
+    wait_for_app_run(page)
+    # a random-weight model may end an answer after a few tokens: ask again (up to three times) for one that runs
+    # long enough to be seen arriving
+    seen_partial: list[str] = []
+    for turn in range(3):
+        page.evaluate(_RECORD_ANSWER)
+        chat = page.get_by_test_id("stChatInput").locator("textarea")
+        chat.fill("Tell me a long story about a lighthouse.")
+        chat.press("Enter")
+        answer = by_key(page, f"try_message_{2 * turn + 1}")  # the answer, kept in the conversation with its figures
+        expect(answer).to_be_visible(timeout=5 * 60 * 1000)
+        expect(page.get_by_text("First token").nth(turn)).to_be_visible()
+        wait_for_app_run(page)
+        final = answer.inner_text().strip()
+        seen = [text.strip() for text in page.evaluate("window.__answers") if text.strip() not in ("", "…")]
+        assert final and seen, (final, seen)
+        # the first tokens were on the page before the answer was complete: the text grew while it was generated
+        seen_partial = [text for text in seen if len(text) < len(final)]
+        if seen_partial:
+            break
+    screenshots.take("try-answered")
+    assert seen_partial, f"three answers appeared only whole (the last: {len(final)} characters, {len(seen)} states)"

@@ -26,16 +26,9 @@ from tests.fixtures.cli import ezrunner
 from tests.fixtures.docker_plugin import DockerScratch
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
-from tests.fixtures.tiny_gguf import make_tiny_gguf
+from tests.fixtures.packs import CPU_TARGET, Pack, tiny_llamacpp_pack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-CPU_TARGET = ["--cpu-only", "--ram", "8"]
-
-
-class Pack:
-    def __init__(self, archive: Path, image: str, env: dict[str, str], record_id: str) -> None:
-        self.archive, self.image, self.env, self.record_id = archive, image, env, record_id
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +36,8 @@ def tiny_pack(
     tmp_path_factory: pytest.TempPathFactory, offline_llama_image: str, docker_client: DockerClient
 ) -> Iterator[Pack]:
     """The tiny GGUF packed once with the offline llama.cpp image, and its image loaded (the IMAGE_REF target)."""
-    root = tmp_path_factory.mktemp("bench")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env["EZRUNNER_HOME"] = str(root / "home")
-    folder = root / "tiny-gguf"
-    folder.mkdir()
-    make_tiny_gguf(folder / "tiny-llama-F16.gguf")
-    archive = root / "out" / "A.tar"
-    artifact = json.loads(ezrunner("pack", str(folder), *CPU_TARGET, "--base-image", offline_llama_image,
-                                   "-o", str(archive), "--json", env=env).stdout)  # fmt: skip
-    image = str(artifact["image_tag"])
-    docker_api.load_image(client=docker_client, tar=archive)
-    yield Pack(archive, image, env, str(artifact["record_id"]))
-    for ref in (image, image + "-runtime"):
-        docker_api.remove_image(ref=ref, force=True, client=docker_client)
+    yield from tiny_llamacpp_pack(root=tmp_path_factory.mktemp("bench"), llama_image=offline_llama_image,
+                                  client=docker_client)  # fmt: skip
 
 
 def _bench_containers(client: DockerClient) -> list[object]:
