@@ -211,12 +211,18 @@ def stream_chat(
 ) -> RequestSample:
     """Send one streamed chat completion of ``prompt`` to ``endpoint`` (``http://host:port/v1``) and time it;
     a failure (refused, an HTTP error, a broken stream) is a sample with ``ok=False``, cancellation raises."""
-    pieces = chat_pieces(session=session, endpoint=endpoint, model=model,
-                         messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, cancel=cancel,
-                         read_timeout_s=read_timeout_s)  # fmt: skip
+    return drain_chat(chat_pieces(session=session, endpoint=endpoint, model=model,
+                                  messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                                  cancel=cancel, read_timeout_s=read_timeout_s))  # fmt: skip
+
+
+def drain_chat(
+    pieces: Generator[str, None, RequestSample], on_piece: Callable[[str], None] = lambda piece: None
+) -> RequestSample:
+    """Run ``chat_pieces`` to its end, handing each piece to ``on_piece``; its timed sample."""
     while True:
         try:
-            next(pieces)
+            on_piece(next(pieces))
         except StopIteration as end:
             sample: RequestSample = end.value
             return sample

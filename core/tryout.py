@@ -29,7 +29,7 @@ from typing import Any, Literal
 from docker import DockerClient
 
 from core.archive import names
-from core.bench import Message, RequestSample, Target, chat_pieces, server_session
+from core.bench import Message, RequestSample, Target, chat_pieces, drain_chat, server_session
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
 from core.errors import CancelledError, EzRunnerError, TargetNotFoundError
@@ -373,14 +373,7 @@ class ChatRun:
                 pieces = chat_pieces(session=session, endpoint=endpoint, model=self.server.served_model_name,
                                      messages=self.messages, max_tokens=self.max_tokens, cancel=self._cancel,
                                      read_timeout_s=CHAT_READ_TIMEOUT_S)  # fmt: skip
-                while True:
-                    try:
-                        piece = next(pieces)
-                    except StopIteration as end:
-                        sample: RequestSample = end.value
-                        break
-                    with self._lock:
-                        self._pieces.append(piece)
+                sample = drain_chat(pieces, self._keep)
         except CancelledError:
             self._finish("stopped")
             return
@@ -393,6 +386,10 @@ class ChatRun:
             self._finish("done", figures=figures_of(sample))
         else:
             self._finish("failed", error=sample.error)
+
+    def _keep(self, piece: str) -> None:
+        with self._lock:
+            self._pieces.append(piece)
 
     def _finish(self, state: ChatState, *, figures: ChatFigures | None = None, error: str | None = None) -> None:
         with self._lock:
