@@ -24,6 +24,7 @@ from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for
 from tests.e2e.ui_server import UiServer, running_ui_server
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
+from tests.fixtures.packs import record_again
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
 REPO_ID = HF_SINGLE  # the most downloaded of the hub's tiny-org/tiny-llama* models, so the first row
@@ -234,11 +235,7 @@ def test_search_plan_build_download_and_load(
 def compare_two_in_the_browser(page: Page, screenshots: Screenshots, *, history: History, record: PackRecord) -> None:
     """A second record of the same archive (as a second pack of another quantization would be), then one prompt
     to both: each side shows its answer and its figures, and Stop all leaves no server."""
-    second = history.start(model_id=record.model_id, source=record.source, revision=record.revision,
-                           model_commit=record.model_commit, target=record.target, plan=record.plan,
-                           dockerfile=record.dockerfile, image_tag=record.image_tag)  # fmt: skip
-    history.finish(second, outcome="succeeded", log="", image_id=record.image_id, archive=Path(str(record.archive)),
-                   parts=tuple(Path(p) for p in record.parts), size=record.size, sha256=record.sha256)  # fmt: skip
+    second = record_again(history, record)
     page.reload()
     wait_for_app_loaded(page)
     wait_for_app_run(page)

@@ -19,7 +19,7 @@ from core.docker import api as docker_api
 from core.docker import containers as docker_containers
 from core.history import History, PackRecord
 from core.tryout import ChatRun, Comparison, TryServers
-from tests.fixtures.packs import Pack, tiny_llamacpp_pack
+from tests.fixtures.packs import Pack, record_again, tiny_llamacpp_pack
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 START_TIMEOUT_S = 300
@@ -116,12 +116,7 @@ def test_two_packs_compared_in_turn_never_run_at_once(
 ) -> None:
     first = the_record(history, tiny_pack)
     # a second record of the same archive: two entries of History, one server each
-    second_id = history.start(model_id=first.model_id, source=first.source, revision=first.revision,
-                              model_commit=first.model_commit, target=first.target, plan=first.plan,
-                              dockerfile=first.dockerfile, image_tag=first.image_tag)  # fmt: skip
-    history.finish(second_id, outcome="succeeded", log="", image_id=first.image_id, archive=tiny_pack.archive,
-                   parts=(tiny_pack.archive,), size=first.size, sha256=first.sha256)  # fmt: skip
-    second = history.get(second_id)
+    second = history.get(record_again(history, first))
     assert second is not None
     most = [0]
     done = threading.Event()
