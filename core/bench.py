@@ -189,14 +189,21 @@ class RequestSample:
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
 
 
-def chat_body(*, model: str, messages: Sequence[Message], max_tokens: int) -> dict[str, Any]:
-    return {
+def chat_body(
+    *, model: str, messages: Sequence[Message], max_tokens: int, temperature: float | None = None
+) -> dict[str, Any]:
+    """The request body; ``temperature`` None leaves sampling to the engine's default, 0 asks for greedy
+    decoding (the same prompt gives the same answer: what a comparison of two packs wants)."""
+    body: dict[str, Any] = {
         "model": model,
         "messages": [dict(m) for m in messages],
         "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if temperature is not None:
+        body["temperature"] = temperature
+    return body
 
 
 def stream_chat(
@@ -208,12 +215,13 @@ def stream_chat(
     max_tokens: int,
     cancel: Cancel | None = None,
     read_timeout_s: float = READ_TIMEOUT_S,
+    temperature: float | None = None,
 ) -> RequestSample:
     """Send one streamed chat completion of ``prompt`` to ``endpoint`` (``http://host:port/v1``) and time it;
     a failure (refused, an HTTP error, a broken stream) is a sample with ``ok=False``, cancellation raises."""
     return drain_chat(chat_pieces(session=session, endpoint=endpoint, model=model,
                                   messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-                                  cancel=cancel, read_timeout_s=read_timeout_s))  # fmt: skip
+                                  cancel=cancel, read_timeout_s=read_timeout_s, temperature=temperature))  # fmt: skip
 
 
 def drain_chat(
@@ -237,6 +245,7 @@ def chat_pieces(
     max_tokens: int,
     cancel: Cancel | None = None,
     read_timeout_s: float = READ_TIMEOUT_S,
+    temperature: float | None = None,
 ) -> Generator[str, None, RequestSample]:
     """Send one streamed chat completion and yield each piece of the answer as it arrives; the generator's
     return value is the timed sample (``yield from`` gives it). The one client of the bench, the smoke check
@@ -253,9 +262,10 @@ def chat_pieces(
                              duration_s=time.perf_counter() - started, decode_s=0.0, output_tokens=0,
                              token_source="chunks", text="".join(text), error=why)  # fmt: skip
 
+    body = chat_body(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature)
     try:
-        with session.post(f"{endpoint}/chat/completions", json=chat_body(model=model, messages=messages,
-                          max_tokens=max_tokens), stream=True, timeout=(10.0, read_timeout_s)) as response:  # fmt: skip
+        with session.post(f"{endpoint}/chat/completions", json=body, stream=True,
+                          timeout=(10.0, read_timeout_s)) as response:  # fmt: skip
             if response.status_code != 200:
                 return failed(f"HTTP {response.status_code}: {' '.join(response.text.split())[:200]}")
             for data in _sse_data(response, cancel):
@@ -863,8 +873,10 @@ def check_server(
     log lines, when it does not answer with content."""
     endpoint = server.endpoint or f"http://127.0.0.1:{server.port}/v1"
     with server_session(server.api_key_env) as session:
+        # greedy, so that the check's verdict does not hang on a sampled end-of-text as the first token
         sample = stream_chat(session=session, endpoint=endpoint, model=server.served_model_name, prompt=prompt,
-                             max_tokens=max_tokens, cancel=cancel, read_timeout_s=120.0)  # fmt: skip
+                             max_tokens=max_tokens, cancel=cancel, read_timeout_s=120.0,
+                             temperature=0.0)  # fmt: skip
     if not sample.ok or sample.ttft_s is None:
         logs = docker_containers.container_logs(container=server.container_id, client=client)
         raise ServerCheckError(

@@ -337,11 +337,15 @@ class ChatSnapshot:
 class ChatRun:
     """One streamed chat completion in a thread; ``snapshot()`` shows the answer as far as it has come."""
 
-    def __init__(self, *, server: RunningServer, messages: Sequence[Message], max_tokens: int) -> None:
+    def __init__(
+        self, *, server: RunningServer, messages: Sequence[Message], max_tokens: int,
+        temperature: float | None = None,
+    ) -> None:  # fmt: skip
         self.id = uuid.uuid4().hex
         self.server = server
         self.messages = tuple(dict(m) for m in messages)
         self.max_tokens = max_tokens
+        self.temperature = temperature  # None: the engine's default sampling
         self._cancel = Cancel()
         self._lock = threading.Lock()
         self._pieces: list[str] = []
@@ -372,7 +376,8 @@ class ChatRun:
             with server_session(self.server.api_key_env) as session:
                 pieces = chat_pieces(session=session, endpoint=endpoint, model=self.server.served_model_name,
                                      messages=self.messages, max_tokens=self.max_tokens, cancel=self._cancel,
-                                     read_timeout_s=CHAT_READ_TIMEOUT_S)  # fmt: skip
+                                     read_timeout_s=CHAT_READ_TIMEOUT_S,
+                                     temperature=self.temperature)  # fmt: skip
                 sample = drain_chat(pieces, self._keep)
         except CancelledError:
             self._finish("stopped")
@@ -436,6 +441,7 @@ class Comparison:
     max_tokens: int
     side_by_side: bool
     servers: TryServers = SERVERS
+    temperature: float | None = 0.0  # greedy by default: a difference comes from the packs, not from sampling
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _cancel: Cancel = field(default_factory=Cancel, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -527,7 +533,7 @@ class Comparison:
             self._set(record.id, state="stopped")
             return None
         chat = ChatRun(server=server, messages=[{"role": "user", "content": self.prompt}],
-                       max_tokens=self.max_tokens).start()  # fmt: skip
+                       max_tokens=self.max_tokens, temperature=self.temperature).start()  # fmt: skip
         self._set(record.id, state="answering", chat=chat, message="")
         return chat
 

@@ -93,6 +93,8 @@ class WizardState:
     try_record: str | None = None
     try_pair: tuple[str | None, str | None] = (None, None)
     try_max_tokens: int = 128
+    try_temperature: float = 0.7  # a chat samples as people use it
+    try_compare_temperature: float = 0.0  # a comparison decodes greedily: the packs differ, not the dice
     try_prompt: str = ""
     # record id → its conversation: {"role", "content"}, answers also "figures" (ChatFigures as a dict), "error"
     try_messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

@@ -23,6 +23,7 @@ from core.history import History, PackRecord
 from core.jobs import REGISTRY, Job
 from core.tryout import (
     SERVERS,
+    ChatFigures,
     ChatRun,
     ChatSnapshot,
     Comparison,
@@ -147,7 +148,8 @@ def _send(state: WizardState, record: PackRecord, prompt: str) -> None:
     conversation = state.try_messages.setdefault(record.id, [])
     conversation.append({"role": "user", "content": prompt})
     history = [{"role": m["role"], "content": m["content"]} for m in conversation if not m.get("error")]
-    state.try_chat = ChatRun(server=server, messages=history, max_tokens=state.try_max_tokens).start()
+    state.try_chat = ChatRun(server=server, messages=history, max_tokens=state.try_max_tokens,
+                             temperature=state.try_temperature).start()  # fmt: skip
     state.try_chat_record = record.id
 
 
@@ -175,7 +177,7 @@ def _stream_answer(state: WizardState, record: PackRecord) -> None:
         snapshot = run.snapshot()
         now = time.monotonic()
         if not shown or snapshot.text != shown[-1][0] or now - shown[-1][1] > HEARTBEAT_S:
-            text_slot.markdown(snapshot.text or "…")
+            text_slot.markdown(answer_text(snapshot.text, snapshot.figures, finished=snapshot.finished))
             shown.append((snapshot.text, now))
         return snapshot.finished
 
@@ -199,7 +201,8 @@ def _conversation(state: WizardState, record: PackRecord) -> None:
     for number, message in enumerate(state.try_messages.get(record.id, [])):
         with st.chat_message(message["role"]):
             with st.container(key=f"try_message_{number}"):
-                st.markdown(message["content"] or "…")
+                st.markdown(answer_text(message["content"], message.get("figures"),
+                                        finished=message["role"] == "assistant"))  # fmt: skip
             if message.get("error"):
                 st.error(t("try.answer_failed", error=message["error"]), icon=":material/error:")
             elif message.get("stopped"):
@@ -209,18 +212,37 @@ def _conversation(state: WizardState, record: PackRecord) -> None:
                 st.caption(figures)
 
 
-def _max_tokens(state: WizardState, records: Sequence[PackRecord]) -> None:
+def _answer_settings(state: WizardState, records: Sequence[PackRecord], *, compare: bool) -> None:
+    """Longest answer (shared by both modes) and temperature (one per mode: a chat samples, a comparison is
+    greedy unless asked otherwise)."""
     limit = min([int(r.plan.get("max_model_len") or MAX_TOKENS_CAP) for r in records] + [MAX_TOKENS_CAP])
+    tokens_col, temperature_col = st.columns(2)
     seed("try_max_tokens", min(state.try_max_tokens, limit))
-    state.try_max_tokens = int(st.number_input(t("try.max_tokens"), min_value=1, max_value=limit, step=16,
-                                               key="try_max_tokens"))  # fmt: skip
+    state.try_max_tokens = int(tokens_col.number_input(t("try.max_tokens"), min_value=1, max_value=limit, step=16,
+                                                       key="try_max_tokens"))  # fmt: skip
+    field = "try_compare_temperature" if compare else "try_temperature"
+    seed(field, float(getattr(state, field)))
+    setattr(state, field, float(temperature_col.number_input(
+        t("try.temperature"), min_value=0.0, max_value=2.0, step=0.1, format="%.1f", key=field,
+        help=t("try.temperature_help"))))  # fmt: skip
+
+
+def answer_text(text: str, figures: ChatFigures | dict[str, Any] | None, *, finished: bool) -> str:
+    """What an answer shows: its text; "…" while it is still coming; once finished without visible text (a
+    model that only produced special tokens), a line that says so rather than a "…" that looks unfinished."""
+    if text:
+        return text
+    tokens = figures.get("output_tokens") if isinstance(figures, dict) else getattr(figures, "output_tokens", 0)
+    if not finished or not tokens:  # still coming, or stopped/failed before a token (its caption says which)
+        return "…"
+    return f"*{t('try.no_text', tokens=tokens)}*"
 
 
 def _chat(state: WizardState, records: Sequence[PackRecord]) -> list[PackRecord]:
     record = _pick(state, records, key="try_record", current=state.try_record or state.record_id)
     state.try_record = record.id
     _server_panel(record, slot="a")
-    _max_tokens(state, [record])
+    _answer_settings(state, [record], compare=False)
     if state.try_messages.get(record.id):
         st.button(t("try.clear"), key="try_clear", icon=":material/delete_sweep:", on_click=_clear,
                   args=(record.id,))  # fmt: skip
@@ -267,7 +289,7 @@ def _compare(state: WizardState, records: Sequence[PackRecord]) -> list[PackReco
     else:
         st.info(t("try.one_after_other", need=fmt_bytes(verdict.ram_needed), free=fmt_bytes(verdict.ram_free),
                   where=where), icon=":material/swap_horiz:")  # fmt: skip
-    _max_tokens(state, pair)
+    _answer_settings(state, pair, compare=True)
     seed("try_prompt", state.try_prompt)
     state.try_prompt = st.text_area(t("try.prompt"), key="try_prompt", height=100)
     comparison = state.try_comparison
@@ -277,7 +299,7 @@ def _compare(state: WizardState, records: Sequence[PackRecord]) -> list[PackReco
                  disabled=busy or not state.try_prompt.strip()):  # fmt: skip
         comparison = state.try_comparison = Comparison(
             records=pair, prompt=state.try_prompt.strip(), max_tokens=state.try_max_tokens,
-            side_by_side=verdict.side_by_side,
+            side_by_side=verdict.side_by_side, temperature=state.try_compare_temperature,
         ).start()  # fmt: skip
     if comparison is not None:
         stop.button(t("try.stop_compare"), key="try_stop_compare", icon=":material/stop_circle:",
@@ -288,7 +310,7 @@ def _compare(state: WizardState, records: Sequence[PackRecord]) -> list[PackReco
 
 def _side_text(side: Side) -> str:
     if side.chat is not None:
-        return side.chat.text or "…"
+        return answer_text(side.chat.text, side.chat.figures, finished=side.chat.finished)
     return ""
 
 

@@ -91,9 +91,27 @@ def test_chat_with_a_running_pack_keeps_the_answer_and_its_figures(
     shown = texts(app)
     assert "Hello there" in shown and "t0 t1 t2 t3 t4 t5" in shown
     assert "First token" in shown and "12 tokens" in shown  # the usage chunk's count
-    # the next turn carries the conversation
+    assert engine.bodies[0]["temperature"] == 0.7  # a chat samples by default
+    # the next turn carries the conversation, at the temperature now set
+    app.number_input(key="try_temperature").set_value(0.0).run()
     app.chat_input(key="try_input").set_value("And again").run()
     assert [m["content"] for m in engine.bodies[1]["messages"]] == ["Hello there", "t0 t1 t2 t3 t4 t5 ", "And again"]
+    assert engine.bodies[1]["temperature"] == 0.0
+
+
+def test_an_answer_without_visible_text_says_so(app: AppTest, data_home: Path, no_docker_needed: list[str]) -> None:
+    silent = FakeEngine(tokens=3, delay_s=0.01, visible=False)
+    try:
+        record_id = finished_record(data_home / "exports")
+        running(record_id, silent)
+        try_page(app, record_id)
+        app.chat_input(key="try_input").set_value("Hello there").run()
+        assert not app.exception, app.exception
+    finally:
+        silent.close()
+    conversation = app.session_state["wizard"].try_messages[record_id]
+    assert conversation[1]["content"] == "" and conversation[1]["error"] is None
+    assert "The answer was 6 tokens with no visible text" in texts(app)
 
 
 def test_stop_removes_the_server(app: AppTest, data_home: Path, engine: FakeEngine,
@@ -128,6 +146,7 @@ def test_compare_sends_one_prompt_to_both_and_shows_each_answer(
     assert [s.state for s in final.sides] == ["done", "done"]
     assert {s.record_id for s in final.sides} == {first, second}
     assert [b["messages"] for b in engine.bodies] == [[{"role": "user", "content": "Same question"}]] * 2
+    assert [b["temperature"] for b in engine.bodies] == [0.0, 0.0]  # greedy by default: a fair comparison
     app.run()
     shown = texts(app)
     assert shown.count("First token") >= 2

@@ -280,6 +280,7 @@ def test_the_smoke_check_fails_with_the_container_logs_when_the_chat_is_refused(
             if ok:
                 answer = core_bench.check_server(server=server)
                 assert answer.text == "t0 t1 t2 " and answer.ttft_s > 0 and answer.output_tokens == 6
+                assert engine.bodies[-1]["temperature"] == 0.0  # greedy: a sampled end-of-text cannot fail it
                 continue
             with pytest.raises(ServerCheckError) as raised:
                 core_bench.check_server(server=server)

@@ -156,6 +156,13 @@ def test_the_whole_conversation_is_sent(slow_engine: FakeEngine) -> None:
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     ChatRun(server=server_on(slow_engine), messages=turns, max_tokens=4).start().wait(10)
     assert slow_engine.bodies[0]["messages"] == turns
+    assert "temperature" not in slow_engine.bodies[0]  # no temperature asked: the engine's own default
+
+
+def test_a_chat_sends_the_temperature_it_was_given(slow_engine: FakeEngine) -> None:
+    ChatRun(server=server_on(slow_engine), messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            temperature=1.3).start().wait(10)  # fmt: skip
+    assert slow_engine.bodies[0]["temperature"] == 1.3
 
 
 def test_a_stopped_chat_keeps_what_came_and_says_stopped(slow_engine: FakeEngine) -> None:
@@ -200,3 +207,4 @@ def test_two_running_servers_answer_the_same_prompt_at_once(slow_engine: FakeEng
     assert all(s.chat is not None and s.chat.figures is not None for s in final.sides)
     assert slow_engine.most_active == 2  # side by side, not one after the other
     assert [b["messages"] for b in slow_engine.bodies] == [[{"role": "user", "content": "same"}]] * 2
+    assert [b["temperature"] for b in slow_engine.bodies] == [0.0, 0.0]  # greedy unless asked: a fair comparison
