@@ -6,8 +6,8 @@ run one after the other, never two at once: each container is removed (its memor
 starts, and whatever happens (a failed request, a server that never answers, Ctrl-C) the container a target
 started is removed before the error goes on.
 
-Each target gets the same streamed chat completions (``stream_options.include_usage``, so the engine's own
-token count comes back in the final chunk where it sends one): time to first token is measured to the first
+Each target gets the same streamed chat completions, decoded greedily (``stream_options.include_usage``, so the
+engine's own token count comes back in the final chunk where it sends one): time to first token is measured to the first
 chunk that carries content; output tokens are the usage's ``completion_tokens``, else the content chunks
 counted. Around the load the engine's own ``/metrics`` counter of generated tokens is read (where the image
 serves one), so that the client's count can be held against the engine's. Peak memory comes from Docker's
@@ -377,8 +377,10 @@ def send_load(
         raise_if_cancelled(cancel)
         if not hasattr(local, "session"):
             local.session = server_session(api_key_env)
+        # greedy, as vLLM's benchmark client: two packs given the same prompts answer at comparable lengths
         return stream_chat(session=local.session, endpoint=endpoint, model=model,
-                           prompt=prompts[index % len(prompts)], max_tokens=max_tokens, cancel=cancel)  # fmt: skip
+                           prompt=prompts[index % len(prompts)], max_tokens=max_tokens, cancel=cancel,
+                           temperature=0.0)  # fmt: skip
 
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=min(concurrency, requests_count), thread_name_prefix="bench")

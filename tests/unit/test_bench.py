@@ -139,6 +139,7 @@ def test_the_load_keeps_to_its_concurrency_and_cycles_the_prompts(engine: FakeEn
     assert len(samples) == 7 and all(s.ok for s in samples)
     assert engine.most_active == 2
     assert sorted(b["messages"][0]["content"] for b in engine.bodies) == sorted("abcabca")
+    assert {b["temperature"] for b in engine.bodies} == {0.0}  # greedy: the same prompts, comparable answers
     assert seen == [1, 2, 3, 4, 5, 6, 7]
     assert wall >= max(s.duration_s for s in samples)
 
