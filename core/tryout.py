@@ -9,7 +9,9 @@ name after the wizard is gone.
 
 A chat is a ``ChatRun``: one streamed chat completion in a thread, its text readable while it grows (the
 page repaints it as tokens arrive). A ``Comparison`` sends one prompt to two packs: side by side when both
-fit in the memory free now, else one after the other, each server stopped before the next starts.
+fit in the memory free now, else one after the other, each server stopped before the next starts. Both are
+kept by id in ``LIVE`` once started, so that a refreshed browser tab (a new session of the page) follows the
+answer it sent before the refresh.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from docker import DockerClient
 
@@ -356,6 +359,7 @@ class ChatRun:
 
     def start(self) -> ChatRun:
         self._thread.start()
+        LIVE.chats.add(self)
         return self
 
     def cancel(self) -> None:
@@ -453,6 +457,7 @@ class Comparison:
         self._sides = {r.id: _SideProgress() for r in self.records}
         self._thread = threading.Thread(target=self._run, name=f"compare-{self.id[:8]}", daemon=True)
         self._thread.start()
+        LIVE.comparisons.add(self)
         return self
 
     def cancel(self) -> None:
@@ -538,7 +543,47 @@ class Comparison:
         return chat
 
 
+# IN FLIGHT, BY ID
+
+
+Run = TypeVar("Run", ChatRun, Comparison)
+
+
+class LiveRuns(Generic[Run]):
+    """The runs started in this process, by id, the newest ``keep`` of them: what a refreshed tab finds again.
+    An old, finished run falls out; one still running never does."""
+
+    def __init__(self, *, keep: int = 64) -> None:
+        self.keep = keep
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, run: Run) -> Run:
+        with self._lock:
+            self._runs[run.id] = run
+            for old_id, old in list(self._runs.items()):
+                if len(self._runs) <= self.keep:
+                    break
+                if old.snapshot().finished:
+                    del self._runs[old_id]
+        return run
+
+    def get(self, run_id: str | None) -> Run | None:
+        with self._lock:
+            return self._runs.get(run_id) if run_id else None
+
+
+@dataclass(frozen=True)
+class Live:
+    chats: LiveRuns[ChatRun] = field(default_factory=LiveRuns)
+    comparisons: LiveRuns[Comparison] = field(default_factory=LiveRuns)
+
+
+LIVE = Live()
+
+
 __all__ = [
+    "LIVE",
     "SERVERS",
     "ChatFigures",
     "ChatRun",
@@ -546,6 +591,8 @@ __all__ = [
     "Comparison",
     "ComparisonSnapshot",
     "FitVerdict",
+    "Live",
+    "LiveRuns",
     "MemoryNeed",
     "ServerStatus",
     "Side",

@@ -3,7 +3,8 @@
 The wizard (``ezrunner_ui``) keeps its live state in Streamlit's session, which a browser refresh drops.
 This module holds the part worth keeping as plain JSON in a small file per tab
 (``<data dir>/wizard-sessions/<tab>.json``): the model reference and pinned commit, the revision typed, the
-target, the plan options, the language and the job or record the tab follows. A refresh finds the file
+target, the plan options, the language, the job or record the tab follows and the Try page's conversations
+and settings. A refresh finds the file
 again through the tab id in the URL. No access token is ever written.
 
 It also says which options belong to a model or an engine, so that a custom base image, a quantization or
@@ -159,6 +160,8 @@ class SessionSnapshot:
     search_query: str = ""
     # the Build page's output choices: output_dir, compress, split, split_gib
     build: Mapping[str, Any] = field(default_factory=dict)
+    # the Try page: its mode, packs, settings, conversations and the answer, comparison or bench it follows
+    try_page: Mapping[str, Any] = field(default_factory=dict)
 
 
 def new_tab_id() -> str:

@@ -116,4 +116,4 @@ try:
     current.run()
 finally:
     # also when the page switched or reran (Streamlit stops a run by raising): the file is always current
-    save_tab(state, language=str(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE)))
+    save_tab(state)

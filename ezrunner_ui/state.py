@@ -17,7 +17,7 @@ from core.hardware import Target
 from core.hubs.base import ModelInfo
 from core.jobs import REGISTRY, Job
 from core.plan import Options, Plan, plan
-from core.tryout import ChatRun, Comparison
+from core.tryout import LIVE, ChatRun, Comparison
 from core.wizard_state import (
     SessionSnapshot,
     is_tab_id,
@@ -30,7 +30,7 @@ from core.wizard_state import (
     target_from_dict,
     target_to_dict,
 )
-from ezrunner_ui.i18n import t
+from ezrunner_ui.i18n import DEFAULT_LANGUAGE, LANGUAGE_KEY, t
 
 STATE_KEY = "wizard"
 JOB_PARAM = "job"
@@ -229,11 +229,95 @@ def snapshot_of(state: WizardState, *, language: str) -> SessionSnapshot:
             "split": state.split,
             "split_gib": state.split_gib,
         },
+        try_page=try_page_of(state),
     )
 
 
-def save_tab(state: WizardState, *, language: str) -> None:
+# THE TRY PAGE ACROSS A REFRESH (its servers, answers in flight and bench jobs live in this process; the file
+# names them by id, so the refreshed tab follows them again)
+
+#: the newest messages of each conversation a session file keeps
+KEPT_MESSAGES = 200
+_MESSAGE_KEYS = ("role", "content", "figures", "error", "stopped")
+
+
+def try_page_of(state: WizardState) -> dict[str, Any]:
+    chat = state.try_chat
+    comparison = state.try_comparison
+    return {
+        "mode": state.try_mode,
+        "record": state.try_record,
+        "pair": list(state.try_pair),
+        "max_tokens": state.try_max_tokens,
+        "temperature": state.try_temperature,
+        "compare_temperature": state.try_compare_temperature,
+        "prompt": state.try_prompt,
+        "messages": {k: v[-KEPT_MESSAGES:] for k, v in state.try_messages.items() if v},
+        "chat_id": chat.id if chat is not None else None,
+        "chat_record": state.try_chat_record if chat is not None else None,
+        "comparison_id": comparison.id if comparison is not None else None,
+        "bench_job": state.try_bench_job,
+        "bench": [state.try_bench_requests, state.try_bench_concurrency, state.try_bench_max_tokens],
+    }
+
+
+def restore_try_page(state: WizardState, data: Any) -> None:
+    """Put what ``try_page_of`` wrote back; a value of the wrong type (an old or hand-edited file) keeps the
+    default, so a restore never fails the page."""
+    if not isinstance(data, dict):
+        return
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def number(key: str, default: float, low: float, high: float) -> float:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            return default
+        return float(value)
+
+    if data.get("mode") in ("chat", "compare"):
+        state.try_mode = str(data["mode"])
+    state.try_record = text("record") or state.try_record
+    pair = data.get("pair")
+    if isinstance(pair, list) and len(pair) == 2 and all(p is None or isinstance(p, str) for p in pair):
+        state.try_pair = (pair[0], pair[1])
+    state.try_max_tokens = int(number("max_tokens", state.try_max_tokens, 1, 1 << 20))
+    state.try_temperature = number("temperature", state.try_temperature, 0.0, 2.0)
+    state.try_compare_temperature = number("compare_temperature", state.try_compare_temperature, 0.0, 2.0)
+    state.try_prompt = data["prompt"] if isinstance(data.get("prompt"), str) else state.try_prompt
+    state.try_messages = _conversations(data.get("messages"))
+    chat = LIVE.chats.get(text("chat_id"))
+    if chat is not None and text("chat_record"):
+        state.try_chat, state.try_chat_record = chat, text("chat_record")
+    state.try_comparison = LIVE.comparisons.get(text("comparison_id")) or state.try_comparison
+    state.try_bench_job = text("bench_job") or state.try_bench_job
+    bench = data.get("bench")
+    if isinstance(bench, list) and len(bench) == 3 and all(type(n) is int and n >= 1 for n in bench):
+        state.try_bench_requests, state.try_bench_concurrency, state.try_bench_max_tokens = bench
+
+
+def _conversations(data: Any) -> dict[str, list[dict[str, Any]]]:
+    if not isinstance(data, dict):
+        return {}
+    kept: dict[str, list[dict[str, Any]]] = {}
+    for record_id, messages in data.items():
+        if not isinstance(record_id, str) or not isinstance(messages, list):
+            continue
+        good = [{k: m.get(k) for k in _MESSAGE_KEYS if k in m} for m in messages
+                if isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+                and (m.get("figures") is None or isinstance(m.get("figures"), dict))]  # fmt: skip
+        if good:
+            kept[record_id] = good
+    return kept
+
+
+def save_tab(state: WizardState) -> None:
+    """Write this tab's session file: after every run (app.py), and by a page before a long loop of its own
+    (an answer streaming), so that a refresh in the middle finds what the loop follows."""
     if state.tab_id:
+        language = str(st.session_state.get(LANGUAGE_KEY, DEFAULT_LANGUAGE))
         save_session(tab_id=state.tab_id, snapshot=snapshot_of(state, language=language))
 
 
@@ -271,4 +355,5 @@ def restore_tab(state: WizardState) -> str | None:
     state.split_gib = float(build.get("split_gib", state.split_gib))
     if snapshot.search_query and "search_query" not in st.session_state:
         st.session_state["search_query"] = snapshot.search_query
+    restore_try_page(state, snapshot.try_page)
     return snapshot.language

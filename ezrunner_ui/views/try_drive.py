@@ -34,7 +34,7 @@ from core.tryout import (
     target_of,
 )
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
-from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, WizardState, record_from_url, seed, wizard
+from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, WizardState, record_from_url, save_tab, seed, wizard
 from ezrunner_ui.ui_errors import docker_problem, show_error, show_error_message
 
 REPAINT_S = 0.05  # how often a streaming answer is redrawn: fast enough to look live, cheap on the socket
@@ -151,6 +151,7 @@ def _send(state: WizardState, record: PackRecord, prompt: str) -> None:
     state.try_chat = ChatRun(server=server, messages=history, max_tokens=state.try_max_tokens,
                              temperature=state.try_temperature).start()  # fmt: skip
     state.try_chat_record = record.id
+    save_tab(state)  # before the answer streams: a refresh meanwhile follows it
 
 
 def _repaint_until(done: Callable[[], bool], *, every_s: float = REPAINT_S) -> None:
@@ -301,6 +302,7 @@ def _compare(state: WizardState, records: Sequence[PackRecord]) -> list[PackReco
             records=pair, prompt=state.try_prompt.strip(), max_tokens=state.try_max_tokens,
             side_by_side=verdict.side_by_side, temperature=state.try_compare_temperature,
         ).start()  # fmt: skip
+        save_tab(state)
     if comparison is not None:
         stop.button(t("try.stop_compare"), key="try_stop_compare", icon=":material/stop_circle:",
                     on_click=comparison.cancel)  # fmt: skip
@@ -387,6 +389,7 @@ def _bench_panel(state: WizardState, records: Sequence[PackRecord]) -> None:
                                  max_tokens=state.try_bench_max_tokens),
             )  # fmt: skip
             state.try_bench_job = job.id
+            save_tab(state)
         if job is not None:
             _bench_progress(job)
 

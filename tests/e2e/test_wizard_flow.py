@@ -236,9 +236,13 @@ def compare_two_in_the_browser(page: Page, screenshots: Screenshots, *, history:
     """A second record of the same archive (as a second pack of another quantization would be), then one prompt
     to both: each side shows its answer and its figures, and Stop all leaves no server."""
     second = record_again(history, record)
+    answered = by_key(page, "try_message_1").inner_text().strip()
     page.reload()
     wait_for_app_loaded(page)
     wait_for_app_run(page)
+    # the refresh kept the conversation (the tab's session file), answer and figures
+    expect(by_key(page, "try_message_1")).to_have_text(answered)
+    expect(page.get_by_text("First token").first).to_be_visible()
     by_key(page, "try_mode").get_by_text(EN["try.mode_compare"], exact=True).click()
     wait_for_app_run(page)
     prompt = by_key(page, "try_prompt").locator("textarea")

@@ -4,7 +4,9 @@ Download and History, and what it says with no pack or no Docker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,13 @@ from streamlit.testing.v1 import AppTest
 from core import tryout
 from core.errors import DockerUnavailableError
 from core.run import RunningServer
+from core.wizard_state import SessionSnapshot, load_session
 from ezrunner_ui import ui_errors
+from ezrunner_ui.state import WizardState, restore_try_page
 from tests.fixtures.fake_engine import FakeEngine
-from tests.ui.conftest import texts
+from tests.ui.conftest import TIMEOUT_S, texts
 from tests.ui.test_download_page import finished_record
+from tests.ui.test_session_restore import refreshed
 
 TRY_PAGE = "views/try_drive.py"
 
@@ -172,3 +177,88 @@ def test_the_page_reads_in_chinese(app: AppTest, data_home: Path, no_docker_need
     app.session_state["language"] = "zh"
     try_page(app)
     assert app.title[0].value == "试运行"
+
+
+# ACROSS A REFRESH
+
+
+def test_the_conversation_and_settings_survive_a_refresh(
+    app: AppTest, data_home: Path, engine: FakeEngine, no_docker_needed: list[str]
+) -> None:
+    record_id = finished_record(data_home / "exports")
+    running(record_id, engine)
+    try_page(app, record_id)
+    app.number_input(key="try_temperature").set_value(1.2).run()
+    app.number_input(key="try_max_tokens").set_value(48).run()
+    app.chat_input(key="try_input").set_value("Hello there").run()
+    assert not app.exception, app.exception
+
+    again = refreshed(app.query_params["tab"], page=TRY_PAGE)  # the URL keeps only ?tab=
+    state = again.session_state["wizard"]
+    assert [m["content"] for m in state.try_messages[record_id]] == ["Hello there", "t0 t1 t2 t3 t4 t5 "]
+    assert (state.try_temperature, state.try_max_tokens) == (1.2, 48)
+    assert again.number_input(key="try_temperature").value == 1.2
+    shown = texts(again)
+    assert "Hello there" in shown and "t0 t1 t2 t3 t4 t5" in shown and "First token" in shown
+    again.chat_input(key="try_input").set_value("And again").run()  # the conversation goes on where it was
+    assert [m["content"] for m in engine.bodies[-1]["messages"]] == ["Hello there", "t0 t1 t2 t3 t4 t5 ", "And again"]
+
+
+def test_an_answer_streaming_at_the_refresh_is_followed_to_its_end(
+    app: AppTest, data_home: Path, no_docker_needed: list[str]
+) -> None:
+    held = threading.Event()
+    slow = FakeEngine(tokens=4, delay_s=0.01, gate=held)
+    try:
+        record_id = finished_record(data_home / "exports")
+        running(record_id, slow)
+        try_page(app, record_id)
+        tab = app.query_params["tab"]
+        # the first session's run streams (held by the engine) when the tab is refreshed
+        first = threading.Thread(target=lambda: app.chat_input(key="try_input").set_value("Hello there").run())
+        first.start()
+        chat_id = _when(lambda: (load_session(tab_id=tab, data_dir=data_home) or SessionSnapshot()).try_page.get(
+            "chat_id"))  # fmt: skip
+        threading.Timer(1.0, held.set).start()  # the answer comes while the refreshed tab follows it
+        again = refreshed(tab, page=TRY_PAGE)
+        first.join(TIMEOUT_S)
+    finally:
+        held.set()
+        slow.close()
+    state = again.session_state["wizard"]
+    assert state.try_chat is None  # ended, and kept
+    conversation = state.try_messages[record_id]
+    assert [m["content"] for m in conversation] == ["Hello there", "t0 t1 t2 t3 "]
+    assert len(slow.bodies) == 1  # followed, not asked again
+    assert chat_id and tryout.LIVE.chats.get(chat_id) is not None
+    assert "t0 t1 t2 t3" in texts(again)
+
+
+def _when(read: Callable[[], str | None], timeout_s: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = read()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("the session file never named the answer in flight")
+
+
+@pytest.mark.parametrize("junk", [
+    None, "text", [], {"mode": "dance", "pair": ["a"], "max_tokens": -3, "temperature": "hot",
+                       "compare_temperature": True, "prompt": 7, "bench": [0, 1, 2], "chat_id": 5,
+                       "messages": {"r1": [{"role": "system", "content": "x"}, {"role": "user"}, "hello",
+                                           {"role": "user", "content": "kept", "figures": "no"},
+                                           {"role": "assistant", "content": "ok", "extra": 1}],
+                                    "r2": "not a list"}},
+])  # fmt: skip
+def test_a_broken_try_page_memory_keeps_the_defaults(junk: object) -> None:
+    state = WizardState()
+    restore_try_page(state, junk)
+    fresh = WizardState()
+    assert (state.try_mode, state.try_pair, state.try_max_tokens, state.try_temperature, state.try_prompt) == (
+        fresh.try_mode, fresh.try_pair, fresh.try_max_tokens, fresh.try_temperature, fresh.try_prompt)
+    assert state.try_compare_temperature == 0.0 and state.try_chat is None
+    assert state.try_bench_requests == fresh.try_bench_requests and state.try_bench_job is None
+    expected = {"r1": [{"role": "assistant", "content": "ok"}]} if isinstance(junk, dict) else {}
+    assert state.try_messages == expected  # only well-formed messages, only the keys a message has
