@@ -5,8 +5,7 @@ Download and History, and what it says with no pack or no Docker."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from core.wizard_state import SessionSnapshot, load_session
 from ezrunner_ui import ui_errors
 from ezrunner_ui.state import WizardState, restore_try_page
 from tests.fixtures.fake_engine import FakeEngine
-from tests.ui.conftest import TIMEOUT_S, texts
+from tests.ui.conftest import texts
 from tests.ui.test_download_page import finished_record
 from tests.ui.test_session_restore import refreshed
 
@@ -61,6 +60,14 @@ def try_page(app: AppTest, record_id: str | None = None) -> AppTest:
     return app
 
 
+def on_try_page(app: AppTest, data_home: Path, engine: FakeEngine) -> str:
+    """A finished pack whose server (``engine``) runs, shown on the Try page; its record id."""
+    record_id = finished_record(data_home / "exports")
+    running(record_id, engine)
+    try_page(app, record_id)
+    return record_id
+
+
 def test_with_no_pack_it_says_to_build_one(app: AppTest, no_docker_needed: list[str]) -> None:
     try_page(app)
     assert "No finished pack yet" in texts(app)
@@ -84,9 +91,7 @@ def test_a_stopped_pack_offers_start_and_no_chat(app: AppTest, data_home: Path, 
 def test_chat_with_a_running_pack_keeps_the_answer_and_its_figures(
     app: AppTest, data_home: Path, engine: FakeEngine, no_docker_needed: list[str]
 ) -> None:
-    record_id = finished_record(data_home / "exports")
-    running(record_id, engine)
-    try_page(app, record_id)
+    record_id = on_try_page(app, data_home, engine)
     assert f"Running at {engine.endpoint}" in texts(app)
     app.chat_input(key="try_input").set_value("Hello there").run()
     assert not app.exception, app.exception
@@ -107,9 +112,7 @@ def test_chat_with_a_running_pack_keeps_the_answer_and_its_figures(
 def test_an_answer_without_visible_text_says_so(app: AppTest, data_home: Path, no_docker_needed: list[str]) -> None:
     silent = FakeEngine(tokens=3, delay_s=0.01, visible=False)
     try:
-        record_id = finished_record(data_home / "exports")
-        running(record_id, silent)
-        try_page(app, record_id)
+        record_id = on_try_page(app, data_home, silent)
         app.chat_input(key="try_input").set_value("Hello there").run()
         assert not app.exception, app.exception
     finally:
@@ -121,9 +124,7 @@ def test_an_answer_without_visible_text_says_so(app: AppTest, data_home: Path, n
 
 def test_stop_removes_the_server(app: AppTest, data_home: Path, engine: FakeEngine,
                                  no_docker_needed: list[str]) -> None:  # fmt: skip
-    record_id = finished_record(data_home / "exports")
-    running(record_id, engine)
-    try_page(app, record_id)
+    record_id = on_try_page(app, data_home, engine)
     app.button(key="try_stop_a").click().run()
     assert no_docker_needed == ["c1"]
     assert tryout.SERVERS.server(record_id) is None
@@ -185,9 +186,7 @@ def test_the_page_reads_in_chinese(app: AppTest, data_home: Path, no_docker_need
 def test_the_conversation_and_settings_survive_a_refresh(
     app: AppTest, data_home: Path, engine: FakeEngine, no_docker_needed: list[str]
 ) -> None:
-    record_id = finished_record(data_home / "exports")
-    running(record_id, engine)
-    try_page(app, record_id)
+    record_id = on_try_page(app, data_home, engine)
     app.number_input(key="try_temperature").set_value(1.2).run()
     app.number_input(key="try_max_tokens").set_value(48).run()
     app.chat_input(key="try_input").set_value("Hello there").run()
@@ -210,38 +209,24 @@ def test_an_answer_streaming_at_the_refresh_is_followed_to_its_end(
     held = threading.Event()
     slow = FakeEngine(tokens=4, delay_s=0.01, gate=held)
     try:
-        record_id = finished_record(data_home / "exports")
-        running(record_id, slow)
-        try_page(app, record_id)
+        record_id = on_try_page(app, data_home, slow)
         tab = app.query_params["tab"]
-        # the first session's run streams (held by the engine) when the tab is refreshed
-        first = threading.Thread(target=lambda: app.chat_input(key="try_input").set_value("Hello there").run())
-        first.start()
-        chat_id = _when(lambda: (load_session(tab_id=tab, data_dir=data_home) or SessionSnapshot()).try_page.get(
-            "chat_id"))  # fmt: skip
+        # the tab goes away while its answer streams (held by the engine): Streamlit stops that session's run,
+        # as it does when a browser drops the page
+        with pytest.raises(RuntimeError, match="timed out"):
+            app.chat_input(key="try_input").set_value("Hello there").run(timeout=3)
+        chat_id = (load_session(tab_id=tab, data_dir=data_home) or SessionSnapshot()).try_page.get("chat_id")
+        assert chat_id and tryout.LIVE.chats.get(chat_id) is not None
         threading.Timer(1.0, held.set).start()  # the answer comes while the refreshed tab follows it
         again = refreshed(tab, page=TRY_PAGE)
-        first.join(TIMEOUT_S)
     finally:
         held.set()
         slow.close()
     state = again.session_state["wizard"]
     assert state.try_chat is None  # ended, and kept
-    conversation = state.try_messages[record_id]
-    assert [m["content"] for m in conversation] == ["Hello there", "t0 t1 t2 t3 "]
+    assert [m["content"] for m in state.try_messages[record_id]] == ["Hello there", "t0 t1 t2 t3 "]
     assert len(slow.bodies) == 1  # followed, not asked again
-    assert chat_id and tryout.LIVE.chats.get(chat_id) is not None
     assert "t0 t1 t2 t3" in texts(again)
-
-
-def _when(read: Callable[[], str | None], timeout_s: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = read()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("the session file never named the answer in flight")
 
 
 @pytest.mark.parametrize("junk", [
