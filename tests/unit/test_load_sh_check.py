@@ -63,7 +63,7 @@ def test_check_prints_the_first_tokens_and_the_ttft_then_removes_the_container(s
     assert "Time to first token: " in result.stdout and " s (3 chunks)" in result.stdout
     assert "Check passed" in result.stdout and "Ready" not in result.stdout
     sent = json.loads(body.read_text())
-    assert sent["stream"] is True and sent["max_tokens"] > 0
+    assert sent["stream"] is True and sent["max_tokens"] > 0 and sent["temperature"] == 0  # greedy, as run --check
     assert sent["model"] == render(plan=qwen05b_on_cpu()).served_model_name
     calls = stick.docker_calls()
     assert any(c.startswith("run ") for c in calls)

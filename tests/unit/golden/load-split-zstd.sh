@@ -374,12 +374,12 @@ until answers; do
 done
 [ -t 1 ] && echo
 if [ "$CHECK" = 1 ]; then
-  # One short streamed chat request over bash's /dev/tcp (the server may have no curl): HTTP/1.0, so the answer
-  # is the event stream itself, ended by the server closing the connection.
+  # One short streamed chat request, greedy (a sampled end-of-text must not fail it), over bash's /dev/tcp (the
+  # server may have no curl): HTTP/1.0, so the answer is the event stream itself, ended by the server closing it.
   check_chat() {
     local model=${MODEL//\\/\\\\}  # as a JSON string: backslashes and quotes escaped
     model=${model//\"/\\\"}
-    local body="{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello in one short sentence.\"}], \"max_tokens\": 16, \"stream\": true}"
+    local body="{\"model\": \"$model\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello in one short sentence.\"}], \"max_tokens\": 16, \"temperature\": 0, \"stream\": true}"
     local length
     length=$(printf %s "$body" | wc -c)
     exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
