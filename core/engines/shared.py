@@ -406,18 +406,24 @@ def choose_max_model_len(
                 {"max_model_len": fit_len, "context_length": context, "kv_cache_tokens": pool},
             )
         )
-        draft.warnings.append(
-            PlanWarning(
-                "context_capped",
-                f"Prompts plus answers longer than {fit_len:,} tokens will be rejected (the model supports "
-                f"{context:,}). For longer contexts, {more_room_text}.",
-                {"max_model_len": fit_len, "context_length": context},
-                dict(more_room) if more_room else {"max_model_len": fit_len},
-            )
-        )
+        draft.warnings.append(context_capped_warning(fit_len=fit_len, context=context, more_room_text=more_room_text,
+                                                     more_room=more_room))  # fmt: skip
         return fit_len
     draft.hard_failures.append("no_room_for_context")
     return fit_len if fit_len > 0 else minimum
+
+
+def context_capped_warning(
+    *, fit_len: int, context: int, more_room_text: str, more_room: Mapping[str, Any]
+) -> PlanWarning:
+    """The warning of a context cut to what the memory holds, with the change that gives more room."""
+    return PlanWarning(
+        "context_capped",
+        f"Prompts plus answers longer than {fit_len:,} tokens will be rejected (the model supports "
+        f"{context:,}). For longer contexts, {more_room_text}.",
+        {"max_model_len": fit_len, "context_length": context},
+        dict(more_room) if more_room else {"max_model_len": fit_len},
+    )
 
 
 def quantized_estimate(*, model: ModelInfo, shape: ModelShape) -> int | None:

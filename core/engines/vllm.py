@@ -17,6 +17,7 @@ from core.engines.shared import (
     PlanRequest,
     PoolDraft,
     choose_dtype,
+    context_capped_warning,
     driver_warning,
     min_compute_capability,
     more_room_text,
@@ -755,15 +756,8 @@ def _choose_max_model_len(
                 {"max_model_len": fit_len, "context_length": context, "kv_cache_tokens": pool},
             )
         )
-        draft.warnings.append(
-            PlanWarning(
-                "context_capped",
-                f"Prompts plus answers longer than {fit_len:,} tokens will be rejected (the model supports "
-                f"{context:,}). For longer contexts, {more_room_text}.",
-                {"max_model_len": fit_len, "context_length": context},
-                dict(more_room) if more_room else {"max_model_len": fit_len},
-            )
-        )
+        draft.warnings.append(context_capped_warning(fit_len=fit_len, context=context, more_room_text=more_room_text,
+                                                     more_room=more_room))  # fmt: skip
         return fit_len
     draft.hard_failures.append("no_room_for_context")
     return fit_len if fit_len > 0 else minimum
