@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 import time
 import uuid
@@ -342,14 +341,13 @@ def _content(chunk: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def server_session(api_key_env: str | None = None) -> requests.Session:
-    """A session for the local server; with the key of an image packed with --api-key-env (read from that
-    variable of this process, as the container got it) sent as "Authorization: Bearer …"."""
+def server_session(api_key: str | None = None) -> requests.Session:
+    """A session for the local server; with the key of an image packed with --api-key-env (the one its
+    container was given: ``RunningServer.api_key``) sent as "Authorization: Bearer …"."""
     session = requests.Session()
     session.trust_env = False  # the server is on this machine: never ask an HTTP(S)_PROXY for it
-    key = os.environ.get(api_key_env) if api_key_env else None
-    if key:
-        session.headers["Authorization"] = f"Bearer {key}"
+    if api_key:
+        session.headers["Authorization"] = f"Bearer {api_key}"
     return session
 
 
@@ -366,7 +364,7 @@ def send_load(
     max_tokens: int,
     on_sample: Callable[[int, RequestSample], None] = lambda done, sample: None,
     cancel: Cancel | None = None,
-    api_key_env: str | None = None,
+    api_key: str | None = None,
 ) -> tuple[tuple[RequestSample, ...], float]:
     """Send ``requests_count`` streamed chat completions, at most ``concurrency`` at once, prompts in turn;
     return the samples (in order sent) and the wall time from the first request to the last answer."""
@@ -376,7 +374,7 @@ def send_load(
     def one(index: int) -> RequestSample:
         raise_if_cancelled(cancel)
         if not hasattr(local, "session"):
-            local.session = server_session(api_key_env)
+            local.session = server_session(api_key)
         # greedy, as vLLM's benchmark client: two packs given the same prompts answer at comparable lengths
         return stream_chat(session=local.session, endpoint=endpoint, model=model,
                            prompt=prompts[index % len(prompts)], max_tokens=max_tokens, cancel=cancel,
@@ -558,11 +556,11 @@ class GpuWatch:
             self.peak = used if self.peak is None else max(self.peak, used)
 
 
-def read_token_counter(*, url: str, api_key_env: str | None = None) -> tuple[float | None, str | None]:
+def read_token_counter(*, url: str, api_key: str | None = None) -> tuple[float | None, str | None]:
     """The engine's count of generated tokens from its Prometheus text at ``url``: (value, counter name), or
     (None, None) when it does not answer or serves none of ``TOKEN_COUNTERS``."""
     try:
-        with server_session(api_key_env) as session:
+        with server_session(api_key) as session:
             response = session.get(url, timeout=10)
     except requests.exceptions.RequestException:
         return None, None
@@ -758,7 +756,7 @@ def bench_target(
         if metrics_url is None:
             notes.append("the image serves no /metrics: the engine's own token count was not compared")
         else:
-            before, _ = read_token_counter(url=metrics_url, api_key_env=server.api_key_env)
+            before, _ = read_token_counter(url=metrics_url, api_key=server.api_key)
             if before is None:
                 notes.append(f"{metrics_url} has no token counter EZ Runner knows: the engine's count was not compared")
 
@@ -773,11 +771,11 @@ def bench_target(
             samples, wall = send_load(endpoint=endpoint, model=server.served_model_name, prompts=prompts,
                                       requests_count=requests_count, concurrency=concurrency, max_tokens=max_tokens,
                                       on_sample=progress, cancel=cancel,
-                                      api_key_env=server.api_key_env)  # fmt: skip
+                                      api_key=server.api_key)  # fmt: skip
         counted = sum(s.output_tokens for s in samples if s.ok)
         metrics: tuple[int | None, str | None] = (None, None)
         if metrics_url is not None and before is not None:
-            metrics = _metrics_delta(url=metrics_url, before=before, expected=counted, api_key_env=server.api_key_env)
+            metrics = _metrics_delta(url=metrics_url, before=before, expected=counted, api_key=server.api_key)
         peak_gpu = None
         if isinstance(gpu_watch, GpuWatch):
             peak_gpu = gpu_watch.peak
@@ -789,12 +787,12 @@ def bench_target(
 
 
 def _metrics_delta(*, url: str, before: float, expected: int,
-                   api_key_env: str | None = None) -> tuple[int | None, str | None]:  # fmt: skip
+                   api_key: str | None = None) -> tuple[int | None, str | None]:  # fmt: skip
     """The counter's increase since ``before``; read again for a moment while it is below ``expected`` (an
     engine may count a request's tokens just after it sent the last chunk)."""
     deadline = time.monotonic() + METRICS_SETTLE_S
     while True:
-        after, name = read_token_counter(url=url, api_key_env=api_key_env)
+        after, name = read_token_counter(url=url, api_key=api_key)
         if after is None:
             return None, None
         delta = round(after - before)
@@ -816,16 +814,17 @@ def started_server(
     name: str | None = None,
 ) -> Iterator[tuple[RunningServer, RunSpec | None]]:
     """Start ``target`` (loading an archive first), yield the server and its run spec, and remove the
-    container when the block ends, however it ends."""
+    container when the block ends, however it ends (so an image packed with --api-key-env may run on a one-off
+    key when its variable is unset here)."""
     client = client or docker_api.connect()
     name = name or f"ezrunner-bench-{uuid.uuid4().hex[:10]}"
     if target.archive is not None:
         server = run_archive(archive=target.archive, port=port, network=network, name=name, timeout_s=timeout_s,
-                             on_event=on_event, cancel=cancel)  # fmt: skip
+                             on_event=on_event, cancel=cancel, one_off_key=True)  # fmt: skip
     else:
         assert target.image is not None
         server = start_image(image_ref=target.image, port=port, network=network, name=name, timeout_s=timeout_s,
-                             on_event=on_event, cancel=cancel, client=client)  # fmt: skip
+                             on_event=on_event, cancel=cancel, client=client, one_off_key=True)  # fmt: skip
     try:
         with docker_api.engine_errors(action=f"inspect image {server.image}"):
             labels = client.images.get(server.image).labels or {}
@@ -874,7 +873,7 @@ def check_server(
     """Send one short streamed chat request to a started server; ServerCheckError, with the container's last
     log lines, when it does not answer with content."""
     endpoint = server.endpoint or f"http://127.0.0.1:{server.port}/v1"
-    with server_session(server.api_key_env) as session:
+    with server_session(server.api_key) as session:
         # greedy, so that the check's verdict does not hang on a sampled end-of-text as the first token
         sample = stream_chat(session=session, endpoint=endpoint, model=server.served_model_name, prompt=prompt,
                              max_tokens=max_tokens, cancel=cancel, read_timeout_s=120.0,

@@ -10,9 +10,11 @@ is removed and the error carries its last log lines and the next step.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from docker import DockerClient
 
@@ -36,6 +38,12 @@ class RunningServer:
     served_model_name: str
     port: int
     api_key_env: str | None = None  # the variable whose key clients must send ("Authorization: Bearer …")
+    # the key the container was given: this process's clients send it; never printed, never written
+    api_key: str | None = field(default=None, repr=False, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """What `ezrunner run --json` prints: everything but the key."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
 
 
 def check_timeout(timeout_s: float | None) -> None:
@@ -55,6 +63,7 @@ def run_archive(
     on_event: EventSink = ignore_events,
     cancel: Cancel | None = None,
     labels: Mapping[str, str] | None = None,
+    one_off_key: bool = False,
 ) -> RunningServer:
     """Verify ``archive``, load it, start its server and wait (at most ``timeout_s``, default
     ``default_timeout_s``) until it answers; raise, having removed the container, when it does not."""
@@ -86,6 +95,7 @@ def run_archive(
         cancel=cancel,
         client=client,
         labels=labels,
+        one_off_key=one_off_key,
     )
 
 
@@ -101,10 +111,12 @@ def start_image(
     cancel: Cancel | None = None,
     client: DockerClient | None = None,
     labels: Mapping[str, str] | None = None,
+    one_off_key: bool = False,
 ) -> RunningServer:
     """Start the loaded image ``image_ref`` as its run spec says and wait (bounded, cancellable) until it
     answers; raise, having removed the container, when it does not. ``run_archive`` after its load, and
-    ``core.bench`` for an image that is already loaded."""
+    ``core.bench`` for an image that is already loaded. ``one_off_key``: a server removed when its caller is
+    done may get a random key where the image's key variable is unset (``api_key_for``)."""
     check_timeout(timeout_s)
     client = client or docker_api.connect()
     image_labels = client.images.get(image_ref).labels or {}
@@ -114,10 +126,10 @@ def start_image(
     env = {"PORT": str(host_port)}
     spec = run_spec_from_labels(image_labels)
     device: Device
+    key: str | None = None
     if spec is not None and spec.api_key is not None:
-        # Handed over as docker run -e NAME would: from this environment, never from a flag or a file.
-        key = os.environ.get(spec.api_key.env)
-        if not key:
+        key = api_key_for(spec.api_key.env, one_off=one_off_key)
+        if key is None:
             raise InvalidOptionsError(
                 f"This image was packed to require an API key, and {spec.api_key.env} is not set.",
                 hint=f"export {spec.api_key.env}=... (the key clients will send as 'Authorization: Bearer ...'), "
@@ -173,7 +185,18 @@ def start_image(
         served_model_name=served,
         port=host_port,
         api_key_env=spec.api_key.env if spec is not None and spec.api_key is not None else None,
+        api_key=key,
     )
+
+
+def api_key_for(variable: str, *, one_off: bool) -> str | None:
+    """The key a container packed with --api-key-env gets: this environment's ``variable``, as docker run -e
+    would hand it over (never a flag or a file); where it is unset and the server is a throwaway one (a check, a
+    bench, a test drive: removed when done), a random key for that container alone; else None."""
+    key = os.environ.get(variable)
+    if key:
+        return key
+    return secrets.token_urlsafe(24) if one_off else None
 
 
 def _env_port(client: DockerClient, image_ref: str) -> int:

@@ -264,10 +264,10 @@ def start_target(*, target: Target, on_event: EventSink, cancel: Cancel, name: s
     port = free_port()
     if target.archive is not None:
         return run_archive(archive=target.archive, port=port, network=network, name=name, on_event=on_event,
-                           cancel=cancel, labels=labels)  # fmt: skip
+                           cancel=cancel, labels=labels, one_off_key=True)  # fmt: skip
     assert target.image is not None
     return start_image(image_ref=target.image, port=port, network=network, name=name, on_event=on_event,
-                       cancel=cancel, client=client, labels=labels)  # fmt: skip
+                       cancel=cancel, client=client, labels=labels, one_off_key=True)  # fmt: skip
 
 
 def remove_orphans(*, client: DockerClient | None = None) -> list[str]:
@@ -377,7 +377,7 @@ class ChatRun:
     def _run(self) -> None:
         endpoint = self.server.endpoint or f"http://127.0.0.1:{self.server.port}/v1"
         try:
-            with server_session(self.server.api_key_env) as session:
+            with server_session(self.server.api_key) as session:
                 pieces = chat_pieces(session=session, endpoint=endpoint, model=self.server.served_model_name,
                                      messages=self.messages, max_tokens=self.max_tokens, cancel=self._cancel,
                                      read_timeout_s=CHAT_READ_TIMEOUT_S,

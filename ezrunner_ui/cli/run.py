@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> None:
                 timeout_s=args.timeout,
                 on_event=progress,
                 cancel=cancel,
+                one_off_key=args.check,  # the check's server is removed when it ends
             )
             if args.check:
                 _check(server, json_output=args.json, cancel=cancel)
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
         progress.end_line()
         progress.close()
     if args.json:
-        print_json(server.__dict__)
+        print_json(server.as_json())
         return
     print(f"Running {server.image} as {server.container_name}")
     if server.endpoint:

@@ -15,9 +15,13 @@ import pytest
 import requests
 from docker import DockerClient
 
+from core import tryout
 from core.archive import names
+from core.bench import Target
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
+from core.events import Cancel, ignore_events
+from core.tryout import ChatRun
 from tests.fixtures.cli import ezrunner
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
@@ -130,6 +134,35 @@ def test_a_llamacpp_image_packed_with_an_api_key_env_needs_the_key_and_never_hol
                            timeout=10)  # fmt: skip
     assert metrics.status_code == 200 and "llamacpp:tokens_predicted_total" in metrics.text
     assert KEY not in docker_containers.container_logs(container=name, tail=10_000, client=docker_client)
+    _throwaway_servers_run_without_the_variable(image=started["image"], archive=tmp_path / "out" / "m.tar",
+                                                env=user_env, name=name)  # fmt: skip
+
+
+def _throwaway_servers_run_without_the_variable(*, image: str, archive: Path, env: dict[str, str], name: str) -> None:
+    """A check, a bench and a test drive remove their server when done: with MY_KEY unset each runs it on a
+    random key of its own (sent by its own client) instead of refusing, as a plain `ezrunner run` does."""
+    without = {k: v for k, v in env.items() if k != "MY_KEY"}
+    checked = ezrunner("run", str(archive), "--check", "--network", "host", "--port", str(tryout.free_port()),
+                       "--name", f"{name}-check", "--timeout", "300", env=without)  # fmt: skip
+    assert "Check passed" in checked.stdout, checked.stdout + checked.stderr
+    benched = ezrunner("bench", image, "--requests", "2", "--max-tokens", "4", "--network", "host", "--json",
+                       env=without)  # fmt: skip
+    (result,) = json.loads(benched.stdout)["results"]
+    assert result["requests_ok"] == 2 and result["requests_failed"] == 0
+    saved = os.environ.pop("MY_KEY", None)
+    try:
+        server = tryout.start_target(target=Target(text=image, image=image), on_event=ignore_events, cancel=Cancel(),
+                                     name=f"{name}-try")  # fmt: skip
+        try:
+            answer = ChatRun(server=server, messages=[{"role": "user", "content": "hello"}], max_tokens=4,
+                             temperature=0.0).start().wait(120)  # fmt: skip
+            assert answer.state == "done", answer.error
+            assert server.api_key and server.api_key != KEY and server.api_key not in repr(server)
+        finally:
+            docker_containers.remove_container(container=server.container_id)
+    finally:
+        if saved is not None:
+            os.environ["MY_KEY"] = saved
 
 
 def test_a_transformers_image_packed_with_an_api_key_env_streams_behind_the_proxy(

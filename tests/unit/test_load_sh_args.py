@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from core.archive import names
+from core.plan import Plan
 from core.render import default_timeout_s, render, render_load_script
 from tests.unit.test_render import qwen05b_on_cpu
 
@@ -80,8 +81,8 @@ class Server:
         return Path(self.env["FAKE_LOADED"]).read_text().strip()
 
 
-def _stage(tmp_path: Path, *, split: bool) -> Server:
-    plan = qwen05b_on_cpu()
+def _stage(tmp_path: Path, *, split: bool, plan: Plan | None = None) -> Server:
+    plan = plan or qwen05b_on_cpu()
     spec = render(plan=plan)
     folder = tmp_path / "stick"
     folder.mkdir()

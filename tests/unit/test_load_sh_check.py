@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from core.plan import plan
 from core.render import render
 from tests.unit.test_load_sh_args import Server, _free_port, _stage, _stop_fake_server
 from tests.unit.test_render import qwen05b_on_cpu
@@ -40,6 +42,14 @@ class Chat(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", int(sys.argv[1])), Chat).serve_forever()
 """
 ANSWERS = CHAT_SERVE.replace("MODE", "pass")
+# as an image packed with --api-key-env: 401 unless the request carries the key the container was given
+KEYED = CHAT_SERVE.replace(
+    "MODE", 'key = __import__("os").environ.get("MY_KEY")\n'
+    '        if not key or self.headers.get("Authorization") != "Bearer " + key:\n'
+    '            self.send_response(401); self.send_header("Content-Length", "4"); self.end_headers(); '
+    'self.wfile.write(b"nope"); return\n'
+    '        open(__import__("os").environ["FAKE_KEY"], "w").write(key)'
+)
 REFUSES = CHAT_SERVE.replace(
     "MODE", 'self.send_response(500); self.send_header("Content-Length", "4"); self.end_headers(); '
     'self.wfile.write(b"oops"); return'
@@ -97,3 +107,33 @@ def test_check_cannot_go_with_no_start(stick: Server) -> None:
 
 def test_help_lists_check(stick: Server) -> None:
     assert "--check" in stick.load("--help").stdout
+
+
+@pytest.fixture
+def keyed_stick(tmp_path: Path) -> Iterator[Server]:
+    base = qwen05b_on_cpu()
+    server = _stage(tmp_path, split=False, plan=plan(model=base.model, target=base.target,
+                                                     options=replace(base.options, api_key_env="MY_KEY")))  # fmt: skip
+    yield server
+    _stop_fake_server(server)
+
+
+@pytest.mark.parametrize("given", ["sk-the-users-own", None])
+def test_check_of_a_pack_that_needs_an_api_key_sends_it(keyed_stick: Server, tmp_path: Path, given: str | None) -> None:
+    """With the variable set, the check sends that key; unset, its throwaway server gets a random one that is
+    never printed (a plain start still refuses: the key is the user's to choose)."""
+    port = _free_port()
+    seen = tmp_path / "key"
+    env = {"MY_KEY": given} if given else {}
+    result = keyed_stick.load("--check", "--network", "host", "--port", str(port), "--timeout", "30",
+                              FAKE_SERVE=KEYED, FAKE_KEY=str(seen), **env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Check passed" in result.stdout
+    key = seen.read_text()
+    if given:
+        assert key == given
+    else:
+        assert len(key) == 48 and key not in result.stdout + result.stderr + "\n".join(keyed_stick.docker_calls())
+    refused = keyed_stick.load("--network", "host", "--port", str(_free_port()), "--timeout", "30",
+                               FAKE_SERVE=KEYED, FAKE_KEY=str(seen))  # fmt: skip
+    assert refused.returncode != 0 and "MY_KEY is not set" in refused.stdout + refused.stderr

@@ -369,7 +369,8 @@ if [ "$CHECK" = 1 ]; then
     exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
     local sent
     sent=$(date +%s%N)
-    printf 'POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$length" "$body" >&3
+    local auth=""
+    printf 'POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%sContent-Length: %s\r\n\r\n%s' "$auth" "$length" "$body" >&3
     local line status="" first="" text="" tokens=0 content
     # a JSON string after "content": (escapes kept as they are)
     local content_re='"content": *"(([^"\\]|\\.)*)"'
