@@ -6,11 +6,12 @@ asked from the challenge's ``realm`` for ``service`` and the scope ``repository:
 credentials as Basic when there are any) and sent until a later 401 asks for a new one.
 
 Credentials (``find_credentials``): ``EZRUNNER_REGISTRY_USER`` and ``EZRUNNER_REGISTRY_PASSWORD``, else the
-registry's ``auths`` entry in the Docker config file (``$DOCKER_CONFIG/config.json``, else
-``~/.docker/config.json``): the base64 ``user:password`` that ``docker login`` writes when no credential
-store is configured. Credential helpers (``credsStore``, ``credHelpers``) are not run: they are programs
-outside EZ Runner; the message for a refused or missing login says so. Never a flag (shell history, process
-listings), and never in a message, an event or a ``repr``.
+login Docker keeps: the credential helper the Docker config (``$DOCKER_CONFIG/config.json``, else
+``~/.docker/config.json``) names for the registry (``credHelpers``, else ``credsStore``; run as docker runs it,
+``core.registry.credential_helpers``), else the registry's ``auths`` entry there (the base64 ``user:password``
+that ``docker login`` writes when no credential store is configured). An identity token from a helper is traded
+at the registry's token service (distribution ``docs/spec/auth/oauth.md``). Never a flag (shell history,
+process listings), and never in a message, an event or a ``repr``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from core.errors import (
     RegistryError,
     RegistryUnreachableError,
 )
+from core.registry.credential_helpers import HELPER_PREFIX, helper_login, helper_program
 
 USER_ENV = "EZRUNNER_REGISTRY_USER"
 PASSWORD_ENV = "EZRUNNER_REGISTRY_PASSWORD"
@@ -118,7 +120,8 @@ def parse_image_ref(*, ref: str) -> ImageRef:
 class Credentials:
     username: str
     password: str = field(repr=False)
-    source: str  # where they came from, for messages: the variables' names or the config file's path
+    source: str  # where they came from, for messages: the variables' names, the config file's path, a helper
+    identity_token: bool = False  # ``password`` is an OAuth2 refresh token (a helper's "<token>" login)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class CredentialSearch:
 
     credentials: Credentials | None
     config_file: Path
-    helper: str | None  # the credential helper docker would have asked, which EZ Runner does not run
+    helper: str | None  # the credential helper the Docker config names for this registry
+    helper_installed: bool = False  # whether docker-credential-<helper> is on PATH (it was asked, then)
 
 
 def docker_config_file(*, environ: Mapping[str, str]) -> Path:
@@ -173,15 +177,26 @@ def find_credentials(
     helpers = helpers if isinstance(helpers, dict) else {}
     helper = next((str(v) for k, v in helpers.items() if _config_key_host(k) in wanted), None)
     helper = helper or (str(config["credsStore"]) if config.get("credsStore") else None)
+    program = helper_program(helper, environ=env) if helper else None
+    if helper and program:
+        addresses = list(_DOCKER_HUB_KEYS) if registry == DOCKER_HUB else [registry, f"https://{registry}",
+                                                                            f"http://{registry}"]  # fmt: skip
+        login = helper_login(helper=helper, program=program, registry=registry, addresses=addresses,
+                             host_of=_config_key_host, environ=env)  # fmt: skip
+        if login is not None:
+            found = Credentials(username=login.username, password=login.secret, source=HELPER_PREFIX + helper,
+                                identity_token=login.identity_token)  # fmt: skip
+            return CredentialSearch(credentials=found, config_file=config_file, helper=helper, helper_installed=True)
     auths = config.get("auths")
     auths = auths if isinstance(auths, dict) else {}
     for key, entry in auths.items():
         if _config_key_host(key) not in wanted or not isinstance(entry, dict):
             continue
-        found = _entry_credentials(entry, source=str(config_file))
-        if found is not None:
-            return CredentialSearch(credentials=found, config_file=config_file, helper=None)
-    return CredentialSearch(credentials=None, config_file=config_file, helper=helper)
+        found_in_file = _entry_credentials(entry, source=str(config_file))
+        if found_in_file is not None:
+            return CredentialSearch(credentials=found_in_file, config_file=config_file, helper=None)
+    return CredentialSearch(credentials=None, config_file=config_file, helper=helper,
+                            helper_installed=program is not None)  # fmt: skip
 
 
 def _entry_credentials(entry: Mapping[str, object], *, source: str) -> Credentials | None:
@@ -373,21 +388,22 @@ class RegistryClient:
                 f"(credentials from {found.source}).",
                 hint=f"Check {USER_ENV} and {PASSWORD_ENV}, or run {login} again.",
             )
-        helper = (
-            f" Docker keeps this login in the credential helper docker-credential-{self._search.helper}, which "
-            f"EZ Runner does not run: set {USER_ENV} and {PASSWORD_ENV} instead."
-            if self._search.helper
-            else ""
-        )
+        helper = ""
+        if self._search.helper and self._search.helper_installed:
+            helper = (f" {HELPER_PREFIX}{self._search.helper} (the credential helper of the Docker config) has no "
+                      "login for it.")  # fmt: skip
+        elif self._search.helper:
+            helper = (f" The Docker config keeps logins in the credential helper {HELPER_PREFIX}{self._search.helper},"
+                      " which is not installed here (not on PATH).")  # fmt: skip
         return RegistryAuthError(
             f"The registry at {self.ref.registry} needs a login to push {self.ref.repository}.{helper}",
-            hint=f"Set {USER_ENV} and {PASSWORD_ENV}, or run {login} (EZ Runner reads the `auths` of "
-            f"{self._search.config_file}).",
+            hint=f"Set {USER_ENV} and {PASSWORD_ENV}, or run {login} (EZ Runner reads the logins Docker keeps: "
+            f"{self._search.config_file} and the credential helper it names).",
         )
 
     def _basic(self) -> str | None:
         found = self._search.credentials
-        if found is None:
+        if found is None or found.identity_token:  # a refresh token is never a password
             return None
         return "Basic " + base64.b64encode(f"{found.username}:{found.password}".encode()).decode("ascii")
 
@@ -411,9 +427,17 @@ class RegistryClient:
         query = {"scope": self._scope}
         if challenge.params.get("service"):
             query["service"] = challenge.params["service"]
-        headers = {"Authorization": basic} if (basic := self._basic()) else {}
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        response = self._transport("GET", url, data=None, headers=headers)
+        found = self._search.credentials
+        if found is not None and found.identity_token:
+            # oauth.md: the refresh token is traded with a form POST (never in a URL)
+            form = {"grant_type": "refresh_token", "refresh_token": found.password, "client_id": "ezrunner",
+                    "access_type": "offline", **query}  # fmt: skip
+            response = self._transport("POST", realm, data=urlencode(form).encode(),
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        else:
+            headers = {"Authorization": basic} if (basic := self._basic()) else {}
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+            response = self._transport("GET", url, data=None, headers=headers)
         if response.status_code in (401, 403):
             raise self._auth_error(refused=self._search.credentials is not None)
         if response.status_code != 200:

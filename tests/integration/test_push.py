@@ -25,6 +25,7 @@ from core.errors import RegistryUnreachableError
 from core.events import Event
 from core.registry.push import push_archive
 from tests.fixtures.cli import ezrunner
+from tests.fixtures.credential_helper import asked, install_helper
 from tests.fixtures.registry import Registry, TokenService, registry, registry_factory, write_docker_archive
 from tests.fixtures.tiny_gguf import make_tiny_gguf
 
@@ -330,6 +331,17 @@ def test_htpasswd_logins_from_the_environment_or_docker_config_and_clear_refusal
     assert again["uploaded"] == [] and again["image_id"] == made.image_id
     assert "right-password" not in registry.log.read_text() and auth not in registry.log.read_text()
 
+    # `docker login` with a credential store: the config holds only the store's name, the helper the login
+    helper_env = install_helper(tmp_path / "helpers", "secretservice", {registry.host: ("alice", "right-password")})
+    config.write_text(json.dumps({"auths": {registry.host: {}}, "credsStore": "secretservice"}), encoding="utf-8")
+    stored = json.loads(ezrunner("push", str(made.archive), ref, "--insecure", "--json",
+                                 env={**user_env, **helper_env}).stdout)  # fmt: skip
+    assert stored["image_id"] == made.image_id and asked(helper_env) == [f"get {registry.host}"]
+    # the helper is gone from PATH: the refusal says so
+    gone = ezrunner("push", str(made.archive), ref, "--insecure", check=False, env=user_env)
+    assert gone.returncode == 2 and "docker-credential-secretservice" in gone.stderr
+    assert "not installed here" in gone.stderr and "Traceback" not in gone.stderr
+
 
 def test_an_unreachable_registry_says_what_to_check(
     registry: Registry, user_env: dict[str, str], tmp_path: Path,
@@ -372,6 +384,27 @@ def test_token_auth_asks_the_realm_for_a_push_scope_with_the_login(
                            env={**user_env, **login, "EZRUNNER_REGISTRY_PASSWORD": "not-it"})  # fmt: skip
         assert refused.returncode == 2 and "refused the login of user 'bob'" in refused.stderr
         assert "Traceback" not in refused.stderr and "not-it" not in refused.stderr
+    finally:
+        tokens.stop()
+
+
+def test_an_identity_token_from_a_credential_helper_is_traded_at_the_token_service(
+    registry_factory: Callable[..., Registry], user_env: dict[str, str], tmp_path: Path,
+) -> None:
+    tokens = TokenService(tmp_path / "tokens", users={}, refresh_tokens={"refresh-7f3a": "carol"})
+    try:
+        registry = registry_factory(tokens=tokens)
+        made = write_docker_archive(tmp_path / "img.tar", layer_bytes=(2000,), seed=53)
+        helper_env = install_helper(tmp_path / "helpers", "acr", {registry.host: ("<token>", "refresh-7f3a")})
+        config = Path(user_env["DOCKER_CONFIG"]) / "config.json"
+        config.write_text(json.dumps({"credHelpers": {registry.host: "acr"}}), encoding="utf-8")
+        pushed = json.loads(ezrunner("push", str(made.archive), f"{registry.host}/team/idt:v1", "--insecure",
+                                     "--json", env={**user_env, **helper_env}).stdout)  # fmt: skip
+        assert pushed["image_id"] == made.image_id
+        form, user = tokens.asked[-1]
+        assert user == "carol" and form["grant_type"] == ["refresh_token"]
+        assert form["scope"] == ["repository:team/idt:pull,push"] and form["service"] == [TokenService.SERVICE]
+        assert all("refresh-7f3a" not in str(query) for query, _ in tokens.asked if "grant_type" not in query)
     finally:
         tokens.stop()
 

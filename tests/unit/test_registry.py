@@ -22,6 +22,7 @@ from core.registry.client import (
     parse_image_ref,
 )
 from core.registry.image import LAYER_GZIP, LAYER_TAR, ArchiveBytes, index_archive
+from tests.fixtures.credential_helper import asked, install_helper
 from tests.fixtures.registry import write_docker_archive
 
 
@@ -86,12 +87,73 @@ def test_docker_hub_logins_are_found_under_the_index_key(tmp_path: Path) -> None
     assert found.credentials is not None and found.credentials.username == "u"
 
 
-def test_a_credential_helper_is_named_not_run(tmp_path: Path) -> None:
+def test_a_credential_helper_that_is_not_installed_is_named(tmp_path: Path) -> None:
     config = _config(tmp_path, {"auths": {"r.local": {}}, "credHelpers": {"r.local": "pass"}, "credsStore": "desktop"})
-    found = find_credentials(registry="r.local", environ={}, docker_config=config)
-    assert found.credentials is None and found.helper == "pass"
-    other = find_credentials(registry="elsewhere", environ={}, docker_config=config)
+    found = find_credentials(registry="r.local", environ={"PATH": str(tmp_path)}, docker_config=config)
+    assert found.credentials is None and found.helper == "pass" and not found.helper_installed
+    other = find_credentials(registry="elsewhere", environ={"PATH": str(tmp_path)}, docker_config=config)
     assert other.credentials is None and other.helper == "desktop"
+
+
+def test_the_registrys_own_helper_is_asked_before_the_store_and_the_file(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "pass", {"r.local:5000": ("alice", "from-pass")})
+    install_helper(tmp_path / "bin", "desktop", {"r.local:5000": ("bob", "from-desktop")})
+    inline = base64.b64encode(b"carol:from-file").decode()
+    config = _config(tmp_path, {"auths": {"r.local:5000": {"auth": inline}}, "credHelpers": {"r.local:5000": "pass"},
+                                "credsStore": "desktop"})  # fmt: skip
+    found = find_credentials(registry="r.local:5000", environ=env, docker_config=config)
+    assert found.credentials is not None
+    assert (found.credentials.username, found.credentials.password) == ("alice", "from-pass")
+    assert found.credentials.source == "docker-credential-pass" and "from-pass" not in repr(found)
+    assert asked(env) == ["get r.local:5000"]
+
+
+def test_a_login_kept_under_a_url_is_found_through_list(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "secretservice", {"https://r.local:5000/v2/": ("alice", "s3")})
+    config = _config(tmp_path, {"credsStore": "secretservice"})
+    found = find_credentials(registry="r.local:5000", environ=env, docker_config=config)
+    assert found.credentials is not None and found.credentials.password == "s3"
+    assert asked(env)[-2:] == ["list", "get https://r.local:5000/v2/"]
+
+
+def test_docker_hub_is_asked_as_docker_login_stored_it(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "desktop", {"https://index.docker.io/v1/": ("u", "hub-secret")})
+    config = _config(tmp_path, {"credsStore": "desktop"})
+    found = find_credentials(registry="docker.io", environ=env, docker_config=config)
+    assert found.credentials is not None and found.credentials.username == "u"
+    assert asked(env) == ["get https://index.docker.io/v1/"]
+
+
+def test_a_helper_without_the_login_leaves_the_file_and_then_a_named_miss(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "desktop", {"other.host": ("x", "y")})
+    inline = base64.b64encode(b"carol:from-file").decode()
+    with_file = find_credentials(registry="r.local", environ=env, docker_config=_config(
+        tmp_path, {"credsStore": "desktop", "auths": {"r.local": {"auth": inline}}}))  # fmt: skip
+    assert with_file.credentials is not None and with_file.credentials.username == "carol"
+    none = find_credentials(registry="r.local", environ=env,
+                            docker_config=_config(tmp_path, {"credsStore": "desktop"}))  # fmt: skip
+    assert none.credentials is None and none.helper == "desktop" and none.helper_installed
+
+
+def test_an_identity_token_is_marked_and_never_sent_as_a_password(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "acr", {"r.local": ("<token>", "refresh-me")})
+    found = find_credentials(registry="r.local", environ=env, docker_config=_config(tmp_path, {"credsStore": "acr"}))
+    assert found.credentials is not None and found.credentials.identity_token
+
+
+@pytest.mark.parametrize("helper", ["../evil", "/bin/sh", ""])
+def test_a_helper_name_is_never_a_path(tmp_path: Path, helper: str) -> None:
+    found = find_credentials(registry="r.local", environ={"PATH": "/usr/bin:/bin"},
+                             docker_config=_config(tmp_path, {"credsStore": helper}))  # fmt: skip
+    assert found.credentials is None and not found.helper_installed
+
+
+def test_a_failing_helper_says_which_and_why_and_never_the_secret(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "pass", {}, broken="gpg: decryption failed: No secret key")
+    with pytest.raises(RegistryAuthError) as raised:
+        find_credentials(registry="r.local", environ=env, docker_config=_config(tmp_path, {"credsStore": "pass"}))
+    assert "docker-credential-pass failed" in str(raised.value) and "No secret key" in str(raised.value)
+    assert "EZRUNNER_REGISTRY_USER" in raised.value.hint
 
 
 def test_the_docker_config_folder_comes_from_DOCKER_CONFIG(tmp_path: Path) -> None:
