@@ -38,7 +38,7 @@ from core.errors import (
     RegistryError,
     RegistryUnreachableError,
 )
-from core.registry.credential_helpers import HELPER_PREFIX, helper_login, helper_program
+from core.registry.credential_helpers import HELPER_PREFIX, IDENTITY_TOKEN_USER, helper_login, helper_program
 
 USER_ENV = "EZRUNNER_REGISTRY_USER"
 PASSWORD_ENV = "EZRUNNER_REGISTRY_PASSWORD"
@@ -181,8 +181,8 @@ def find_credentials(
     if helper and program:
         addresses = list(_DOCKER_HUB_KEYS) if registry == DOCKER_HUB else [registry, f"https://{registry}",
                                                                             f"http://{registry}"]  # fmt: skip
-        login = helper_login(helper=helper, program=program, registry=registry, addresses=addresses,
-                             host_of=_config_key_host, environ=env)  # fmt: skip
+        login = helper_login(helper=helper, program=program, addresses=addresses, host_of=_config_key_host,
+                             environ=env)  # fmt: skip
         if login is not None:
             found = Credentials(username=login.username, password=login.secret, source=HELPER_PREFIX + helper,
                                 identity_token=login.identity_token)  # fmt: skip
@@ -200,6 +200,9 @@ def find_credentials(
 
 
 def _entry_credentials(entry: Mapping[str, object], *, source: str) -> Credentials | None:
+    token = entry.get("identitytoken")
+    if isinstance(token, str) and token:  # what `docker login` keeps for an OAuth login (az acr login …)
+        return Credentials(username=IDENTITY_TOKEN_USER, password=token, source=source, identity_token=True)
     auth = entry.get("auth")
     if isinstance(auth, str) and auth:
         try:
@@ -410,6 +413,14 @@ class RegistryClient:
     def _authenticate(self, challenge: Challenge) -> None:
         if challenge.scheme == "basic":
             basic = self._basic()
+            found = self._search.credentials
+            if basic is None and found is not None and found.identity_token:
+                raise RegistryAuthError(
+                    f"The login for {self.ref.registry} (from {found.source}) is an identity token, but the registry "
+                    "asks for a user name and password (Basic auth), which a token cannot answer.",
+                    hint=f"Run `docker login {self.ref.registry}` with a user name and password, or set {USER_ENV} "
+                    f"and {PASSWORD_ENV}.",
+                )
             if basic is None:
                 raise self._auth_error(refused=False)
             self._authorization = basic

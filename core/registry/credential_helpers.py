@@ -50,12 +50,14 @@ def helper_program(helper: str, *, environ: Mapping[str, str]) -> str | None:
 
 
 def helper_login(
-    *, helper: str, program: str, registry: str, addresses: Iterable[str], host_of: Callable[[str], str],
+    *, helper: str, program: str, addresses: Iterable[str], host_of: Callable[[str], str],
     environ: Mapping[str, str],
 ) -> HelperLogin | None:  # fmt: skip
-    """Ask ``program`` for the login of ``registry``: a ``get`` for each of ``addresses`` (the ways docker
-    spells this registry), then a ``get`` of each address ``list`` holds whose host (``host_of``) is one of
-    theirs. None when the helper keeps no login for it; RegistryAuthError when the helper itself fails."""
+    """Ask ``program`` for a registry's login: a ``get`` for each of ``addresses`` (the ways docker spells the
+    registry), then a ``get`` of each address ``list`` holds whose host (``host_of``) is one of theirs and whose
+    path is a registry's (none, ``/v1/``, ``/v2/``: Docker Desktop also keeps ``…/access-token`` and
+    ``…/refresh-token`` entries under the same host, which are not logins). None when the helper keeps no login
+    for it; RegistryAuthError when the helper itself fails."""
     wanted = list(dict.fromkeys(addresses))
     for address in wanted:
         found = _get(helper=helper, program=program, address=address, environ=environ)
@@ -63,17 +65,22 @@ def helper_login(
             return found
     hosts = {host_of(a) for a in wanted}
     for stored in _list(helper=helper, program=program, environ=environ):
-        if stored not in wanted and host_of(stored) in hosts:
+        if stored not in wanted and host_of(stored) in hosts and _registry_path(stored):
             found = _get(helper=helper, program=program, address=stored, environ=environ)
             if found is not None:
                 return found
     return None
 
 
+def _registry_path(address: str) -> bool:
+    path = address.split("://", 1)[-1].partition("/")[2].strip("/")
+    return path in ("", "v1", "v2")
+
+
 def _run(*, helper: str, program: str, action: str, stdin: str, environ: Mapping[str, str]) -> tuple[int, str, str]:
     try:
-        done = subprocess.run([program, action], input=stdin, capture_output=True, text=True,
-                              timeout=HELPER_TIMEOUT_S, env=dict(environ))  # fmt: skip
+        done = subprocess.run([program, action], input=stdin, capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=HELPER_TIMEOUT_S, env=dict(environ))  # fmt: skip
     except subprocess.TimeoutExpired as error:
         raise RegistryAuthError(
             f"The credential helper {HELPER_PREFIX}{helper} did not answer within {HELPER_TIMEOUT_S:.0f} s.",
@@ -102,7 +109,8 @@ def _get(*, helper: str, program: str, address: str, environ: Mapping[str, str])
     if code != 0:
         if _NOT_FOUND in (err + out).lower():
             return None
-        raise _failed(helper, f"give the login of {address}", err or out)
+        # its error output only: what it printed on stdout may be a login (with its secret)
+        raise _failed(helper, f"give the login of {address}", err)
     try:
         answer = json.loads(out)
     except ValueError:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from core.registry.client import (
     PASSWORD_ENV,
     USER_ENV,
     ImageRef,
+    RegistryClient,
     find_credentials,
     parse_challenge,
     parse_image_ref,
@@ -139,13 +141,45 @@ def test_an_identity_token_is_marked_and_never_sent_as_a_password(tmp_path: Path
     env = install_helper(tmp_path / "bin", "acr", {"r.local": ("<token>", "refresh-me")})
     found = find_credentials(registry="r.local", environ=env, docker_config=_config(tmp_path, {"credsStore": "acr"}))
     assert found.credentials is not None and found.credentials.identity_token
+    client = RegistryClient(ref=parse_image_ref(ref="r.local/m:v1"), credentials=found)
+    assert client._basic() is None  # never "Basic <token>:refresh-me"
+    with pytest.raises(RegistryAuthError) as raised:  # a Basic-only registry: said plainly, nothing sent
+        client._authenticate(parse_challenge('Basic realm="r"'))
+    assert "identity token" in str(raised.value) and "refresh-me" not in str(raised.value)
+
+
+def test_docker_logins_identity_token_in_the_config_file_is_used_as_one(tmp_path: Path) -> None:
+    inline = base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode()
+    config = _config(tmp_path, {"auths": {"r.local": {"auth": inline, "identitytoken": "eyJ-refresh"}}})
+    found = find_credentials(registry="r.local", environ={}, docker_config=config)
+    assert found.credentials is not None and found.credentials.identity_token
+    assert found.credentials.password == "eyJ-refresh"
+
+
+def test_token_entries_of_docker_desktop_under_the_same_host_are_not_logins(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "desktop", {"https://r.local/access-token": ("u", "not-a-password"),
+                                                       "https://r.local/refresh-token": ("u", "nor-this")})  # fmt: skip
+    config = _config(tmp_path, {"credsStore": "desktop"})
+    found = find_credentials(registry="r.local", environ=env, docker_config=config)
+    assert found.credentials is None and found.helper_installed
+    assert not any(line.startswith("get https://r.local/") for line in asked(env))
 
 
 @pytest.mark.parametrize("helper", ["../evil", "/bin/sh", ""])
-def test_a_helper_name_is_never_a_path(tmp_path: Path, helper: str) -> None:
-    found = find_credentials(registry="r.local", environ={"PATH": "/usr/bin:/bin"},
+def test_a_helper_name_is_never_a_path(tmp_path: Path, helper: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config naming a path would run that program (a name with a slash is looked up from here): the name is
+    refused before anything runs, even when the path leads to a working helper."""
+    env = install_helper(tmp_path / "bin", "real", {"r.local": ("u", "p")})
+    if helper:
+        planted = tmp_path / ("docker-credential-" + helper)
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_bytes((tmp_path / "bin" / "docker-credential-real").read_bytes())
+        planted.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    found = find_credentials(registry="r.local", environ={**env, "PATH": "/usr/bin:/bin"},
                              docker_config=_config(tmp_path, {"credsStore": helper}))  # fmt: skip
     assert found.credentials is None and not found.helper_installed
+    assert asked(env) == []
 
 
 def test_a_failing_helper_says_which_and_why_and_never_the_secret(tmp_path: Path) -> None:
@@ -286,3 +320,13 @@ def test_a_truncated_archive_is_reported_not_pushed(tmp_path: Path) -> None:
         reader.read_at(image.layers[0].offset, image.layers[0].size)
     reader.close()
     assert ".sha256" in str(raised.value)
+
+
+def test_a_helper_that_exits_with_a_login_on_stdout_is_not_quoted(tmp_path: Path) -> None:
+    env = install_helper(tmp_path / "bin", "leaky", {})
+    program = tmp_path / "bin" / "docker-credential-leaky"
+    program.write_text(f"#!{sys.executable}\nimport sys\nprint('{{\"Username\": \"u\", \"Secret\": \"s3cr3t\"}}')\n"
+                       "sys.exit(3)\n")  # fmt: skip
+    with pytest.raises(RegistryAuthError) as raised:
+        find_credentials(registry="r.local", environ=env, docker_config=_config(tmp_path, {"credsStore": "leaky"}))
+    assert "s3cr3t" not in str(raised.value) and "docker-credential-leaky failed" in str(raised.value)
