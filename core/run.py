@@ -40,6 +40,7 @@ class RunningServer:
     api_key_env: str | None = None  # the variable whose key clients must send ("Authorization: Bearer …")
     # the key the container was given: this process's clients send it; never printed, never written
     api_key: str | None = field(default=None, repr=False, compare=False)
+    api_key_one_off: bool = False  # a random key made for this throwaway server (its variable was unset here)
 
     def as_json(self) -> dict[str, Any]:
         """What `ezrunner run --json` prints: everything but the key."""
@@ -186,6 +187,8 @@ def start_image(
         port=host_port,
         api_key_env=spec.api_key.env if spec is not None and spec.api_key is not None else None,
         api_key=key,
+        api_key_one_off=key is not None and spec is not None and spec.api_key is not None
+        and not os.environ.get(spec.api_key.env),
     )
 
 

@@ -337,6 +337,23 @@ class ChatSnapshot:
         return self.state != "answering"
 
 
+def turns_to_send(conversation: Sequence[Mapping[str, Any]], prompt: str) -> list[Message]:
+    """The messages a new ``prompt`` goes with: each earlier question with its answer, in order, leaving out a
+    question whose answer failed, was empty or never came (a refresh or restart cut it), so that roles always
+    alternate user, assistant, … user: the chat templates of Gemma, Mistral and Llama 2 refuse anything else."""
+    turns: list[Message] = []
+    pending: Mapping[str, Any] | None = None
+    for message in conversation:
+        if message.get("role") == "user":
+            pending = message  # a question followed by another question lost its answer: only the later one counts
+        elif message.get("role") == "assistant" and pending is not None:
+            if not message.get("error") and message.get("content"):
+                turns += [{"role": "user", "content": str(pending["content"])},
+                          {"role": "assistant", "content": str(message["content"])}]  # fmt: skip
+            pending = None
+    return [*turns, {"role": "user", "content": prompt}]
+
+
 class ChatRun:
     """One streamed chat completion in a thread; ``snapshot()`` shows the answer as far as it has come."""
 
@@ -604,4 +621,5 @@ __all__ = [
     "network_for",
     "remove_orphans",
     "target_of",
+    "turns_to_send",
 ]

@@ -162,6 +162,9 @@ class SessionSnapshot:
     build: Mapping[str, Any] = field(default_factory=dict)
     # the Try page: its mode, packs, settings, conversations and the answer, comparison or bench it follows
     try_page: Mapping[str, Any] = field(default_factory=dict)
+    # one more each time a session takes the tab over (a refresh): an older session of the same tab, still
+    # running in the server after its browser left, never writes over the newer one's file
+    generation: int = 0
 
 
 def new_tab_id() -> str:
@@ -177,7 +180,8 @@ def sessions_dir(*, data_dir: Path | None = None) -> Path:
 
 
 def save_session(*, tab_id: str, snapshot: SessionSnapshot, data_dir: Path | None = None) -> Path | None:
-    """Write the tab's snapshot (atomically: a refresh mid-write reads the old one). None for a bad id.
+    """Write the tab's snapshot (atomically: a refresh mid-write reads the old one). None for a bad id, and
+    when the file holds a later ``generation`` (a newer session of the tab).
 
     Best effort: a read-only or full disk loses only the memory across refreshes, so errors are swallowed.
     """
@@ -186,6 +190,9 @@ def save_session(*, tab_id: str, snapshot: SessionSnapshot, data_dir: Path | Non
     folder = sessions_dir(data_dir=data_dir)
     path = folder / f"{tab_id}.json"
     payload = json.dumps({"version": SNAPSHOT_VERSION, **asdict(snapshot)}, sort_keys=True, default=str)
+    current = load_session(tab_id=tab_id, data_dir=data_dir)
+    if current is not None and current.generation > snapshot.generation:
+        return None  # a newer session of this tab owns the file
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if path.is_file() and path.read_text(encoding="utf-8") == payload:

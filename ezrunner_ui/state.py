@@ -105,8 +105,10 @@ class WizardState:
     try_bench_requests: int = 8
     try_bench_concurrency: int = 1
     try_bench_max_tokens: int = 64
-    # this tab's id (the URL's ?tab=, the name of its session file) and one-shot notices for the next page
+    # this tab's id (the URL's ?tab=, the name of its session file), which session of it this is (see
+    # SessionSnapshot.generation), and one-shot notices for the next page
     tab_id: str | None = None
+    tab_generation: int = 1
     # (catalog key under "notice.", detail) pairs shown once, then cleared
     notices: list[tuple[str, str]] = field(default_factory=list)
     # Options fields whose widgets must re-seed at the start of the next run (app_options.apply_options)
@@ -230,6 +232,7 @@ def snapshot_of(state: WizardState, *, language: str) -> SessionSnapshot:
             "split_gib": state.split_gib,
         },
         try_page=try_page_of(state),
+        generation=state.tab_generation,
     )
 
 
@@ -252,13 +255,21 @@ def try_page_of(state: WizardState) -> dict[str, Any]:
         "temperature": state.try_temperature,
         "compare_temperature": state.try_compare_temperature,
         "prompt": state.try_prompt,
-        "messages": {k: v[-KEPT_MESSAGES:] for k, v in state.try_messages.items() if v},
+        "messages": {k: _newest_turns(v) for k, v in state.try_messages.items() if v},
         "chat_id": chat.id if chat is not None else None,
         "chat_record": state.try_chat_record if chat is not None else None,
         "comparison_id": comparison.id if comparison is not None else None,
         "bench_job": state.try_bench_job,
         "bench": [state.try_bench_requests, state.try_bench_concurrency, state.try_bench_max_tokens],
     }
+
+
+def _newest_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest ``KEPT_MESSAGES``, starting on a question (never on an answer whose question was cut)."""
+    kept = messages[-KEPT_MESSAGES:]
+    while kept and kept[0].get("role") != "user":
+        kept = kept[1:]
+    return kept
 
 
 def restore_try_page(state: WizardState, data: Any) -> None:
@@ -291,11 +302,15 @@ def restore_try_page(state: WizardState, data: Any) -> None:
     chat = LIVE.chats.get(text("chat_id"))
     if chat is not None and text("chat_record"):
         state.try_chat, state.try_chat_record = chat, text("chat_record")
+    for record_id, messages in state.try_messages.items():
+        followed = state.try_chat is not None and state.try_chat_record == record_id
+        if messages[-1]["role"] == "user" and not followed:  # its answer is gone (the wizard restarted)
+            messages.append({"role": "assistant", "content": "", "stopped": True})
     state.try_comparison = LIVE.comparisons.get(text("comparison_id")) or state.try_comparison
     state.try_bench_job = text("bench_job") or state.try_bench_job
     bench = data.get("bench")
     if isinstance(bench, list) and len(bench) == 3 and all(type(n) is int and n >= 1 for n in bench):
-        state.try_bench_requests, state.try_bench_concurrency, state.try_bench_max_tokens = bench
+        state.try_bench_requests, state.try_bench_concurrency, state.try_bench_max_tokens = bench  # the page caps them
 
 
 def _conversations(data: Any) -> dict[str, list[dict[str, Any]]]:
@@ -305,12 +320,27 @@ def _conversations(data: Any) -> dict[str, list[dict[str, Any]]]:
     for record_id, messages in data.items():
         if not isinstance(record_id, str) or not isinstance(messages, list):
             continue
-        good = [{k: m.get(k) for k in _MESSAGE_KEYS if k in m} for m in messages
-                if isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
-                and (m.get("figures") is None or isinstance(m.get("figures"), dict))]  # fmt: skip
+        good = [{**{k: m.get(k) for k in _MESSAGE_KEYS if k in m}, "figures": _figures(m.get("figures"))}
+                for m in messages if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                and isinstance(m.get("content"), str)]  # fmt: skip
         if good:
             kept[record_id] = good
     return kept
+
+
+def _figures(data: Any) -> dict[str, Any] | None:
+    """An answer's figures as ``ChatFigures`` wrote them, or None (a hand-edited or older file)."""
+    if not isinstance(data, dict):
+        return None
+
+    def number(key: str, *, optional: bool) -> bool:
+        value = data.get(key)
+        return (optional and value is None) or (not isinstance(value, bool) and isinstance(value, int | float)
+                                                and value >= 0 and value != float("inf"))  # fmt: skip
+
+    fine = number("ttft_s", optional=True) and number("tokens_per_s", optional=True) and number(
+        "duration_s", optional=False) and type(data.get("output_tokens")) is int  # fmt: skip
+    return {k: data.get(k) for k in ("ttft_s", "output_tokens", "tokens_per_s", "duration_s")} if fine else None
 
 
 def save_tab(state: WizardState) -> None:
@@ -329,6 +359,7 @@ def restore_tab(state: WizardState) -> str | None:
     snapshot = load_session(tab_id=tab)
     if snapshot is None:
         return None
+    state.tab_generation = snapshot.generation + 1
     if snapshot.model_text:
         from core import hubs
         from core.errors import EzRunnerError

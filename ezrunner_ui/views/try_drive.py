@@ -32,6 +32,7 @@ from core.tryout import (
     memory_need,
     network_for,
     target_of,
+    turns_to_send,
 )
 from ezrunner_ui.i18n import fmt_bytes, fmt_duration, t
 from ezrunner_ui.state import PAGE_BUILD, PAGE_HISTORY, WizardState, record_from_url, save_tab, seed, wizard
@@ -107,6 +108,8 @@ def _server_panel(record: PackRecord, *, slot: str) -> None:
             endpoint = status.server.endpoint or f"http://127.0.0.1:{status.server.port}/v1"
             st.success(t("try.running", endpoint=endpoint, name=status.server.served_model_name),
                        icon=":material/play_circle:")  # fmt: skip
+            if status.server.api_key_one_off:
+                st.caption(t("try.one_off_key", var=status.server.api_key_env or ""))
         elif status.state == "starting" and status.job is not None:
             _follow_start(status.job, st.empty())
         elif status.state == "failed" and status.job is not None:
@@ -146,8 +149,8 @@ def _send(state: WizardState, record: PackRecord, prompt: str) -> None:
         st.warning(t("try.not_running"), icon=":material/warning:")
         return
     conversation = state.try_messages.setdefault(record.id, [])
+    history = turns_to_send(conversation, prompt)
     conversation.append({"role": "user", "content": prompt})
-    history = [{"role": m["role"], "content": m["content"]} for m in conversation if not m.get("error")]
     state.try_chat = ChatRun(server=server, messages=history, max_tokens=state.try_max_tokens,
                              temperature=state.try_temperature).start()  # fmt: skip
     state.try_chat_record = record.id
@@ -367,7 +370,7 @@ def _bench_work(records: Sequence[PackRecord], *, requests: int, concurrency: in
 
 def _count(column: Any, key: str, value: int, limit: int) -> int:
     """A whole-number input seeded from the wizard state, labelled by its catalog key."""
-    seed(key, value)
+    seed(key, min(max(value, 1), limit))
     return int(column.number_input(t(key.replace("try_", "try.", 1)), min_value=1, max_value=limit, key=key))
 
 

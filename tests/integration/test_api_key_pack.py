@@ -158,6 +158,7 @@ def _throwaway_servers_run_without_the_variable(*, image: str, archive: Path, en
                              temperature=0.0).start().wait(120)  # fmt: skip
             assert answer.state == "done", answer.error
             assert server.api_key and server.api_key != KEY and server.api_key not in repr(server)
+            assert server.api_key_one_off
         finally:
             docker_containers.remove_container(container=server.container_id)
     finally:

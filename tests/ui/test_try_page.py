@@ -234,7 +234,8 @@ def test_an_answer_streaming_at_the_refresh_is_followed_to_its_end(
                        "compare_temperature": True, "prompt": 7, "bench": [0, 1, 2], "chat_id": 5,
                        "messages": {"r1": [{"role": "system", "content": "x"}, {"role": "user"}, "hello",
                                            {"role": "user", "content": "kept", "figures": "no"},
-                                           {"role": "assistant", "content": "ok", "extra": 1}],
+                                           {"role": "assistant", "content": "ok", "extra": 1,
+                                            "figures": {"ttft_s": "x", "output_tokens": 3, "duration_s": 1.0}}],
                                     "r2": "not a list"}},
 ])  # fmt: skip
 def test_a_broken_try_page_memory_keeps_the_defaults(junk: object) -> None:
@@ -245,5 +246,33 @@ def test_a_broken_try_page_memory_keeps_the_defaults(junk: object) -> None:
         fresh.try_mode, fresh.try_pair, fresh.try_max_tokens, fresh.try_temperature, fresh.try_prompt)
     assert state.try_compare_temperature == 0.0 and state.try_chat is None
     assert state.try_bench_requests == fresh.try_bench_requests and state.try_bench_job is None
-    expected = {"r1": [{"role": "assistant", "content": "ok"}]} if isinstance(junk, dict) else {}
-    assert state.try_messages == expected  # only well-formed messages, only the keys a message has
+    expected = {"r1": [{"role": "user", "content": "kept", "figures": None},
+                       {"role": "assistant", "content": "ok", "figures": None}]} if isinstance(junk, dict) else {}
+    assert state.try_messages == expected  # well-formed messages only, their own keys only, broken figures dropped
+
+
+def test_a_question_whose_answer_was_lost_is_marked_and_not_sent_again() -> None:
+    """The wizard restarted while an answer streamed: the restored question shows as stopped, and the next
+    question goes without it (roles must alternate for strict chat templates)."""
+    state = WizardState()
+    restore_try_page(state, {"messages": {"r1": [{"role": "user", "content": "lost"}]}, "chat_id": "gone",
+                                          "chat_record": "r1"})  # fmt: skip
+    assert state.try_chat is None
+    assert state.try_messages["r1"][-1] == {"role": "assistant", "content": "", "stopped": True}
+    assert tryout.turns_to_send(state.try_messages["r1"], "again") == [{"role": "user", "content": "again"}]
+
+
+def test_a_server_on_a_one_off_key_says_so(app: AppTest, data_home: Path, engine: FakeEngine,
+                                          no_docker_needed: list[str]) -> None:  # fmt: skip
+    record_id = finished_record(data_home / "exports")
+    tryout.SERVERS._servers[record_id] = RunningServer(
+        container_id="c1", container_name="c1", image="ezrunner/tiny-llama:0123456789ab-vllm", endpoint=engine.endpoint,
+        served_model_name="tiny-org/tiny-llama", port=engine.port, api_key_env="MY_KEY", api_key="one-off-9d2",
+        api_key_one_off=True,
+    )  # fmt: skip
+    try_page(app, record_id)
+    shown = texts(app)
+    assert "MY_KEY is not set where the wizard runs" in shown.replace("`", "")
+    assert "one-off-9d2" not in shown
+    app.chat_input(key="try_input").set_value("Hello there").run()
+    assert engine.authorizations == ["Bearer one-off-9d2"]  # the chat goes with the key the container got

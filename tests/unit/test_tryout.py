@@ -24,6 +24,7 @@ from core.tryout import (
     fit_side_by_side,
     memory_need,
     target_of,
+    turns_to_send,
 )
 from tests.fixtures.fake_engine import FakeEngine
 
@@ -208,3 +209,18 @@ def test_two_running_servers_answer_the_same_prompt_at_once(slow_engine: FakeEng
     assert slow_engine.most_active == 2  # side by side, not one after the other
     assert [b["messages"] for b in slow_engine.bodies] == [[{"role": "user", "content": "same"}]] * 2
     assert [b["temperature"] for b in slow_engine.bodies] == [0.0, 0.0]  # greedy unless asked: a fair comparison
+
+
+def test_only_answered_questions_go_with_the_next_one() -> None:
+    conversation = [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "A", "figures": {}},
+        {"role": "user", "content": "failed"}, {"role": "assistant", "content": "", "error": "HTTP 500"},
+        {"role": "user", "content": "cut"},  # its answer never came
+        {"role": "user", "content": "b"}, {"role": "assistant", "content": "B", "stopped": True},
+        {"role": "user", "content": "empty"}, {"role": "assistant", "content": ""},
+    ]  # fmt: skip
+    sent = turns_to_send(conversation, "c")
+    assert sent == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "A"},
+                    {"role": "user", "content": "b"}, {"role": "assistant", "content": "B"},
+                    {"role": "user", "content": "c"}]  # fmt: skip
+    assert [m["role"] for m in sent] == ["user", "assistant"] * 2 + ["user"]

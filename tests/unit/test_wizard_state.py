@@ -77,6 +77,18 @@ def test_the_session_file_round_trips(tmp_path: Path) -> None:
     assert options_from_dict(loaded.options) == Options(engine="llama.cpp", quant="Q8_0")
 
 
+def test_an_older_session_of_a_tab_never_writes_over_a_newer_ones_file(tmp_path: Path) -> None:
+    """A refresh starts a new session (generation + 1) while the old one may still run in the server (its
+    browser gone): the old one's later saves are dropped, the new one's land."""
+    tab = new_tab_id()
+    assert save_session(tab_id=tab, snapshot=SessionSnapshot(model_text="old", generation=1), data_dir=tmp_path)
+    assert save_session(tab_id=tab, snapshot=SessionSnapshot(model_text="new", generation=2), data_dir=tmp_path)
+    assert save_session(tab_id=tab, snapshot=SessionSnapshot(model_text="stale", generation=1),
+                        data_dir=tmp_path) is None  # fmt: skip
+    loaded = load_session(tab_id=tab, data_dir=tmp_path)
+    assert loaded is not None and (loaded.model_text, loaded.generation) == ("new", 2)
+
+
 def test_bad_tab_ids_and_broken_files_are_ignored(tmp_path: Path) -> None:
     assert save_session(tab_id="../x", snapshot=SessionSnapshot(), data_dir=tmp_path) is None
     assert load_session(tab_id="../x", data_dir=tmp_path) is None
