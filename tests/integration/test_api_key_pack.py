@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from core.docker import api as docker_api
 from core.docker import containers as docker_containers
 from core.events import Cancel, ignore_events
 from core.tryout import ChatRun
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import ezrunner, user_shell
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
 from tests.fixtures.tiny_gguf import make_tiny_gguf
@@ -36,23 +35,7 @@ KEY = "sk-ezrunner-test-7c0ffee-never-packed"
 @pytest.fixture
 def user_env(fake_hub: FakeHub, tmp_path: Path) -> dict[str, str]:
     """The packing user's shell, with the key exported in it (the worst case: nothing may pick it up)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(
-        HF_ENDPOINT=fake_hub.url, MODELSCOPE_ENDPOINT=fake_hub.url, HF_HUB_DISABLE_XET="1",
-        HF_HOME=str(tmp_path / "hf-home"), MODELSCOPE_CACHE=str(tmp_path / "ms-cache"),
-        EZRUNNER_HOME=str(tmp_path / "ezrunner-home"), MY_KEY=KEY,
-    )  # fmt: skip
-    return env
-
-
-@pytest.fixture
-def cleanup(docker_client: DockerClient) -> Iterator[list[str]]:
-    names_: list[str] = []
-    yield names_
-    for name in names_:
-        docker_containers.remove_container(container=name, client=docker_client)
-    for name in names_:
-        docker_api.remove_image(ref=name, force=True, client=docker_client)
+    return user_shell(hub_url=fake_hub.url, home=tmp_path, MY_KEY=KEY)
 
 
 def _assert_key_not_in_the_image(ref: str, client: DockerClient) -> None:

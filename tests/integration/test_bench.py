@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from docker import DockerClient
 
 from core.docker import api as docker_api
 from core.history import History
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import ezrunner, user_shell
 from tests.fixtures.docker_plugin import DockerScratch
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
@@ -218,9 +217,7 @@ def test_load_sh_check_passes_on_the_pack_and_fails_with_log_lines_on_a_broken_o
 def test_a_transformers_pack_without_metrics_is_benched_and_says_so(
     tmp_path: Path, fake_hub_server: FakeHub, offline_base_image: str, docker_client: DockerClient
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_ENDPOINT=fake_hub_server.url, MODELSCOPE_ENDPOINT=fake_hub_server.url, HF_HUB_DISABLE_XET="1",
-               HF_HOME=str(tmp_path / "hf-home"), EZRUNNER_HOME=str(tmp_path / "home"))  # fmt: skip
+    env = user_shell(hub_url=fake_hub_server.url, home=tmp_path)
     archive = tmp_path / "out" / "t.tar"
     artifact = json.loads(ezrunner("pack", f"hf:{HF_SINGLE}", *CPU_TARGET, "--base-image", offline_base_image,
                                    "-o", str(archive), "--json", env=env).stdout)  # fmt: skip

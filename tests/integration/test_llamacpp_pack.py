@@ -6,10 +6,8 @@ that file); a safetensors model converted to GGUF at pack time; and the bad inpu
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from docker import DockerClient
 
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import chat_once, ezrunner
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SINGLE
 from tests.fixtures.tiny_gguf import make_tiny_gguf
@@ -48,37 +46,6 @@ def gguf_hub(fake_hub_server: FakeHub, tiny_ggufs: dict[str, Path]) -> FakeHub:
         extra_files={"tiny-llama-F16-00001-of-00003.gguf": f16, "tiny-llama-F16-00003-of-00003.gguf": f16},
     )  # fmt: skip
     return fake_hub_server
-
-
-@pytest.fixture
-def user_env(fake_hub: FakeHub, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(
-        HF_ENDPOINT=fake_hub.url, MODELSCOPE_ENDPOINT=fake_hub.url, HF_HUB_DISABLE_XET="1",
-        HF_HOME=str(tmp_path / "hf-home"), MODELSCOPE_CACHE=str(tmp_path / "ms-cache"),
-        EZRUNNER_HOME=str(tmp_path / "ezrunner-home"),
-    )  # fmt: skip
-    return env
-
-
-@pytest.fixture
-def cleanup(docker_client: DockerClient) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        docker_containers.remove_container(container=name, client=docker_client)
-    for name in names:
-        docker_api.remove_image(ref=name, force=True, client=docker_client)
-
-
-def chat(base_url: str, model: str) -> dict:
-    response = requests.post(
-        f"{base_url}/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # Asked from inside a container with no network: the llama.cpp image has bash but neither curl nor python.
@@ -114,7 +81,7 @@ def test_a_folder_with_one_gguf_plans_packs_and_serves_offline(
     cleanup.insert(0, name)
     started = json.loads(ezrunner("run", str(out / "tiny.tar"), "--network", "host", "--port", str(free_port),
                                   "--name", name, "--timeout", "300", "--json", env=user_env).stdout)  # fmt: skip
-    answer = chat(started["endpoint"], started["served_model_name"])
+    answer = chat_once(started["endpoint"], started["served_model_name"])
     assert answer["usage"]["completion_tokens"] > 0
     metrics = requests.get(f"http://127.0.0.1:{free_port}/metrics", timeout=10).text
     assert "llamacpp:tokens_predicted_total" in metrics
@@ -187,7 +154,7 @@ def test_a_safetensors_model_is_converted_to_gguf_when_packed(
     cleanup.insert(0, name)
     started = json.loads(ezrunner("run", str(out / "tiny.tar"), "--network", "host", "--port", str(free_port),
                                   "--name", name, "--timeout", "300", "--json", env=user_env).stdout)  # fmt: skip
-    assert chat(started["endpoint"], started["served_model_name"])["usage"]["completion_tokens"] > 0
+    assert chat_once(started["endpoint"], started["served_model_name"])["usage"]["completion_tokens"] > 0
     # a second pack reuses the conversion
     again = ezrunner("pack", f"hf:{HF_SINGLE}", *CPU_TARGET, "--engine", "llama.cpp", "--quant", "Q8_0",
                      "--gguf-pre-tokenizer", "gpt-2", "--base-image", offline_llama_image,

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,49 +16,12 @@ from docker import DockerClient
 
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
-from tests.fixtures.cli import ezrunner
-from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.cli import chat_once, ezrunner
 from tests.fixtures.hub_plugin import FAKE_HUB_TOKEN, HF_GATED, HF_SHARDED, HF_SINGLE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CPU_TARGET = ["--cpu-only", "--ram", "8"]
-
-
-@pytest.fixture
-def user_env(fake_hub: FakeHub, tmp_path: Path) -> dict[str, str]:
-    """A user's shell: hub endpoints at the fake hub, caches and data under tmp, no token."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(
-        HF_ENDPOINT=fake_hub.url,
-        MODELSCOPE_ENDPOINT=fake_hub.url,
-        HF_HUB_DISABLE_XET="1",
-        HF_HOME=str(tmp_path / "hf-home"),
-        MODELSCOPE_CACHE=str(tmp_path / "ms-cache"),
-        EZRUNNER_HOME=str(tmp_path / "ezrunner-home"),
-    )
-    return env
-
-
-@pytest.fixture
-def cleanup(docker_client: DockerClient) -> Iterator[list[str]]:
-    """Names of containers and images to remove after the test, whatever happens."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        docker_containers.remove_container(container=name, client=docker_client)
-    for name in names:
-        docker_api.remove_image(ref=name, force=True, client=docker_client)
-
-
-def chat(base_url: str, model: str) -> dict:
-    response = requests.post(
-        f"{base_url}/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_plan_json_for_a_cpu_target(user_env: dict[str, str]) -> None:
@@ -121,7 +82,7 @@ def test_pack_then_run_serves_chat_completions(
     assert labels["io.ezrunner.model"] == HF_SHARDED
     assert len(labels["io.ezrunner.model.commit"]) == 40
     assert image.attrs["Config"]["User"] == "10001:10001"
-    answer = chat(started["endpoint"], started["served_model_name"])
+    answer = chat_once(started["endpoint"], started["served_model_name"])
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["completion_tokens"] > 0
     models = requests.get(f"{started['endpoint']}/models", timeout=30).json()
@@ -175,7 +136,7 @@ def test_load_script_verifies_loads_and_starts(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout  # sha256sum -c of every part
     assert f"Ready: http://127.0.0.1:{free_port}/v1" in result.stdout
-    assert chat(f"http://127.0.0.1:{free_port}/v1", HF_SINGLE)["usage"]["completion_tokens"] > 0
+    assert chat_once(f"http://127.0.0.1:{free_port}/v1", HF_SINGLE)["usage"]["completion_tokens"] > 0
 
     # a damaged copy is refused before anything is loaded
     first = out_dir / parts[0]

@@ -9,15 +9,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from docker import DockerClient
 
-from core.docker import api as docker_api
-from core.docker import containers as docker_containers
 from core.runspec import SELECT_SCRIPT_PATH
 from tests.fixtures.cli import ezrunner
 from tests.fixtures.tiny_gguf import make_tiny_gguf
@@ -25,16 +22,6 @@ from tests.fixtures.tiny_gguf import make_tiny_gguf
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CPU_TARGET = ["--cpu-only", "--ram", "8"]
-
-
-@pytest.fixture
-def cleanup(docker_client: DockerClient) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        docker_containers.remove_container(container=name, client=docker_client)
-    for name in names:
-        docker_api.remove_image(ref=name, force=True, client=docker_client)
 
 
 def test_the_image_started_by_hand_picks_its_cpu_profile(

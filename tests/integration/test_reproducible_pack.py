@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from docker import DockerClient
 from core.docker import api as docker_api
 from core.history import History
 from ezrunner_ui.cli import main as ezrunner_main
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import ezrunner, user_shell
 from tests.fixtures.fake_hub import FakeHub
 from tests.unit.test_archive_reproducible import CLOCK_SHIFT, _shift_clock
 
@@ -54,16 +53,7 @@ def repro_hub(fake_hub: FakeHub, tiny_sharded_model_dir: Path) -> FakeHub:
 
 def _user_env(hub: FakeHub, home: Path) -> dict[str, str]:
     """A user's shell with its own home: hub at the fake hub, its own download cache and EZRUNNER_HOME."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(
-        HF_ENDPOINT=hub.url,
-        MODELSCOPE_ENDPOINT=hub.url,
-        HF_HUB_DISABLE_XET="1",
-        HF_HOME=str(home / "hf-home"),
-        MODELSCOPE_CACHE=str(home / "ms-cache"),
-        EZRUNNER_HOME=str(home / "ezrunner-home"),
-    )
-    return env
+    return user_shell(hub_url=hub.url, home=home)
 
 
 def _pack_args(base_image: str, out: Path, *extra: str) -> list[str]:

@@ -7,7 +7,6 @@ unless `--overwrite`."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -22,7 +21,7 @@ from core.archive import names
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
 from core.history import History
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import ezrunner, user_shell
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SHARDED
 
@@ -40,9 +39,7 @@ def packed(
 ) -> Iterator[tuple[Path, dict[str, str], dict[str, object]]]:
     """The tiny model packed once, split in parts: (archive, the user's environment, the artifact)."""
     root = tmp_path_factory.mktemp("honest")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_ENDPOINT=fake_hub_server.url, MODELSCOPE_ENDPOINT=fake_hub_server.url, HF_HUB_DISABLE_XET="1",
-               HF_HOME=str(root / "hf-home"), EZRUNNER_HOME=str(root / "home"))  # fmt: skip
+    env = user_shell(hub_url=fake_hub_server.url, home=root)
     archive = root / "out" / "tiny.tar"
     artifact = json.loads(ezrunner("pack", f"hf:{HF_SHARDED}", *CPU_TARGET, "--base-image", offline_base_image,
                                    "-o", str(archive), "--split", "300M", "--json", env=env).stdout)  # fmt: skip

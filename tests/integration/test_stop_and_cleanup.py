@@ -6,7 +6,6 @@ no container, no history row in "running"."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from docker import DockerClient
 from core.docker import api as docker_api
 from core.docker import containers as docker_containers
 from core.history import History
-from tests.fixtures.cli import ezrunner
+from tests.fixtures.cli import ezrunner, user_shell
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.hub_plugin import HF_SHARDED
 
@@ -32,20 +31,6 @@ SLOW_FILE = "model-00001-of-00002.safetensors"
 #: A stop must end the command well within this (a hang check, not a speed target: the throttled
 #: download alone would take minutes).
 STOP_WITHIN_S = 40
-
-
-@pytest.fixture
-def user_env(fake_hub: FakeHub, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(
-        HF_ENDPOINT=fake_hub.url,
-        MODELSCOPE_ENDPOINT=fake_hub.url,
-        HF_HUB_DISABLE_XET="1",
-        HF_HOME=str(tmp_path / "hf-home"),
-        MODELSCOPE_CACHE=str(tmp_path / "ms-cache"),
-        EZRUNNER_HOME=str(tmp_path / "ezrunner-home"),
-    )
-    return env
 
 
 class Command:
@@ -155,9 +140,7 @@ def packed_archive(
 ) -> Iterator[tuple[Path, dict[str, str], str]]:
     """One packed tiny archive for the run tests: (archive, the user's environment, its image tag)."""
     root = tmp_path_factory.mktemp("packed")
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    env.update(HF_ENDPOINT=fake_hub_server.url, MODELSCOPE_ENDPOINT=fake_hub_server.url, HF_HUB_DISABLE_XET="1",
-               HF_HOME=str(root / "hf-home"), EZRUNNER_HOME=str(root / "home"))  # fmt: skip
+    env = user_shell(hub_url=fake_hub_server.url, home=root)
     archive = root / "out" / "tiny.tar"
     artifact = json.loads(ezrunner("pack", f"hf:{HF_SHARDED}", *CPU_TARGET, "--base-image", offline_base_image,
                                    "-o", str(archive), "--json", env=env).stdout)  # fmt: skip
