@@ -1,13 +1,36 @@
-"""Fixtures for browser tests: one Debian chromium per session, a fresh page per test."""
+"""Fixtures for browser tests: one Debian chromium per session, a fresh page per test, and the wizard served
+at the fake hub with this test's own data folder."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.browser import Screenshots, launch_chromium
+from tests.e2e.ui_server import UiServer, running_ui_server
+from tests.fixtures.fake_hub import FakeHub
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "ezrunner-home"
+
+
+@pytest.fixture
+def server(fake_hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
+    """`ezrunner ui` on loopback. fake_hub has pointed HF_ENDPOINT / MODELSCOPE_ENDPOINT at itself in this
+    process's environment, which the server process inherits; its caches go to this test's folder."""
+    env = {
+        "EZRUNNER_HOME": str(home),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "MODELSCOPE_CACHE": str(tmp_path / "modelscope"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    with running_ui_server(env=env) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,7 @@ from core.history import History, PackRecord
 from ezrunner_ui.i18n import catalog
 from ezrunner_ui.routes import artifact_url
 from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for_app_run
-from tests.e2e.ui_server import UiServer, running_ui_server
-from tests.fixtures.fake_hub import FakeHub
+from tests.e2e.ui_server import UiServer
 from tests.fixtures.hub_plugin import HF_SINGLE
 from tests.fixtures.packs import record_again
 
@@ -31,25 +30,6 @@ REPO_ID = HF_SINGLE  # the most downloaded of the hub's tiny-org/tiny-llama* mod
 EN = catalog("en")
 BUILD_TIMEOUT_MS = 15 * 60 * 1000
 _SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "ezrunner-home"
-
-
-@pytest.fixture
-def server(fake_hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
-    # fake_hub has pointed HF_ENDPOINT / MODELSCOPE_ENDPOINT at itself in this process's environment,
-    # which the server process inherits; its caches go to this test's folder.
-    env = {
-        "EZRUNNER_HOME": str(home),
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "MODELSCOPE_CACHE": str(tmp_path / "modelscope"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    with running_ui_server(env=env) as running:
-        yield running
 
 
 @pytest.fixture

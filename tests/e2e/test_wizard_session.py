@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,31 +21,13 @@ from core.wizard_state import SessionSnapshot, new_tab_id, options_to_dict, save
 from ezrunner_ui.i18n import catalog
 from tests.e2e.browser import Screenshots, by_key, wait_for_app_loaded, wait_for_app_run
 from tests.e2e.test_wizard_flow import choose_option, click
-from tests.e2e.ui_server import UiServer, running_ui_server
-from tests.fixtures.fake_hub import FakeHub
+from tests.e2e.ui_server import UiServer
 from tests.fixtures.hub_plugin import HF_SINGLE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 EN, ZH = catalog("en"), catalog("zh")
 PAGES = ("", "hardware", "plan", "build", "download")  # url paths; "" is the model page
 _TAB = re.compile(r"[?&]tab=([0-9a-f]{16})")
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "ezrunner-home"
-
-
-@pytest.fixture
-def server(fake_hub: FakeHub, home: Path, tmp_path: Path) -> Iterator[UiServer]:
-    env = {
-        "EZRUNNER_HOME": str(home),
-        "HF_HOME": str(tmp_path / "hf-home"),
-        "MODELSCOPE_CACHE": str(tmp_path / "modelscope"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    with running_ui_server(env=env) as running:
-        yield running
 
 
 def open_page(page: Page, server: UiServer, path: str = "", *, tab: str | None = None) -> None:
