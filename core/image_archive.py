@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.archive.compression import Compression, check_compression
-from core.archive.writer import ArchiveFile, Chunk, Hasher, PartsWriter
+from core.archive.writer import ArchiveFile, Chunk, Hasher, KernelCopyUnavailable, PartsWriter
 from core.errors import DiskSpaceError, ExportFailedError, InvalidOptionsError
 from core.events import Cancel, Event, EventSink, ignore_events, raise_if_cancelled
 from core.layer_cache import RuntimeLayers
@@ -513,6 +513,23 @@ class _Stream:
         chunk.release()
         self.progress.add(len(chunk.view), self.message)
 
+    def _copy(self, path: Path, source: int, offset: int, view: memoryview, slot: int) -> bool:
+        """``view``'s worth of ``source`` from ``offset`` copied by the kernel (then read back into ``view`` and
+        hashed); False, with nothing written, where the kernel cannot copy here (read + write then)."""
+        chunk = Chunk(view, functools.partial(self._pool.put, slot))
+        try:
+            self.output.copy_from(source=source, offset=offset, chunk=chunk, name=str(path))
+        except KernelCopyUnavailable:
+            return False  # the slot stays taken: the caller reads into the same view
+        except BaseException:
+            chunk.release()
+            raise
+        if self.hash_layer:
+            self.layer_hasher.feed(chunk.view, chunk)
+        chunk.release()
+        self.progress.add(len(view), self.message)
+        return True
+
     def bytes(self, data: bytes) -> None:
         if data:
             self._emit(Chunk(memoryview(data)))
@@ -528,6 +545,9 @@ class _Stream:
                 )
                 slot = self._pool.get()
                 view = memoryview(self._buffers[slot])[: min(CHUNK_BYTES, left)]
+                if self.output.can_copy and self._copy(path, source.fileno(), size - left, view, slot):
+                    left -= len(view)
+                    continue
                 count = source.readinto(view)
                 if not count:
                     self._pool.put(slot)
@@ -537,6 +557,7 @@ class _Stream:
                     )
                 left -= count
                 self._emit(Chunk(view[:count], functools.partial(self._pool.put, slot)))
+            source.seek(size)  # the kernel copy reads by offset: the check below reads on from the end
             if source.read(1):
                 raise ExportFailedError(
                     f"The model file {path} got longer while it was being packed.",

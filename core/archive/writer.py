@@ -10,7 +10,10 @@ of each part and of the whole are computed by ``Hasher`` threads while the next 
 written (hashlib releases the GIL on large updates), so hashing costs no wall time on two cores.
 
 ``core.image_archive`` feeds it from its own buffer pool (the fast pack path); ``write_stream`` feeds it
-any iterator of bytes (``docker save`` on the docker-build path).
+any iterator of bytes (``docker save`` on the docker-build path). A model file's bytes go in with
+``copy_from`` where the kernel can copy them (``copy_file_range``, as ``cp`` does: measured 1.9 s against
+3.5–8.9 s for read + write of 2 GiB on a 2-core VM); they are then read back from the archive for the hashes,
+so what is hashed is what was written.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from core.events import Cancel, Event, EventSink, Stage, ignore_events, raise_if
 #: pile up chunks in memory.
 UNPOOLED_BYTES_IN_FLIGHT = 64 << 20
 _ENOSPC = 28
+#: copy_file_range's answers for "not here" (another file system, an old kernel, a FUSE or network mount):
+#: the writer then falls back to read + write for the rest of the archive
+_NO_KERNEL_COPY = frozenset({18, 22, 38, 95, 1, 9})  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EPERM, EBADF
+
+
+class KernelCopyUnavailable(Exception):
+    """copy_file_range cannot be used for this archive; nothing was written by the attempt."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,7 @@ class PartsWriter:
         self._in_flight = _InFlight(UNPOOLED_BYTES_IN_FLIGHT)
         self._part_hasher = Hasher("archive-part-sha256")
         self._whole_hasher = Hasher("archive-sha256") if split_bytes else None
+        self._kernel_copy = self._compressor is None and hasattr(os, "copy_file_range")
 
     def __enter__(self) -> PartsWriter:
         return self
@@ -205,7 +216,8 @@ class PartsWriter:
         partial = partial_path(self._final(len(self._partials)), owner=self.owner)
         # O_EXCL: the name is this writer's alone; never truncate a file someone else is writing. Listed
         # (for close() to delete) only once created: a name that could not be made is not ours to delete.
-        self._fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # O_RDWR: bytes copied in by the kernel are read back from here for the hashes
+        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self._partials.append(partial)
         self._in_part = 0
 
@@ -256,6 +268,59 @@ class PartsWriter:
                 piece = piece[written:]
             self._in_part += room
             view = view[room:]
+
+    @property
+    def can_copy(self) -> bool:
+        """Whether ``copy_from`` may be tried (no compression, and the kernel has not refused it)."""
+        return self._kernel_copy
+
+    def copy_from(self, *, source: int, offset: int, chunk: Chunk, name: str) -> None:
+        """Copy ``len(chunk.view)`` bytes of the file ``source`` from ``offset`` into the archive inside the
+        kernel, then read them back from the archive into ``chunk.view`` and hash them there (the caller may
+        hash the chunk too: it holds what the archive holds). KernelCopyUnavailable, before anything was
+        written, where the kernel cannot copy between these files; ExportFailedError when ``source`` (named
+        ``name`` in the message) ends early."""
+        view = chunk.view
+        done = 0
+        while done < len(view):
+            if self._fd is None or (self.split_bytes and self._in_part >= self.split_bytes):
+                self._open_next()
+            assert self._fd is not None
+            want = len(view) - done
+            room = want if not self.split_bytes else min(want, self.split_bytes - self._in_part)
+            start = self._in_part
+            copied = 0
+            while copied < room:
+                try:
+                    count = os.copy_file_range(source, self._fd, room - copied, offset + done + copied)
+                except OSError as error:
+                    if error.errno in _NO_KERNEL_COPY and not copied and not done:
+                        # nothing of this chunk is written yet: read + write it, and the rest of the archive
+                        # (a model folder on another file system than the output, an old kernel, FUSE …)
+                        self._kernel_copy = False
+                        raise KernelCopyUnavailable from error
+                    raise
+                if count == 0:
+                    raise ExportFailedError(
+                        f"The model file {name} got shorter while it was being packed.",
+                        hint="Wait for whatever is changing the model folder to finish, then pack again.",
+                    )
+                copied += count
+            piece = view[done : done + room]
+            read = 0
+            while read < room:
+                count = os.preadv(self._fd, [piece[read:]], start + read)
+                if count == 0:
+                    raise ExportFailedError(
+                        f"The archive {self.out.name} could not be read back while it was written.",
+                        hint="Check the disk (dmesg), then pack again.",
+                    )
+                read += count
+            if self._whole_hasher is not None:
+                self._whole_hasher.feed(piece, chunk)
+            self._part_hasher.feed(piece, chunk)
+            self._in_part += room
+            done += room
 
     def finish(self) -> Written:
         """Flush, fsync and rename every file to its final name; an empty stream gives one empty file."""

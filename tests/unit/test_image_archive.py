@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from core import image_archive
 from core.errors import CancelledError, ExportFailedError
 from core.events import Event
 from core.hubs.base import ModelFile
@@ -347,3 +349,59 @@ def test_the_layer_cache_answers_from_disk_and_prunes_what_no_image_uses(tmp_pat
     assert cached_runtime_layers(image_id=runtime.image_id, cache_dir=cache) is None
     assert prune_layer_cache(cache_dir=cache, keep_image_ids=[]) == len(b"truncated")
     assert list((cache / "images").iterdir()) == []
+
+
+@pytest.mark.parametrize("split", [None, 250_000])
+def test_the_kernel_copy_writes_the_bytes_read_and_write_would(
+    tmp_path: Path, model: tuple[Path, list[ModelFile]], monkeypatch: pytest.MonkeyPatch, split: int | None
+) -> None:
+    """Model files go in by copy_file_range where the kernel can (the bytes then read back for the hashes);
+    where it refuses (another file system: EXDEV) the writer reads and writes instead. Both give the same
+    archive, to the byte, also with chunks smaller than a file and parts that split a file."""
+    folder, files = model
+    monkeypatch.setattr(image_archive, "CHUNK_BYTES", 64 << 10)
+    real = os.copy_file_range
+    copies: list[int] = []
+
+    def counting(*args: int) -> int:
+        copies.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    (tmp_path / "kernel").mkdir()
+    kernel = _write(tmp_path / "kernel", folder, files, split_bytes=split)
+    assert copies and max(copies) <= 64 << 10  # model bytes went through the kernel, a chunk at a time
+
+    def refused(*args: int) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refused)
+    (tmp_path / "read").mkdir()
+    read = _write(tmp_path / "read", folder, files, split_bytes=split)
+    assert (kernel.sha256, kernel.image_id, kernel.tar_size) == (read.sha256, read.image_id, read.tar_size)
+    assert b"".join(p.read_bytes() for p in kernel.paths) == b"".join(p.read_bytes() for p in read.paths)
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in kernel.paths] == list(kernel.part_sha256)
+
+
+def test_a_model_file_the_kernel_cannot_copy_midway_is_read_and_written(
+    tmp_path: Path, model: tuple[Path, list[ModelFile]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime layers copied by the kernel, then a model file on another file system (EXDEV from its first
+    chunk on): that chunk and the rest go by read + write, and the archive is the same."""
+    folder, files = model
+    (tmp_path / "plain").mkdir()
+    plain = _write(tmp_path / "plain", folder, files)
+    real = os.copy_file_range
+    calls = [0]
+
+    def second_file_elsewhere(*args: int) -> int:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", second_file_elsewhere)
+    (tmp_path / "mixed").mkdir()
+    mixed = _write(tmp_path / "mixed", folder, files)
+    assert calls[0] == 2  # one copy went through, the refusal switched the rest to read + write
+    assert (mixed.sha256, mixed.image_id) == (plain.sha256, plain.image_id)
