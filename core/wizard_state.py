@@ -190,13 +190,17 @@ def save_session(*, tab_id: str, snapshot: SessionSnapshot, data_dir: Path | Non
     folder = sessions_dir(data_dir=data_dir)
     path = folder / f"{tab_id}.json"
     payload = json.dumps({"version": SNAPSHOT_VERSION, **asdict(snapshot)}, sort_keys=True, default=str)
-    current = load_session(tab_id=tab_id, data_dir=data_dir)
-    if current is not None and current.generation > snapshot.generation:
+    try:
+        current = path.read_text(encoding="utf-8")  # read once: unchanged, or whose it is
+    except OSError:
+        current = None
+    if current == payload:
+        return path  # unchanged: no write on every rerun
+    held = _snapshot_from_text(current) if current is not None else None
+    if held is not None and held.generation > snapshot.generation:
         return None  # a newer session of this tab owns the file
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.read_text(encoding="utf-8") == payload:
-            return path  # unchanged: no write on every rerun
         handle, staging = tempfile.mkstemp(prefix=f".{tab_id}-", suffix=".json", dir=folder)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(payload)
@@ -213,8 +217,16 @@ def load_session(*, tab_id: str | None, data_dir: Path | None = None) -> Session
         return None
     path = sessions_dir(data_dir=data_dir) / f"{tab_id}.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return _snapshot_from_text(text)
+
+
+def _snapshot_from_text(text: str) -> SessionSnapshot | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
         return None
     if not isinstance(data, dict) or data.get("version") != SNAPSHOT_VERSION:
         return None
