@@ -128,8 +128,9 @@ def start_image(
     spec = run_spec_from_labels(image_labels)
     device: Device
     key: str | None = None
+    one_off = False
     if spec is not None and spec.api_key is not None:
-        key = api_key_for(spec.api_key.env, one_off=one_off_key)
+        key, one_off = api_key_for(spec.api_key.env, one_off=one_off_key)
         if key is None:
             raise InvalidOptionsError(
                 f"This image was packed to require an API key, and {spec.api_key.env} is not set.",
@@ -187,19 +188,19 @@ def start_image(
         port=host_port,
         api_key_env=spec.api_key.env if spec is not None and spec.api_key is not None else None,
         api_key=key,
-        api_key_one_off=key is not None and spec is not None and spec.api_key is not None
-        and not os.environ.get(spec.api_key.env),
+        api_key_one_off=one_off,
     )
 
 
-def api_key_for(variable: str, *, one_off: bool) -> str | None:
-    """The key a container packed with --api-key-env gets: this environment's ``variable``, as docker run -e
-    would hand it over (never a flag or a file); where it is unset and the server is a throwaway one (a check, a
-    bench, a test drive: removed when done), a random key for that container alone; else None."""
+def api_key_for(variable: str, *, one_off: bool) -> tuple[str | None, bool]:
+    """The key a container packed with --api-key-env gets, and whether it was made up here: this environment's
+    ``variable``, as docker run -e would hand it over (never a flag or a file); where it is unset and the server
+    is a throwaway one (a check, a bench, a test drive: removed when done), a random key for that container
+    alone; else None."""
     key = os.environ.get(variable)
     if key:
-        return key
-    return secrets.token_urlsafe(24) if one_off else None
+        return key, False
+    return (secrets.token_urlsafe(24), True) if one_off else (None, False)
 
 
 def _env_port(client: DockerClient, image_ref: str) -> int:
