@@ -8,6 +8,7 @@ refresh or a second tab re-attaches; it never carries the access token.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,10 +284,8 @@ def restore_try_page(state: WizardState, data: Any) -> None:
         return value if isinstance(value, str) and value else None
 
     def number(key: str, default: float, low: float, high: float) -> float:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            return default
-        return float(value)
+        value: Any = data.get(key)
+        return float(value) if _in_range(value, low, high) else default
 
     if data.get("mode") in ("chat", "compare"):
         state.try_mode = str(data["mode"])
@@ -328,6 +327,11 @@ def _conversations(data: Any) -> dict[str, list[dict[str, Any]]]:
     return kept
 
 
+def _in_range(value: Any, low: float, high: float) -> bool:
+    """A JSON number (not a bool, not NaN) from ``low`` to ``high``."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and low <= value <= high
+
+
 def _figures(data: Any) -> dict[str, Any] | None:
     """An answer's figures as ``ChatFigures`` wrote them, or None (a hand-edited or older file)."""
     if not isinstance(data, dict):
@@ -335,8 +339,7 @@ def _figures(data: Any) -> dict[str, Any] | None:
 
     def number(key: str, *, optional: bool) -> bool:
         value = data.get(key)
-        return (optional and value is None) or (not isinstance(value, bool) and isinstance(value, int | float)
-                                                and value >= 0 and value != float("inf"))  # fmt: skip
+        return (optional and value is None) or _in_range(value, 0.0, sys.float_info.max)  # finite, not negative
 
     fine = number("ttft_s", optional=True) and number("tokens_per_s", optional=True) and number(
         "duration_s", optional=False) and type(data.get("output_tokens")) is int  # fmt: skip
